@@ -1,0 +1,148 @@
+"""``record()``, ``tap()`` and ``scope()``: capture named stages from any Python code.
+
+The active recording lives in a :mod:`contextvars` variable, so instrumented code needs no
+handle threaded through it, and ``tap()`` outside a recording is a cheap no-op: instrumented code
+can ship. (New threads start with an empty context: tap inside them records nothing unless the
+thread runs in a copy of the recording context, e.g. ``contextvars.copy_context().run``.)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from ..errors import UsageError
+from ..trace.keys import validate_key
+from ..trace.writer import TraceWriter
+
+__all__ = ["record", "tap", "scope", "active_writer"]
+
+T = TypeVar("T")
+
+_WRITER: contextvars.ContextVar[TraceWriter | None] = contextvars.ContextVar("parity_writer", default=None)
+_PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("parity_prefix", default="")
+
+
+def active_writer() -> TraceWriter | None:
+    """The :class:`~parity.trace.writer.TraceWriter` of the innermost active :func:`record`, if any."""
+    return _WRITER.get()
+
+
+@contextmanager
+def record(
+    path: str | os.PathLike[str],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    producer: str = "parity.record",
+    command: Sequence[str] | None = None,
+    **writer_options: Any,
+) -> Iterator[TraceWriter]:
+    """Record every :func:`tap` made inside the block into the trace directory ``path``.
+
+    If the block raises, the trace is still closed, readable, and marked incomplete, and the
+    exception propagates.
+
+    Args:
+        path: the ``NAME.trace`` directory to write (an existing trace there is replaced).
+        meta: JSON-serialisable trace metadata, e.g. ``{"impl": "candidate", "dtype": "f32"}``.
+        producer: free text naming what produced the trace.
+        command: the command line to record (default: ``sys.argv``).
+        **writer_options: passed to :class:`~parity.trace.writer.TraceWriter` (``buffer_bytes``, ``volatile``).
+
+    Yields:
+        The :class:`~parity.trace.writer.TraceWriter`, for direct ``add()`` calls.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> path = os.path.join(tempfile.mkdtemp(), "ref.trace")
+        >>> with parity.record(path, meta={"impl": "reference"}):
+        ...     with parity.scope("layers", 0):
+        ...         _ = parity.tap("attn_probs", np.full((2, 2), 0.5, np.float32))
+        >>> parity.load_trace(path).keys()
+        ['layers.0.attn_probs']
+    """
+    if command is None:
+        command = list(sys.argv)
+    writer = TraceWriter(path, meta=meta, producer=producer, command=command, **writer_options)
+    token_w = _WRITER.set(writer)
+    token_p = _PREFIX.set("")
+    try:
+        yield writer
+    except BaseException as e:
+        writer.close(complete=False, reason=f"{type(e).__name__} raised during capture")
+        raise
+    else:
+        writer.close()
+    finally:
+        _PREFIX.reset(token_p)
+        _WRITER.reset(token_w)
+
+
+@contextmanager
+def scope(*parts: object) -> Iterator[str]:
+    """Prefix the keys of every :func:`tap` inside the block with ``parts`` joined by dots.
+
+    Scopes nest: ``scope("layers", 3)`` inside ``scope("encoder")`` gives ``encoder.layers.3.``.
+
+    Yields:
+        The full prefix now in force (without the trailing dot).
+    """
+    if not parts:
+        raise UsageError("scope() needs at least one name part, e.g. scope('layers', 3).")
+    outer = _PREFIX.get()
+    joined = ".".join(str(p) for p in parts)
+    prefix = f"{outer}.{joined}" if outer else joined
+    validate_key(prefix)
+    token = _PREFIX.set(prefix)
+    try:
+        yield prefix
+    finally:
+        _PREFIX.reset(token)
+
+
+def tap(
+    name: str,
+    value: T,
+    *,
+    axes: Sequence[str] | None = None,
+    units: str | None = None,
+    **indices: object,
+) -> T:
+    """Record ``value`` as stage ``name`` in the active recording, and return ``value`` unchanged.
+
+    Outside :func:`record` this does nothing and costs one context-variable lookup.
+
+    Args:
+        name: stage name, prefixed by the active :func:`scope` (e.g. ``"attn_probs"``).
+        value: a NumPy array, Python scalar or sequence, torch tensor (any device, any dtype,
+            bf16 kept as bf16), JAX array, or a string (stored as a text stage).
+        axes: names of the value's axes, e.g. ``("seq", "heads", "head_dim")``; recorded so that
+            differently ordered tensors are never compared silently.
+        units: physical units of the value, e.g. ``"angstrom"``.
+        **indices: indices that distinguish repeated stages, e.g. ``step=3``; they become part
+            of the key (``name[step=3]``). Without them, tapping a key again records the next
+            occurrence as ``name#1``, ``name#2``...
+
+    Returns:
+        ``value`` itself, so ``y = tap("y", f(x))`` works inline.
+    """
+    writer = _WRITER.get()
+    if writer is None:
+        return value
+    prefix = _PREFIX.get()
+    key = f"{prefix}.{name}" if prefix else name
+    frame = sys._getframe(1)
+    filename = frame.f_code.co_filename
+    try:
+        rel = os.path.relpath(filename)
+        if not rel.startswith(".."):
+            filename = rel
+    except ValueError:  # another drive on Windows
+        pass
+    writer.add(key, value, axes=axes, units=units, indices=indices or None,
+               provenance={"source": f"{filename}:{frame.f_lineno}"})
+    return value
