@@ -1,0 +1,1 @@
+"""CLI subcommands. Each module defines ``register(group)``; :mod:`parity.cli` finds them."""

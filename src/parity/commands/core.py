@@ -1,0 +1,150 @@
+"""``parity diff``, ``parity show`` and ``parity demo``."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..compare.diff import compare_traces
+from ..report.json import render_json
+from ..report.text import format_float, render_text
+from ..trace.dtypes import to_float64
+from ..trace.reader import Stage, Trace, load_trace
+
+EXIT_OK, EXIT_DIVERGENCE = 0, 1
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+@click.command("diff")
+@click.argument("ref", type=click.Path(file_okay=False))
+@click.argument("cand", type=click.Path(file_okay=False))
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config: tolerances, aliases, ignores.")
+@click.option("--rtol", type=float, help="Relative tolerance for every stage (replaces the dtype default).")
+@click.option("--atol", type=float, help="Absolute tolerance for every stage (replaces the dtype default).")
+@click.option("--strict", is_flag=True, default=None, help="Stages present on one side only fail the comparison.")
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON result instead of the table.")
+@click.option("--all", "show_all", is_flag=True, help="Show every passing stage in the table.")
+def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all):
+    """Compare trace CAND against reference trace REF, stage by stage.
+
+    Exit status: 0 parity holds, 1 divergence found, 2 usage or input error.
+    """
+    result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict)
+    if as_json:
+        click.echo(render_json(result))
+    else:
+        render_text(result, _console(), show_all=show_all)
+    sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+
+
+def stage_statistics(trace: Trace, stage: Stage, chunk: int = 1 << 20) -> dict[str, float | int]:
+    """min, max, mean, std (finite values only) and NaN / Inf counts of a stage, in bounded memory."""
+    arr = trace.array(stage)
+    if isinstance(arr, str):
+        return {}
+    info = stage.dtype_info
+    flat = arr.reshape(-1)
+    n = nan = inf = 0
+    s = ss = 0.0
+    lo, hi = np.inf, -np.inf
+    for start in range(0, flat.size, chunk):
+        x = to_float64(flat[start:start + chunk], info)
+        bad_nan = np.isnan(x)
+        bad_inf = np.isinf(x)
+        nan += int(bad_nan.sum())
+        inf += int(bad_inf.sum())
+        x = x[~(bad_nan | bad_inf)]
+        if x.size:
+            n += x.size
+            s += float(x.sum())
+            ss += float(np.dot(x, x))
+            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    mean = s / n if n else float("nan")
+    var = max(ss / n - mean * mean, 0.0) if n else float("nan")
+    return {"min": lo if n else float("nan"), "max": hi if n else float("nan"), "mean": mean, "std": var ** 0.5,
+            "nan": nan, "inf": inf}
+
+
+@click.command("show")
+@click.argument("trace", type=click.Path(file_okay=False))
+@click.option("--verify", is_flag=True, help="Also re-hash every data file against the manifest.")
+@click.option("--stats/--no-stats", default=True, help="Compute min/max/mean/std per stage (reads all values).")
+def show_cmd(trace, verify, stats):
+    """List the stages of TRACE: shapes, dtypes, axes and summary statistics."""
+    t = load_trace(trace)
+    console = _console()
+    m = t.manifest
+    state = "complete" if t.complete else f"INCOMPLETE ({m.get('incomplete_reason', 'interrupted')})"
+    console.print(f"[bold]{t.path}[/bold]  {len(t)} stages, {state}, producer {m.get('producer')!r}, parity {m.get('tool_version')}")
+    if t.meta:
+        console.print(f"meta: {t.meta}")
+    table = Table(show_lines=False, pad_edge=False)
+    for col in ("#", "stage", "dtype", "shape", "axes", "units") + (("min", "max", "mean", "std", "nan/inf") if stats else ()):
+        table.add_column(col, justify="right" if col in ("#", "min", "max", "mean", "std", "nan/inf") else "left")
+    for s in t:
+        shape = "×".join(map(str, s.shape)) or "scalar"
+        row = [str(s.position + 1), s.key, s.dtype or "text", shape if s.kind == "tensor" else repr((s.text or "")[:30]),
+               ",".join(s.axes) if s.axes else "", s.units or ""]
+        if stats:
+            st = stage_statistics(t, s)
+            if st:
+                row += [format_float(st["min"]), format_float(st["max"]), format_float(st["mean"]), format_float(st["std"]),
+                        f"{st['nan']}/{st['inf']}"]
+            else:
+                row += ["", "", "", "", ""]
+        table.add_row(*row)
+    console.print(table)
+    if verify:
+        problems = t.verify()
+        for p in problems:
+            console.print(f"[red]{p}[/red]")
+        if problems:
+            sys.exit(2)
+        console.print(f"[green]all {len(t.manifest.get('files', {}))} data files match their sha256.[/green]")
+
+
+@click.command("demo")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Keep the demo traces in this directory.")
+@click.option("--fixed", is_flag=True, help="Record a candidate without the injected bug.")
+def demo_cmd(out, fixed):
+    """Record two built-in NumPy transformer implementations and show where they diverge."""
+    from ..demo import INJECTED_STAGE, write_demo_traces
+
+    console = _console()
+    with tempfile.TemporaryDirectory(prefix="parity-demo-") as tmp:
+        directory = out or tmp
+        ref, cand, config = write_demo_traces(directory, fixed=fixed)
+        console.print("[bold]parity demo[/bold]: a float64 reference transformer and a float32 port with one bug "
+                      "(attention scores scaled by 1/sqrt(hidden) instead of 1/sqrt(head_dim)).")
+        console.print(f"recorded {ref} and {cand}; comparing with {os.path.basename(config)} (rtol=1e-4, atol=1e-6)\n")
+        result = compare_traces(ref, cand, config=config)
+        render_text(result, console)
+        first = result.first_divergence
+        if fixed:
+            ok = result.passed
+            console.print("\n[bold green]The fixed port holds parity.[/bold green]" if ok else "\n[red]unexpected divergence[/red]")
+        else:
+            ok = first is not None and first.key == INJECTED_STAGE
+            if ok:
+                console.print(f"\n[bold]parity found the injected bug:[/bold] first divergence at [bold red]{first.key}[/bold red]; "
+                              "every earlier stage agrees, every later one inherits the error.")
+            else:
+                console.print(f"\n[red]demo failed: expected first divergence {INJECTED_STAGE}, got {first.key if first else None}[/red]")
+        if out:
+            console.print(f"traces kept in {out}/  (try: parity diff {ref} {cand} --config {config})")
+    sys.exit(EXIT_OK if ok else 2)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(diff_cmd)
+    group.add_command(show_cmd)
+    group.add_command(demo_cmd)

@@ -1,0 +1,136 @@
+"""Tolerances: a per-dtype default table (as torch.testing) and per-stage overrides by glob.
+
+A stage passes element-wise when ``|c - r| <= atol + rtol * |r|``. The defaults come from the
+*looser* of the two stored dtypes, so a float32 reference against a bfloat16 candidate is judged
+at bfloat16 precision. Optional floors on cosine similarity and SQNR add stage-level checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from ..errors import ConfigError
+from ..trace.dtypes import DTYPES
+
+__all__ = ["Tolerance", "DEFAULT_TOLERANCES", "default_tolerance", "ToleranceRules", "glob_to_regex"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a candidate stage must be to its reference.
+
+    Attributes:
+        rtol: relative tolerance.
+        atol: absolute tolerance.
+        cosine_min: optional floor on cosine similarity (stage fails below it).
+        sqnr_min_db: optional floor on the signal-to-quantization-noise ratio in dB.
+    """
+
+    rtol: float
+    atol: float
+    cosine_min: float | None = None
+    sqnr_min_db: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        d = {"rtol": self.rtol, "atol": self.atol}
+        if self.cosine_min is not None:
+            d["cosine_min"] = self.cosine_min
+        if self.sqnr_min_db is not None:
+            d["sqnr_min_db"] = self.sqnr_min_db
+        return d
+
+
+#: (rtol, atol) by safetensors dtype code; floats follow torch.testing.assert_close.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "F64": (1e-7, 1e-7),
+    "F32": (1.3e-6, 1e-5),
+    "F16": (1e-3, 1e-5),
+    "BF16": (1.6e-2, 1e-5),
+    "F8_E4M3": (1.25e-1, 1e-3),
+    "F8_E5M2": (2.5e-1, 1e-3),
+}
+
+
+def default_tolerance(ref_dtype: str | None, cand_dtype: str | None) -> Tolerance:
+    """The looser default of the two stored dtypes (exact for integers and bools).
+
+    >>> default_tolerance("F32", "BF16")
+    Tolerance(rtol=0.016, atol=1e-05, cosine_min=None, sqnr_min_db=None)
+    """
+    pairs = [DEFAULT_TOLERANCES.get(d or "", (0.0, 0.0)) for d in (ref_dtype, cand_dtype)]
+    return Tolerance(max(p[0] for p in pairs), max(p[1] for p in pairs))
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a stage glob: ``*`` matches any run of characters, ``?`` one; all else is literal.
+
+    Brackets are literal (unlike fnmatch) so ``k_frac[phi_tic=*]`` does what it says.
+    """
+    out = []
+    for ch in pattern:
+        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
+    return re.compile("^" + "".join(out) + "$")
+
+
+_FIELDS = {"rtol", "atol", "cosine_min", "sqnr_min_db"}
+
+
+def _check_fields(where: str, d: Mapping[str, object]) -> dict[str, float]:
+    unknown = set(d) - _FIELDS
+    if unknown:
+        raise ConfigError(f"{where}: unknown tolerance field(s) {sorted(unknown)}; expected some of {sorted(_FIELDS)}.")
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: {k} must be a number, not {v!r}.")
+        if k in ("rtol", "atol") and (v < 0 or v != v):
+            raise ConfigError(f"{where}: {k} must be a non-negative number, not {v!r}.")
+        out[k] = float(v)
+    return out
+
+
+@dataclass(frozen=True)
+class ToleranceRules:
+    """Global overrides plus per-stage overrides by glob pattern (later patterns win).
+
+    Attributes:
+        overrides: fields applied to every stage on top of the dtype default.
+        stages: ``(pattern, fields)`` in declaration order.
+    """
+
+    overrides: Mapping[str, float] = field(default_factory=dict)
+    stages: tuple[tuple[str, Mapping[str, float]], ...] = ()
+
+    @classmethod
+    def build(cls, overrides: Mapping[str, object] | None = None,
+              stages: Mapping[str, Mapping[str, object]] | None = None) -> ToleranceRules:
+        """Validate and build rules from plain mappings (e.g. a parsed TOML table)."""
+        g = _check_fields("[tolerance]", overrides or {})
+        s = []
+        for pattern, fields in (stages or {}).items():
+            if not isinstance(fields, Mapping):
+                raise ConfigError(f'[tolerance.stages] "{pattern}" must be a table like {{ rtol = 1e-3 }}.')
+            s.append((str(pattern), _check_fields(f'[tolerance.stages] "{pattern}"', fields)))
+        return cls(g, tuple(s))
+
+    def for_stage(self, key: str, ref_dtype: str | None, cand_dtype: str | None) -> Tolerance:
+        """The tolerance that applies to stage ``key``."""
+        tol = replace(default_tolerance(ref_dtype, cand_dtype), **self.overrides)
+        for pattern, fields in self.stages:
+            if glob_to_regex(pattern).match(key):
+                tol = replace(tol, **fields)
+        return tol
+
+    def check_patterns(self, keys: Iterable[str]) -> None:
+        """Raise :class:`ConfigError` for a stage pattern that matches none of ``keys``."""
+        keys = list(keys)
+        for pattern, _ in self.stages:
+            rx = glob_to_regex(pattern)
+            if not any(rx.match(k) for k in keys):
+                sample = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+                raise ConfigError(f'tolerance pattern "{pattern}" matches no stage (stages: {sample}).')
+
+
+assert set(DEFAULT_TOLERANCES) <= set(DTYPES)

@@ -1,0 +1,138 @@
+"""Terminal renderer: a rich table of every stage, the first divergence highlighted."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..compare.diff import StageDiff, Status, TraceDiff
+
+__all__ = ["render_text", "format_float", "describe_first_divergence"]
+
+_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.EXPECTED: "yellow", Status.MISSING: "magenta",
+          Status.EXTRA: "cyan"}
+
+
+def format_float(x: float | None, digits: int = 3) -> str:
+    """Compact number formatting used by every renderer (``nan``, ``inf`` spelled out)."""
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits + 1}g}"
+    return f"{x:.{digits - 1}e}"
+
+
+def _shape(sd: StageDiff) -> str:
+    side = sd.ref or sd.cand
+    if side is None:
+        return "-"
+    s = "×".join(str(d) for d in side.shape) or "scalar"
+    if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
+        s += " vs " + ("×".join(str(d) for d in sd.cand.shape) or "scalar")
+    return s
+
+
+def _dtype(sd: StageDiff) -> str:
+    if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
+        return f"{sd.ref.dtype}/{sd.cand.dtype}"
+    side = sd.ref or sd.cand
+    return side.dtype or "-" if side else "-"
+
+
+def describe_first_divergence(diff: TraceDiff) -> list[str]:
+    """Plain-text lines explaining the first divergence (shared by text and Markdown reports)."""
+    first = diff.first_divergence
+    if first is None:
+        return []
+    lines = [f"First divergence: {first.key} (stage {first.ref.position + 1 if first.ref else '?'} of the reference)"]
+    if first.message:
+        lines.append(f"  {first.message}")
+    m = first.metrics
+    if m is not None and m.max_abs_index is not None:
+        lines.append(f"  worst element {m.max_abs_index}: reference {format_float(m.max_abs_ref, 6)}, "
+                     f"candidate {format_float(m.max_abs_cand, 6)}")
+        lines.append(f"  max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
+                     f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB")
+    for d in first.diagnoses:
+        lines.append(f"  likely: {d.summary}")
+    later = len(diff.divergent) - 1
+    if later > 0:
+        lines.append(f"  {later} later stage(s) also diverge; fix this one first, later errors may be propagated.")
+    return lines
+
+
+def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bool = False, max_passing: int = 40) -> None:
+    """Print ``diff`` as a table plus a summary. Honours NO_COLOR and non-terminals via rich.
+
+    Args:
+        diff: the comparison result.
+        console: where to print (default: a new stdout console).
+        show_all: print every stage; otherwise long runs of passing stages are elided.
+        max_passing: with ``show_all=False``, passing stages shown when there are many.
+    """
+    console = console or Console()
+    first = diff.first_divergence
+    title = f"parity diff  {diff.ref_path}  →  {diff.cand_path}"
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    for col, just in (("#", "right"), ("stage", "left"), ("status", "left"), ("shape", "left"), ("dtype", "left"),
+                      ("max abs", "right"), ("max rel", "right"), ("cosine", "right"), ("SQNR dB", "right"),
+                      ("mismatched", "right")):
+        table.add_column(col, justify=just, no_wrap=col != "stage")
+    rows = list(diff.stages)
+    passing = [s for s in rows if s.status == Status.PASS]
+    hide: set[int] = set()
+    if not show_all and len(passing) > max_passing:
+        keep = {id(s) for s in passing[: max_passing // 2]} | {id(s) for s in passing[-max_passing // 2:]}
+        hide = {id(s) for s in passing if id(s) not in keep}
+    hidden_run = 0
+    for sd in rows:
+        if id(sd) in hide:
+            hidden_run += 1
+            continue
+        if hidden_run:
+            table.add_row("", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim"), *[""] * 8)
+            hidden_run = 0
+        m = sd.metrics
+        pos = str(sd.ref.position + 1) if sd.ref else ""
+        status = sd.status.upper() + (f" ({sd.problem})" if sd.problem and sd.problem != "values" else "")
+        key = Text(sd.key)
+        if sd is first:
+            key.append("  ◀ first divergence", style="bold red")
+        row_style = "on grey15" if sd is first else None
+        table.add_row(
+            pos, key, Text(status, style=_STYLE[sd.status]), _shape(sd), _dtype(sd),
+            format_float(m.max_abs_err) if m else "-", format_float(m.max_rel_err) if m else "-",
+            format_float(m.cosine, 6) if m else "-", format_float(m.sqnr_db) if m else "-",
+            f"{m.mismatched}/{m.count}" if m else "-", style=row_style,
+        )
+    if hidden_run:
+        table.add_row("", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim"), *[""] * 8)
+    console.print(table)
+    for sd in diff.expected:
+        console.print(Text(f"expected divergence {sd.key}: {sd.expected_reason}", style="yellow"))
+    missing, extra = diff.missing, diff.extra
+    if missing:
+        console.print(Text(f"Only in the reference ({len(missing)}): " + ", ".join(s.key for s in missing[:20])
+                           + (" …" if len(missing) > 20 else ""), style="magenta"))
+    if extra:
+        console.print(Text(f"Only in the candidate ({len(extra)}): " + ", ".join(s.key for s in extra[:20])
+                           + (" …" if len(extra) > 20 else ""), style="cyan"))
+    if not diff.ref_complete or not diff.cand_complete:
+        which = [n for n, ok in (("reference", diff.ref_complete), ("candidate", diff.cand_complete)) if not ok]
+        console.print(Text(f"warning: the {' and '.join(which)} trace is incomplete (capture interrupted).", style="yellow"))
+    for line in describe_first_divergence(diff):
+        console.print(Text(line, style="bold red" if line.startswith("First") else None))
+    c = diff.summary()
+    verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
+    console.print(Text(f"{verdict}: {c['pass']} pass, {c['fail']} fail, {c['expected']} expected, {c['missing']} only in "
+                       f"reference, {c['extra']} only in candidate" + (f", {c['ignored']} ignored" if c["ignored"] else "")
+                       + (" (strict)" if diff.strict else ""), style="bold green" if diff.passed else "bold red"))
