@@ -25,7 +25,7 @@ def test_exit_codes(traces, capsys):
     assert "PARITY HOLDS" in capsys.readouterr().out
     assert main(["diff", ref, bad]) == 1
     out = capsys.readouterr().out
-    assert "DIVERGENCE FOUND" in out and "first divergence" in out
+    assert "DIVERGENCE FOUND" in out and "First divergence: b" in out
     assert main(["diff", ref, ref + "-nope"]) == 2
     err = capsys.readouterr().err
     assert "ref.trace-nope: no such trace directory" in err

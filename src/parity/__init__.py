@@ -14,6 +14,7 @@ traces stage by stage, and get the first divergent stage in execution order::
 
 from ._version import __version__
 from .capture.record import record, scope, tap
+from .compare import CompareConfig, Diagnosis, StageDiff, StageMetrics, TraceDiff, compare_traces, load_config
 from .errors import (
     CaptureError,
     ConfigError,
@@ -33,6 +34,13 @@ __all__ = [
     "tap",
     "scope",
     "load_trace",
+    "compare_traces",
+    "load_config",
+    "CompareConfig",
+    "TraceDiff",
+    "StageDiff",
+    "StageMetrics",
+    "Diagnosis",
     "Trace",
     "Stage",
     "TraceWriter",

@@ -65,7 +65,9 @@ def _layer_norm(x, g, eps):
 
 
 def _gelu(x):
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    # Constants in the array's dtype: a NumPy float64 scalar would silently upcast float32 (NEP 50).
+    c, k = x.dtype.type(np.sqrt(2 / np.pi)), x.dtype.type(0.044715)
+    return x.dtype.type(0.5) * x * (1 + np.tanh(c * (x + k * x ** 3)))
 
 
 def _forward(model: DemoModel, tokens: np.ndarray, dtype, score_scale: float) -> np.ndarray:
