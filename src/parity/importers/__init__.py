@@ -1,1 +1,284 @@
-"""importers."""
+"""Importers: foreign files → stages of a trace, and exporters back to those formats.
+
+A small registry. Each :class:`Importer` says whether it can read a file by *refusing* it with
+a reason, or accepting it (``refuse(path) -> None``). :func:`import_files` picks, per file, the
+first importer that accepts it (binary formats are tried before the text-log importer), or the
+one named by ``format``. Every importer writes through one :class:`~parity.trace.TraceWriter`,
+so an imported trace is an ordinary trace.
+
+Built in:
+
+============  ===========================================================================
+name          reads
+============  ===========================================================================
+aprt          APRT per-stage binary dumps: one ``.bin`` or a ``layer-N/STAGE.bin`` directory
+npy           ``.npy`` / ``.npz`` files and folders of them
+safetensors   a plain safetensors file
+lines         a text log of trace lines (needs ``prefixes``), plain or gzip
+============  ===========================================================================
+
+Example:
+    >>> import os, tempfile, numpy as np, parity
+    >>> d = tempfile.mkdtemp(); np.save(os.path.join(d, "x.npy"), np.arange(3.0))
+    >>> report = import_files([os.path.join(d, "x.npy")], os.path.join(d, "x.trace"))
+    >>> report.formats, parity.load_trace(report.path).keys()
+    (['npy'], ['x'])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ImportFormatError, UsageError
+from ..trace.writer import TraceWriter
+
+__all__ = ["Importer", "ImportReport", "register_importer", "importers", "get_importer", "find_importer",
+           "import_files", "export_trace", "EXPORT_FORMATS"]
+
+
+@dataclass(frozen=True)
+class Importer:
+    """One foreign format.
+
+    Attributes:
+        name: short name used by ``--format``.
+        description: one line for ``parity import --help``.
+        refuse: ``refuse(path) -> None`` when the importer can read ``path``, else the reason why not.
+        run: ``run(path, writer, **options) -> dict`` adds the stages to ``writer`` and returns
+            statistics (at least ``{"stages": n}``). Options it does not know are ignored.
+    """
+
+    name: str
+    description: str
+    refuse: Callable[[str], str | None]
+    run: Callable[..., dict[str, Any]]
+
+
+_REGISTRY: dict[str, Importer] = {}
+
+
+def register_importer(importer: Importer, *, first: bool = False) -> None:
+    """Add an importer (``first=True`` tries it before the built-in ones)."""
+    global _REGISTRY
+    if first:
+        _REGISTRY = {importer.name: importer, **{k: v for k, v in _REGISTRY.items() if k != importer.name}}
+    else:
+        _REGISTRY[importer.name] = importer
+
+
+def importers() -> list[Importer]:
+    """The registered importers, in the order they are tried."""
+    return list(_REGISTRY.values())
+
+
+def get_importer(name: str) -> Importer:
+    """The importer called ``name``.
+
+    Raises:
+        UsageError: no such importer.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown import format {name!r}; known: {', '.join(_REGISTRY)}.") from None
+
+
+def find_importer(path: str | os.PathLike[str], format: str | None = None) -> Importer:
+    """The importer that accepts ``path`` (or the one named by ``format``, which must accept it).
+
+    Raises:
+        ImportFormatError: no importer accepts the file; the message gives each one's reason.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImportFormatError("no such file or directory.", path=path)
+    if format is not None:
+        imp = get_importer(format)
+        why = imp.refuse(path)
+        if why is not None:
+            raise ImportFormatError(f"cannot be read as {format}: it {why}.", path=path)
+        return imp
+    reasons = []
+    for imp in _REGISTRY.values():
+        why = imp.refuse(path)
+        if why is None:
+            return imp
+        reasons.append(f"{imp.name}: {why}")
+    raise ImportFormatError("no importer can read it (" + "; ".join(reasons) + ").", path=path)
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What :func:`import_files` wrote.
+
+    Attributes:
+        path: the trace written.
+        stages: number of stages.
+        formats: the importer used for each input, in order.
+        stats: per input, the importer's statistics (lines read, skipped, malformed...).
+    """
+
+    path: str
+    stages: int
+    formats: list[str] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+
+def import_files(
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    meta: dict[str, Any] | None = None,
+    **options: Any,
+) -> ImportReport:
+    """Import one or more foreign files into one trace, in the order given.
+
+    Args:
+        paths: files or directories to import.
+        out: the trace directory to write.
+        format: force one importer (``"aprt"``, ``"npy"``, ``"safetensors"``, ``"lines"``).
+        meta: extra trace metadata.
+        **options: importer options: ``prefixes`` and ``index_fields`` (lines), ``order`` (an
+            order file for dump directories).
+
+    Returns:
+        An :class:`ImportReport`.
+
+    Raises:
+        ImportFormatError: an input cannot be read; the trace is then left marked incomplete.
+        UsageError: bad options (e.g. a log without ``prefixes``).
+    """
+    if not paths:
+        raise UsageError("give at least one file to import.")
+    chosen = [(os.fspath(p), find_importer(p, format)) for p in paths]
+    if any(imp.name == "lines" for _, imp in chosen) and not options.get("prefixes"):
+        raise UsageError("importing a text log needs its trace-line prefix, e.g. --prefix TRACE_C.")
+    full_meta: dict[str, Any] = {"sources": [os.path.basename(os.path.normpath(p)) for p, _ in chosen],
+                                 "formats": [imp.name for _, imp in chosen]}
+    if options.get("prefixes"):
+        full_meta["prefixes"] = list(options["prefixes"]) if not isinstance(options["prefixes"], str) else [options["prefixes"]]
+    full_meta.update(meta or {})
+    producer = "parity import (" + ", ".join(dict.fromkeys(imp.name for _, imp in chosen)) + ")"
+    stats = []
+    with TraceWriter(out, meta=full_meta, producer=producer) as writer:
+        for p, imp in chosen:
+            stats.append({"source": p, "format": imp.name, **imp.run(p, writer, **options)})
+        writer.update_meta(imports=[{k: v for k, v in s.items() if k != "source"} for s in stats])
+        digits = max((s.get("digits", 0) for s in stats), default=0)
+        if digits:
+            writer.update_meta(printed_digits=digits)
+        n = len(writer.keys)
+    return ImportReport(os.fspath(out), n, [imp.name for _, imp in chosen], stats)
+
+
+# -- built-in importers ----------------------------------------------------------------------------
+def _run_lines(path: str, writer: TraceWriter, *, prefixes=None, index_fields=(), **_: Any) -> dict[str, Any]:
+    from .lines import import_log
+
+    before = len(writer.keys)
+    st = import_log(path, writer, prefixes=prefixes, index_fields=index_fields or ())
+    return {"stages": len(writer.keys) - before, **st.to_dict(), "digits": st.digits}
+
+
+def _run_aprt(path: str, writer: TraceWriter, *, order=None, **_: Any) -> dict[str, Any]:
+    from .aprt import import_aprt
+
+    return {"stages": len(import_aprt(path, writer, order=order))}
+
+
+def _run_numpy(path: str, writer: TraceWriter, *, order=None, **_: Any) -> dict[str, Any]:
+    from .numpy_files import import_numpy
+
+    return {"stages": len(import_numpy(path, writer, order=order))}
+
+
+def _run_safetensors(path: str, writer: TraceWriter, **_: Any) -> dict[str, Any]:
+    from .safetensors_file import import_safetensors
+
+    return {"stages": len(import_safetensors(path, writer))}
+
+
+def _refuse_aprt(path: str) -> str | None:
+    from .aprt import refuse_aprt
+
+    return refuse_aprt(path)
+
+
+def _refuse_numpy(path: str) -> str | None:
+    from .numpy_files import refuse_numpy
+
+    return refuse_numpy(path)
+
+
+def _refuse_safetensors(path: str) -> str | None:
+    from .safetensors_file import refuse_safetensors
+
+    return refuse_safetensors(path)
+
+
+def _refuse_lines(path: str) -> str | None:
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "manifest.json")):
+            return "is a parity trace already"
+        return "is a directory"
+    from .lines import sniff_text
+
+    return sniff_text(path)
+
+
+register_importer(Importer("aprt", "APRT per-stage binary dumps (a .bin file or a layer-N/STAGE.bin directory)",
+                           _refuse_aprt, _run_aprt))
+register_importer(Importer("npy", ".npy / .npz files and folders of them", _refuse_numpy, _run_numpy))
+register_importer(Importer("safetensors", "a plain safetensors file", _refuse_safetensors, _run_safetensors))
+register_importer(Importer("lines", "a text log of trace lines (needs --prefix), plain or gzip", _refuse_lines, _run_lines))
+
+
+# -- exporters -------------------------------------------------------------------------------------
+def _export_aprt(trace, out, stages):
+    from .aprt import export_aprt
+
+    return export_aprt(trace, out, stages)
+
+
+def _export_npz(trace, out, stages):
+    from .numpy_files import export_npz
+
+    return export_npz(trace, out, stages)
+
+
+def _export_npy(trace, out, stages):
+    from .numpy_files import export_npy_dir
+
+    return export_npy_dir(trace, out, stages)
+
+
+def _export_safetensors(trace, out, stages):
+    from .safetensors_file import export_safetensors
+
+    return export_safetensors(trace, out, stages)
+
+
+#: Export format name → ``export(trace, out, stages) -> notes``.
+EXPORT_FORMATS: dict[str, Callable[..., list[str]]] = {
+    "aprt": _export_aprt, "npz": _export_npz, "npy": _export_npy, "safetensors": _export_safetensors,
+}
+
+
+def export_trace(trace: Any, out: str | os.PathLike[str], format: str, stages: Sequence[str] | None = None) -> list[str]:
+    """Write a trace's tensor stages in a foreign format (``aprt``, ``npz``, ``npy``, ``safetensors``).
+
+    Returns:
+        Notes about what could not be kept exactly (text stages, rounding to float32, flattening).
+
+    Raises:
+        UsageError: unknown format, or ``out`` already exists (nothing is overwritten).
+    """
+    try:
+        fn = EXPORT_FORMATS[format]
+    except KeyError:
+        raise UsageError(f"unknown export format {format!r}; known: {', '.join(EXPORT_FORMATS)}.") from None
+    return fn(trace, out, stages)

@@ -259,6 +259,17 @@ class TraceWriter:
                 )
             self._closed = True
 
+    def update_meta(self, **items: Any) -> None:
+        """Add or replace trace-level metadata before :meth:`close` (e.g. facts known only at the end).
+
+        Raises:
+            UsageError: a value is not JSON-serialisable.
+            TraceError: the writer is closed.
+        """
+        if self._closed:
+            raise TraceError("the trace writer is closed; its metadata can no longer change.", path=self.path)
+        self._meta.update(_jsonable(dict(items), "trace meta"))
+
     @property
     def keys(self) -> list[str]:
         """Keys recorded so far, in execution order."""

@@ -1,0 +1,56 @@
+"""``parity import`` and ``parity export``: foreign files to and from traces."""
+
+from __future__ import annotations
+
+import click
+
+from ..importers import EXPORT_FORMATS, export_trace, import_files, importers
+
+
+@click.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The trace directory to write.")
+@click.option("--format", "fmt", type=click.Choice([i.name for i in importers()]),
+              help="Force an importer instead of detecting the format.")
+@click.option("--prefix", "prefixes", multiple=True,
+              help="Trace-line prefix of a text log, e.g. TRACE_C (takes 'TRACE_C:' and 'TRACE_C_ITER ...' lines). Repeatable.")
+@click.option("--index-field", "index_fields", multiple=True, help="A name=value field of a log that is an index. Repeatable.")
+@click.option("--order", "order", type=click.Path(dir_okay=False, exists=True),
+              help="Execution order of a dump directory: one relative path per line (default: its order.txt).")
+def import_cmd(files, out, fmt, prefixes, index_fields, order):
+    """Import FILES (text logs, APRT dumps, .npy/.npz, safetensors) into one trace, in the order given.
+
+    \b
+    Examples:
+      parity import run.log --prefix TRACE_C --out c.trace
+      parity import dump/ --out ref.trace            # APRT layer-N/STAGE.bin directory
+    """
+    report = import_files(list(files), out, format=fmt, prefixes=list(prefixes) or None,
+                          index_fields=list(index_fields), order=order)
+    click.echo(f"{report.path}: {report.stages} stages")
+    for s in report.stats:
+        line = f"  {s['source']} ({s['format']}): {s['stages']} stages"
+        if s["format"] == "lines":
+            line += (f" from {s['trace_lines']} trace lines; {s['skipped']} other lines skipped, "
+                     f"{s['malformed']} malformed")
+        click.echo(line)
+        for ex in s.get("malformed_examples", []):
+            click.echo(f"    malformed {ex}", err=True)
+
+
+@click.command("export")
+@click.argument("trace", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", required=True, type=click.Choice(sorted(EXPORT_FORMATS)), help="The format to write.")
+@click.option("--out", "out", required=True, type=click.Path(), help="A new file (npz, safetensors) or empty directory (aprt, npy).")
+@click.option("--stage", "stages", multiple=True, help="Export only this stage. Repeatable.")
+def export_cmd(trace, fmt, out, stages):
+    """Write the tensor stages of TRACE as an APRT dump, .npz, .npy folder or safetensors file."""
+    notes = export_trace(trace, out, fmt, list(stages) or None)
+    click.echo(f"wrote {out} ({fmt})")
+    for n in notes:
+        click.echo(f"  note: {n}", err=True)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(import_cmd)
+    group.add_command(export_cmd)

@@ -1,0 +1,88 @@
+"""Execution order for stages whose source has none (a directory of dumps, a safetensors file).
+
+A directory listing or a safetensors header is not an execution order, and the first divergence
+depends on one. When no explicit order is given (``order.txt``, ``--order``), stages are sorted
+by name: embedding-like stages first, then everything else with numbers compared as numbers
+(``layers.2`` before ``layers.10``) and the canonical transformer stages in their computation
+order inside each layer (``attn_norm`` before ``q_proj`` before ... ``ffn_residual``), then the
+final norm and the logits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+from ..errors import ImportFormatError
+from ..trace.keys import make_key, split_key
+
+__all__ = ["CANONICAL_STAGES", "order_key", "sort_stages", "read_order_file", "add_keyed"]
+
+#: Canonical per-layer stages of a transformer, in the order they are computed.
+CANONICAL_STAGES = (
+    "attn_norm", "q_proj", "k_proj", "v_proj", "qkv", "q_rope", "k_rope", "attn_scores", "attn_probs",
+    "attn_context", "attn_out", "attn_residual", "ffn_norm", "ffn_gate", "ffn_up", "ffn_act", "ffn_mul",
+    "ffn_out", "ffn_residual",
+)
+_RANK = {name: i for i, name in enumerate(CANONICAL_STAGES)}
+_FIRST = re.compile(r"^(embed|embedding|embeddings|tok_embeddings|wte|input|inputs|tokens)(_|$)")
+_LAST = re.compile(r"^(final_norm|norm_f|ln_f|norm|logits|lm_head|output|outputs)(_|$)")
+_NUM = re.compile(r"(\d+)")
+
+
+def _natural(segment: str) -> tuple:
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _NUM.split(segment) if p)
+
+
+def order_key(key: str) -> tuple:
+    """Sort key giving the inferred execution order of ``key`` (see the module docstring)."""
+    segs = key.split(".")
+    head = segs[0]
+    phase = 0 if _FIRST.match(head) else 2 if (_LAST.match(head) and len(segs) == 1) else 1
+    parts = [_natural(s) for s in segs[:-1]]
+    leaf = segs[-1]
+    base = re.split(r"[\[#]", leaf, maxsplit=1)[0]
+    parts.append(((_RANK.get(base, len(_RANK)),), _natural(leaf)))
+    return (phase, tuple(parts))
+
+
+def sort_stages(keys: Iterable[str]) -> list[str]:
+    """``keys`` in inferred execution order."""
+    return sorted(keys, key=order_key)
+
+
+def read_order_file(path: str, known: Iterable[str]) -> list[str]:
+    """Read an order file: one entry (a relative path or a stage key) per line; lines starting with ``#`` are comments.
+
+    Raises:
+        ImportFormatError: an entry names nothing that exists, or is listed twice.
+    """
+    known = set(known)
+    out: list[str] = []
+    seen: set[str] = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ImportFormatError(f"cannot be read ({e.strerror}).", path=path) from e
+    for n, line in enumerate(lines, 1):
+        entry = line.strip()  # "#" starts a comment only at the start: keys may hold "#1"
+        if not entry or entry.startswith("#"):
+            continue
+        entry = entry.replace(os.sep, "/")
+        if entry not in known:
+            raise ImportFormatError(f"line {n} names {entry!r}, which is not among the files found.", path=path)
+        if entry in seen:
+            raise ImportFormatError(f"line {n} lists {entry!r} a second time.", path=path)
+        seen.add(entry)
+        out.append(entry)
+    return out
+
+
+def add_keyed(writer, key: str, value: object, **kwargs) -> str:
+    """``writer.add`` for a key read from a file name: a ``#n`` suffix is dropped (the writer
+    numbers repeated keys itself) and integer index values become ints."""
+    name, idx, _occ = split_key(key)
+    indices = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in idx.items()}
+    return writer.add(make_key(name), value, indices=indices or None, **kwargs)

@@ -1,0 +1,274 @@
+"""APRT per-stage binary dumps: read and write.
+
+One file holds one stage::
+
+    offset  size  field
+    0       4     magic  b"APRT"
+    4       4     layer  u32 little-endian; 0xFFFFFFFF = a whole-model stage (not in a layer)
+    8       4     count  u32 little-endian, number of values
+    12      4*N   values f32 little-endian
+
+A dump is a directory: ``layer-N/STAGE.bin`` for the stages of layer N (their header says N)
+and ``STAGE.bin`` for whole-model stages (header 0xFFFFFFFF). They import as stages
+``layers.N.STAGE`` and ``STAGE``, shape ``(count,)``. The execution order comes from an
+``order.txt`` beside them (one relative path per line; :func:`export_aprt` writes it), else it is
+inferred from the names (see :mod:`parity.importers._order`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ImportFormatError, UsageError
+from ..trace.dtypes import to_float64
+from ..trace.keys import validate_key
+from ..trace.reader import Trace, load_trace
+from ..trace.writer import TraceWriter
+from ._order import add_keyed, read_order_file, sort_stages
+
+__all__ = ["MAGIC", "WHOLE_MODEL", "AprtStage", "read_aprt", "write_aprt", "encode_aprt", "import_aprt", "export_aprt",
+           "refuse_aprt"]
+
+MAGIC = b"APRT"
+#: The layer field of a whole-model stage.
+WHOLE_MODEL = 0xFFFFFFFF
+_HEADER = struct.Struct("<4sII")
+_LAYER_DIR = re.compile(r"^layer-([0-9]+)$")
+ORDER_FILE = "order.txt"
+
+
+@dataclass(frozen=True)
+class AprtStage:
+    """One APRT file.
+
+    Attributes:
+        layer: the layer index, or ``None`` for a whole-model stage.
+        values: the float32 values (a read-only memory map).
+    """
+
+    layer: int | None
+    values: np.ndarray
+
+
+def read_aprt(path: str | os.PathLike[str]) -> AprtStage:
+    """Read one APRT file, checking its magic and that its size matches its count.
+
+    Raises:
+        ImportFormatError: the file is missing, too short, not APRT, truncated or has trailing bytes.
+
+    Example:
+        >>> import os, tempfile, numpy as np
+        >>> p = os.path.join(tempfile.mkdtemp(), "x.bin")
+        >>> write_aprt(p, np.float32([1.5, -2]), layer=3)
+        >>> s = read_aprt(p); s.layer, s.values.tolist()
+        (3, [1.5, -2.0])
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(_HEADER.size)
+    except FileNotFoundError:
+        raise ImportFormatError("no such APRT file.", path=path) from None
+    except OSError as e:
+        raise ImportFormatError(f"cannot be read ({e.strerror}).", path=path) from e
+    if len(head) < _HEADER.size:
+        raise ImportFormatError(f"is {size} bytes long; an APRT file starts with a 12-byte header "
+                                "(magic APRT, u32 layer, u32 count).", path=path)
+    magic, layer, count = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ImportFormatError(f"does not start with the APRT magic (found {magic!r}); it is not an APRT dump.", path=path)
+    expected = _HEADER.size + 4 * count
+    if size < expected:
+        raise ImportFormatError(
+            f"is truncated: its header promises {count} float32 values ({4 * count} bytes) but only "
+            f"{size - _HEADER.size} bytes of data follow.", path=path)
+    if size > expected:
+        raise ImportFormatError(
+            f"has {size - expected} trailing bytes after the {count} float32 values its header promises; "
+            "the count is wrong or the file is not APRT.", path=path)
+    values = np.memmap(path, dtype="<f4", mode="r", offset=_HEADER.size, shape=(count,)) if count else np.empty(0, "<f4")
+    return AprtStage(None if layer == WHOLE_MODEL else int(layer), values)
+
+
+def encode_aprt(values: object, layer: int | None = None) -> bytes:
+    """The bytes of one APRT file (values are flattened and must already be float32).
+
+    Raises:
+        UsageError: values are not float32, or the layer does not fit in a u32.
+
+    Example:
+        >>> encode_aprt(np.float32([1.0]), layer=None).hex()
+        '41505254ffffffff010000000000803f'
+    """
+    arr = np.asarray(values)
+    if arr.dtype != np.float32:
+        raise UsageError(f"APRT stores float32 values; got {arr.dtype} (cast first).")
+    if layer is not None and not (0 <= int(layer) < WHOLE_MODEL):
+        raise UsageError(f"APRT layer {layer} does not fit in a u32 below 0xFFFFFFFF.")
+    flat = np.ascontiguousarray(arr.reshape(-1), dtype="<f4")
+    if flat.size >= 2**32:
+        raise UsageError(f"APRT counts values in a u32; {flat.size} values do not fit.")
+    return _HEADER.pack(MAGIC, WHOLE_MODEL if layer is None else int(layer), flat.size) + flat.tobytes()
+
+
+def write_aprt(path: str | os.PathLike[str], values: object, layer: int | None = None) -> None:
+    """Write one APRT file (atomically: temporary name, then rename)."""
+    data = encode_aprt(values, layer)
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _scan(root: str) -> dict[str, tuple[str, int | None]]:
+    """Relative path → (stage key, expected layer) for every ``.bin`` of an APRT dump directory."""
+    found: dict[str, tuple[str, int | None]] = {}
+    for name in sorted(os.listdir(root)):
+        full = os.path.join(root, name)
+        m = _LAYER_DIR.match(name)
+        if os.path.isdir(full) and m:
+            layer = int(m.group(1))
+            for sub in sorted(os.listdir(full)):
+                if sub.endswith(".bin") and os.path.isfile(os.path.join(full, sub)):
+                    found[f"{name}/{sub}"] = (f"layers.{layer}.{sub[:-4]}", layer)
+        elif name.endswith(".bin") and os.path.isfile(full):
+            found[name] = (name[:-4], None)
+    return found
+
+
+def refuse_aprt(path: str) -> str | None:
+    """``None`` if ``path`` is an APRT file or dump directory, else why not."""
+    if os.path.isdir(path):
+        found = _scan(path)
+        if not found:
+            return "holds no .bin files nor layer-N/ directories"
+        first = os.path.join(path, next(iter(found)))
+        with open(first, "rb") as f:
+            if f.read(4) != MAGIC:
+                return f"{next(iter(found))} does not start with the APRT magic"
+        return None
+    try:
+        with open(path, "rb") as f:
+            return None if f.read(4) == MAGIC else "does not start with the APRT magic"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+
+
+def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str | None = None) -> list[str]:
+    """Add the stages of an APRT file or dump directory to ``writer``.
+
+    Args:
+        path: one ``.bin`` file (stage named after the file, ``layers.N.`` prefix when its header
+            names a layer) or a dump directory.
+        writer: the trace being written.
+        order: an order file (default: ``order.txt`` in the directory, if present).
+
+    Returns:
+        The keys written, in order.
+
+    Raises:
+        ImportFormatError: a file is malformed, or lies in ``layer-N/`` but its header names
+            another layer (or a whole-model file names a layer).
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        stage = read_aprt(path)
+        stem = _stem(os.path.basename(path)[:-4] if path.endswith(".bin") else os.path.basename(path), path)
+        key = f"layers.{stage.layer}.{stem}" if stage.layer is not None else stem
+        return [add_keyed(writer, key, stage.values, provenance={"file": os.path.basename(path)})]
+    found = _scan(path)
+    if not found:
+        raise ImportFormatError("holds no APRT .bin files (expected layer-N/STAGE.bin and STAGE.bin).", path=path)
+    order_path = order or (os.path.join(path, ORDER_FILE) if os.path.exists(os.path.join(path, ORDER_FILE)) else None)
+    if order_path:
+        listed = read_order_file(order_path, found)
+        rels = listed + sort_stages_by_key([r for r in found if r not in set(listed)], found)
+    else:
+        rels = sort_stages_by_key(list(found), found)
+    keys = []
+    for rel in rels:
+        key, expected = found[rel]
+        full = os.path.join(path, rel)
+        stage = read_aprt(full)
+        if stage.layer != expected:
+            said = "whole-model (0xFFFFFFFF)" if stage.layer is None else f"layer {stage.layer}"
+            where = f"lies in layer-{expected}/" if expected is not None else "lies at the top level (whole-model stages)"
+            raise ImportFormatError(f"is mislabelled: it {where} but its header says {said}.", path=full)
+        head, _, leaf = key.rpartition(".")
+        key = (head + "." if head else "") + _stem(leaf, full)
+        keys.append(add_keyed(writer, key, stage.values, provenance={"file": rel}))
+    return keys
+
+
+def sort_stages_by_key(rels: list[str], found: dict[str, tuple[str, int | None]]) -> list[str]:
+    by_key = {found[r][0]: r for r in rels}
+    return [by_key[k] for k in sort_stages(by_key)]
+
+
+def _stem(name: str, where: str) -> str:
+    try:
+        return validate_key(name)
+    except Exception:
+        raise ImportFormatError(f"file name {name!r} is not a valid stage name (letters, digits, _+-:@ and dots).",
+                                path=where) from None
+
+
+def export_aprt(trace: str | os.PathLike[str] | Trace, out_dir: str | os.PathLike[str],
+                stages: Iterable[str] | None = None) -> list[str]:
+    """Write the tensor stages of a trace as an APRT dump directory (plus ``order.txt``).
+
+    ``layers.N.REST`` goes to ``layer-N/REST.bin`` with layer N; any other key to ``KEY.bin``
+    (whole-model). Values are converted to float32 (APRT holds nothing else) and flattened.
+
+    Args:
+        trace: the trace (path or loaded).
+        out_dir: a new or empty directory.
+        stages: keys to export (default: every tensor stage).
+
+    Returns:
+        Notes about what could not be kept exactly (text stages skipped, values rounded to float32).
+
+    Raises:
+        UsageError: ``out_dir`` exists and is not empty.
+    """
+    t = trace if isinstance(trace, Trace) else load_trace(trace)
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UsageError("exists and is not an empty directory; refusing to write an APRT dump into it.", path=out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    wanted = set(stages) if stages is not None else None
+    notes: list[str] = []
+    order: list[str] = []
+    for s in t:
+        if wanted is not None and s.key not in wanted:
+            continue
+        if s.kind != "tensor":
+            notes.append(f'stage "{s.key}" is text; APRT holds only float32 values, skipped.')
+            continue
+        wide = to_float64(np.asarray(t.array(s)).reshape(-1), s.dtype_info)
+        f32 = wide.astype(np.float32)
+        if not np.array_equal(f32.astype(np.float64), wide, equal_nan=True):
+            notes.append(f'stage "{s.key}" ({s.dtype}) was rounded to float32.')
+        m = re.match(r"^layers\.([0-9]+)\.(.+)$", s.key)
+        if m:
+            rel = f"layer-{int(m.group(1))}/{m.group(2)}.bin"
+            os.makedirs(os.path.join(out_dir, f"layer-{int(m.group(1))}"), exist_ok=True)
+            write_aprt(os.path.join(out_dir, rel), f32, layer=int(m.group(1)))
+        else:
+            rel = f"{s.key}.bin"
+            write_aprt(os.path.join(out_dir, rel), f32, layer=None)
+        if len(s.shape) > 1:
+            notes.append(f'stage "{s.key}" had shape {s.shape}; APRT stores it flat ({s.size} values).')
+        order.append(rel)
+    with open(os.path.join(out_dir, ORDER_FILE), "w", encoding="utf-8") as f:
+        f.write("# execution order of the stages of this APRT dump (written by parity)\n")
+        f.write("".join(r + "\n" for r in order))
+    return notes

@@ -1,0 +1,686 @@
+"""Trace lines printed by any program (C, C++, Fortran, Python...) → stages.
+
+A *trace line* starts with a configured prefix; every other line (progress output, banners,
+warnings) is skipped and counted. With ``prefix="TRACE_C"`` these lines are read::
+
+    TRACE_C: energy=-1.25                 scalar                      energy
+    TRACE_C: pos=0.1 0.2 0.3              vector, key=v1 v2 v3        pos
+    TRACE_C: pos 0.1 0.2 0.3              vector, key v1 v2 v3        pos
+    TRACE_C: pos: [0.1, 0.2, 0.3]         vector, key: [a, b, c]      pos
+    TRACE_C: rot=[1 0 0; 0 1 0; 0 0 1]    3×3 matrix (rows by ";")    rot
+    TRACE_C: rot=[[1, 0], [0, 1]]         2×2 matrix (nested lists)   rot
+    TRACE_C: cell=a:3.5 b:4.1 c:9.0       named fields                cell.a, cell.b, cell.c
+    TRACE_C: e=1.5 n=3                    several key=value pairs     e, n
+    TRACE_C: method=lbfgs                 text                        method (a text stage)
+    TRACE_C_ITER it=3 e=0.5 g=1e-3 2e-3   indexed family line         e[it=3], g[it=3]
+
+Values may be written in any float notation: ``%g``, ``%.17g``, ``%e``, ``%a`` (hex), ``inf``,
+``-inf``, ``nan``, ``-nan``, ``-0``, Fortran ``1.0D+00``. A value that is not a number makes the
+field a text stage. Numbers are stored as float64 (every printed decimal has one nearest double,
+so both sides of a comparison read the same bits from the same text).
+
+A key printed again (a block printed once per loop iteration) is stored as the next occurrence,
+``energy#1``, ``energy#2``... — never overwritten. Each stage keeps the source line number (and
+the stream, for captured programs) as provenance.
+
+The importer streams: it reads the log in chunks and never holds more than one chunk of it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from ..errors import ImportFormatError, UsageError
+from ..trace.keys import validate_key
+from ..trace.writer import TraceWriter
+
+__all__ = ["LineParser", "ParsedField", "LineStats", "import_log", "parse_lines", "parse_value"]
+
+_CHUNK = 8 * 1024 * 1024
+_WS = b" \t\r\f\v"
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_+\-:@.]+")
+_NAME_BAD_TAIL = re.compile(r"[^A-Za-z0-9_+\-:@.]+$")
+_IDENT = re.compile(rb"^[A-Za-z_][A-Za-z0-9_.]*$")
+_FAMILY = re.compile(rb"_([A-Za-z0-9_]+)[ \t]")
+_SPACED_EQ = re.compile(rb"[ \t]*=[ \t]*")
+_INT = re.compile(rb"^[+-]?[0-9]+$")
+_MSVC = {b"1.#inf": "inf", b"-1.#inf": "-inf", b"1.#qnan": "nan", b"-1.#qnan": "nan", b"1.#ind": "nan", b"-1.#ind": "nan"}
+_MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ParsedField:
+    """One value read from a trace line.
+
+    Attributes:
+        name: the (sanitised) dotted stage name, e.g. ``"cell.a"``.
+        value: a float64 array (shape ``()`` for a scalar) or a ``str`` for a text value.
+        indices: indices from an indexed line, e.g. ``{"it": 3}``.
+        line: 1-based line number in the log (or stream).
+        original: the name as printed, when sanitising changed it.
+    """
+
+    name: str
+    value: np.ndarray | str
+    indices: dict[str, int | str] | None
+    line: int
+    original: str | None = None
+
+
+@dataclass
+class LineStats:
+    """What an import read.
+
+    Attributes:
+        lines: lines read in total.
+        trace_lines: lines that carried the prefix and were parsed.
+        skipped: lines without the prefix (progress output, banners...), skipped.
+        malformed: lines with the prefix that could not be parsed, skipped.
+        examples: up to five ``(line number, reason)`` of malformed lines.
+        fields: values read (one stage each).
+        digits: the most significant digits seen in a printed number (the log's precision).
+    """
+
+    lines: int = 0
+    trace_lines: int = 0
+    skipped: int = 0
+    malformed: int = 0
+    examples: list[tuple[int, str]] = field(default_factory=list)
+    fields: int = 0
+    digits: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lines": self.lines, "trace_lines": self.trace_lines, "skipped": self.skipped,
+                "malformed": self.malformed, "fields": self.fields,
+                "malformed_examples": [f"line {n}: {why}" for n, why in self.examples]}
+
+
+class _Malformed(ValueError):
+    pass
+
+
+# -- values ---------------------------------------------------------------------------------------
+def _float_slow(tok: bytes) -> float | None:
+    """The notations NumPy's parser refuses: Fortran D exponents, C99 hex floats, MSVC inf/nan."""
+    try:
+        return float(tok)
+    except ValueError:
+        pass
+    low = tok.lower()
+    if low in _MSVC:
+        return float(_MSVC[low])
+    if low.startswith((b"nan(", b"-nan(", b"+nan(")) and low.endswith(b")"):
+        return float("nan")
+    if b"d" in low and not low.startswith((b"0x", b"-0x", b"+0x")):
+        try:
+            return float(low.replace(b"d", b"e"))
+        except ValueError:
+            return None
+    try:
+        return float.fromhex(tok.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _floats(tokens: list[bytes]) -> np.ndarray | None:
+    """Parse number tokens into a float64 vector, or ``None`` if any token is not a number."""
+    try:
+        # NumPy parses a list of byte strings in C (correctly rounded, as float() does).
+        return np.array(tokens, dtype=np.float64)
+    except ValueError:
+        pass
+    out = np.empty(len(tokens), dtype=np.float64)
+    for i, t in enumerate(tokens):
+        v = _float_slow(t)
+        if v is None:
+            return None
+        out[i] = v
+    return out
+
+
+def _sig_digits(tok: bytes) -> int:
+    """Significant digits of a printed decimal (0 for inf/nan/hex)."""
+    mant = tok.lstrip(b"+-").split(b"e")[0].split(b"E")[0].split(b"D")[0].split(b"d")[0]
+    digits = mant.replace(b".", b"").lstrip(b"0")
+    return len(digits) if digits.isdigit() else 0
+
+
+def _split_tokens(text: bytes) -> list[bytes]:
+    return text.replace(b",", b" ").split() if b"," in text else text.split()
+
+
+def _nested(text: bytes, where: str) -> np.ndarray | None:
+    """``[[1, 2], [3, 4]]`` → a rectangular array (or ``None`` if an element is not a number)."""
+    tokens = re.findall(rb"\[|\]|[^\s,\[\]]+", text)
+    pos = 0
+
+    def walk() -> Any:
+        nonlocal pos
+        if tokens[pos] != b"[":
+            tok = tokens[pos]
+            pos += 1
+            return tok
+        pos += 1
+        items = []
+        while pos < len(tokens) and tokens[pos] != b"]":
+            items.append(walk())
+        if pos >= len(tokens):
+            raise _Malformed(f"unbalanced brackets in {where}")
+        pos += 1
+        return items
+
+    try:
+        tree = walk()
+    except IndexError:
+        raise _Malformed(f"unbalanced brackets in {where}") from None
+    if pos != len(tokens):
+        raise _Malformed(f"text after the closing bracket in {where}")
+
+    shape: list[int] = []
+    node = tree
+    while isinstance(node, list):
+        shape.append(len(node))
+        if not node:
+            break
+        node = node[0]
+    flat: list[bytes] = []
+
+    def collect(n: Any, depth: int) -> None:
+        if depth == len(shape):
+            if isinstance(n, list):
+                raise _Malformed(f"ragged nested list in {where}")
+            flat.append(n)
+            return
+        if not isinstance(n, list) or len(n) != shape[depth]:
+            raise _Malformed(f"ragged nested list in {where} (rows of different lengths)")
+        for x in n:
+            collect(x, depth + 1)
+
+    collect(tree, 0)
+    values = _floats(flat) if flat else np.empty(0)
+    if values is None:
+        return None
+    return values.reshape(shape)
+
+
+def parse_value(text: bytes | str, *, where: str = "value") -> np.ndarray | str:
+    """Parse the value part of a trace line: a number, a vector, a matrix, or text.
+
+    Args:
+        text: e.g. ``b"1 2 3"``, ``b"[1, 2, 3]"``, ``b"[1 2; 3 4]"``, ``b"[[1, 2], [3, 4]]"``, ``b"lbfgs"``.
+        where: how to name the value in error messages.
+
+    Returns:
+        A float64 array (shape ``()`` for one number), or the text itself when it is not numeric.
+
+    Raises:
+        ImportFormatError: brackets are unbalanced or a matrix is ragged.
+
+    Example:
+        >>> parse_value(b"[1 2; 3 4]").tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
+        >>> parse_value("converged")
+        'converged'
+    """
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        value = _parse_value(raw.strip(), where)
+    except _Malformed as e:
+        raise ImportFormatError(str(e) + ".") from None
+    return value
+
+
+def _parse_value(raw: bytes, where: str) -> np.ndarray | str:
+    if raw[:1] == b"[":
+        if raw[-1:] != b"]":
+            raise _Malformed(f"{where} opens a bracket it does not close")
+        inner = raw[1:-1]
+        if b"[" in inner:
+            arr = _nested(raw, where)
+        elif b";" in inner:
+            rows = [_split_tokens(r) for r in inner.split(b";")]
+            if rows and not rows[-1]:
+                rows.pop()  # a trailing ";"
+            width = len(rows[0]) if rows else 0
+            if any(len(r) != width for r in rows):
+                raise _Malformed(f"{where} is a matrix with rows of different lengths "
+                                 f"({', '.join(str(len(r)) for r in rows)})")
+            flat = [t for r in rows for t in r]
+            arr = _floats(flat) if flat else np.empty(0)
+            if arr is not None:
+                arr = arr.reshape(len(rows), width)
+        else:
+            tokens = _split_tokens(inner)
+            arr = _floats(tokens) if tokens else np.empty(0)
+        return arr if arr is not None else raw.decode("utf-8", "replace")
+    tokens = _split_tokens(raw)
+    if not tokens:
+        return ""
+    arr = _floats(tokens)
+    if arr is None:
+        return raw.decode("utf-8", "replace")
+    return arr.reshape(()) if len(tokens) == 1 else arr
+
+
+# -- names ----------------------------------------------------------------------------------------
+class _Names:
+    """Sanitise printed names into stage names (cached: a log repeats its names)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, tuple[str, str | None]] = {}
+
+    def __call__(self, raw: bytes) -> tuple[str, str | None]:
+        hit = self._cache.get(raw)
+        if hit is not None:
+            return hit
+        text = raw.decode("utf-8", "replace")
+        # rot[0] -> rot_0, x->y -> x_y: trailing punctuation is dropped, inner runs become "_".
+        name = _NAME_BAD.sub("_", _NAME_BAD_TAIL.sub("", text))
+        # Segments may not start with - + : @ and may not be empty ("a..b", ".x").
+        segs = [s.lstrip("-+:@") for s in name.split(".")]
+        segs = [s for s in segs if s]
+        name = ".".join(segs)
+        if not name:
+            raise _Malformed(f"the name {text!r} has no letters or digits")
+        try:
+            validate_key(name)
+        except Exception:
+            raise _Malformed(f"the name {text!r} cannot be made into a stage key") from None
+        result = (name, None if name == text else text)
+        if len(self._cache) < 100_000:
+            self._cache[raw] = result
+        return result
+
+
+# -- lines ----------------------------------------------------------------------------------------
+class LineParser:
+    """Parse trace lines carrying one of ``prefixes`` into :class:`ParsedField` records.
+
+    Args:
+        prefixes: line prefixes. A bare name such as ``"TRACE_C"`` takes ``TRACE_C:`` lines and
+            the indexed family lines ``TRACE_C_<FAMILY> idx=3 a=1 b=2`` (and ``TRACE_C idx=3 ...``);
+            a prefix ending in punctuation, such as ``"TRACE_C:"`` or ``">>"``, takes exactly the
+            lines that start with it (after optional leading whitespace).
+        index_fields: names of ``name=value`` fields that are indices wherever they appear (in an
+            indexed family line the first field is always an index).
+
+    Example:
+        >>> p = LineParser(["TRACE_C"])
+        >>> [(f.name, f.indices, f.value.tolist()) for f in p.parse_line(b"TRACE_C_ITER it=3 e=0.5", 7)]
+        [('e', {'it': 3}, 0.5)]
+    """
+
+    def __init__(self, prefixes: Sequence[str], index_fields: Iterable[str] = ()):
+        if isinstance(prefixes, str):
+            prefixes = [prefixes]
+        if not prefixes or not all(isinstance(p, str) and p.strip() for p in prefixes):
+            raise UsageError("give at least one non-empty trace-line prefix, e.g. --prefix TRACE_C.")
+        self.prefixes = tuple(sorted({p.strip() for p in prefixes}, key=len, reverse=True))
+        self._bprefixes = tuple(p.encode("utf-8") for p in self.prefixes)
+        self._exact = tuple(not p[-1:].isalnum() and p[-1:] != "_" for p in self.prefixes)
+        self.index_fields = frozenset(index_fields)
+        self._bindex = frozenset(f.encode("utf-8") for f in self.index_fields)
+        self._names = _Names()
+        self.stats = LineStats()
+        self._sample_every = 1
+
+    # The body of a trace line after its prefix; kind: "plain" or "indexed"; None if not a trace line.
+    def _body(self, line: bytes) -> tuple[bytes, bool] | None:
+        for p, exact in zip(self._bprefixes, self._exact):
+            if not line.startswith(p):
+                continue
+            rest = line[len(p):]
+            if exact:
+                return rest, False
+            c = rest[:1]
+            if c == b":":
+                return rest[1:], False
+            if c in (b" ", b"\t"):
+                return rest, True
+            if c == b"_":
+                m = _FAMILY.match(rest)
+                if m:
+                    return rest[m.end():], True
+            return None
+        return None
+
+    def is_trace_line(self, line: bytes) -> bool:
+        """Whether ``line`` carries one of the prefixes."""
+        return self._body(line.lstrip(_WS)) is not None
+
+    def parse_line(self, line: bytes, lineno: int) -> list[ParsedField] | None:
+        """Parse one line (without its newline).
+
+        Returns:
+            The fields it carries, or ``None`` when it is not a trace line. A trace line that
+            cannot be parsed is counted as malformed and gives ``[]``.
+        """
+        if line[:1] in (b" ", b"\t"):
+            line = line.lstrip(_WS)
+        found = self._body(line)
+        if found is None:
+            return None
+        body, indexed = found
+        try:
+            return self._fields(body.strip(), indexed, lineno)
+        except _Malformed as e:
+            st = self.stats
+            st.malformed += 1
+            if len(st.examples) < _MAX_EXAMPLES:
+                st.examples.append((lineno, str(e)))
+            return []
+
+    def _fields(self, body: bytes, indexed: bool, lineno: int) -> list[ParsedField]:
+        if not body:
+            raise _Malformed("the trace line has a prefix but no key")
+        if b" =" in body or b"= " in body or b"\t=" in body or b"=\t" in body:
+            body = _SPACED_EQ.sub(b"=", body)
+        eq = body.find(b"=")
+        colon = body.find(b":")
+        space = _first_space(body)
+        pairs: list[tuple[bytes, bytes]]
+        if eq > 0 and (colon < 0 or eq < colon) and (space < 0 or eq < space):
+            if body.count(b"=") == 1:
+                pairs = [(body[:eq], body[eq + 1:])]
+            else:
+                pairs = _pairs(body)
+        elif colon > 0 and (space < 0 or colon < space):
+            pairs = [(body[:colon], body[colon + 1:])]
+        elif space > 0:
+            pairs = [(body[:space], body[space:])]
+        else:
+            raise _Malformed(f"the trace line has a key {body[:40]!r} but no value")
+        indices: dict[str, int | str] | None = None
+        if indexed or self._bindex:
+            keep: list[tuple[bytes, bytes]] = []
+            for n, (k, v) in enumerate(pairs):
+                k = k.strip()
+                if (indexed and n == 0) or k in self._bindex:
+                    if indices is None:
+                        indices = {}
+                    indices[self._index_name(k)] = _index_value(v.strip(), k)
+                else:
+                    keep.append((k, v))
+            pairs = keep
+            if not pairs:
+                raise _Malformed("the indexed trace line has indices but no values")
+        out = []
+        st = self.stats
+        for k, v in pairs:
+            name, original = self._names(k.strip())
+            v = v.strip()
+            if not v:
+                raise _Malformed(f'"{name}" has no value')
+            value = _parse_value(v, f'the value of "{name}"')
+            if isinstance(value, str) and value and b":" in v and v[:1] != b"[":
+                named = self._named_fields(name, v, lineno, indices)
+                if named is not None:
+                    out.extend(named)
+                    continue
+            if not isinstance(value, str):
+                st.fields += 1
+                if st.fields % self._sample_every == 0:
+                    self._sample_digits(v)
+            else:
+                st.fields += 1
+            out.append(ParsedField(name, value, dict(indices) if indices else None, lineno, original))
+        return out
+
+    def _sample_digits(self, v: bytes) -> None:
+        st = self.stats
+        tok = v.lstrip(b"[").split(None, 1)[0].rstrip(b",;]")
+        d = _sig_digits(tok)
+        if d > st.digits:
+            st.digits = d
+        if st.fields > 100_000:
+            self._sample_every = 97  # the precision of a log is fixed early; keep sampling cheap
+
+    def _named_fields(self, name: str, v: bytes, lineno: int, indices: dict | None) -> list[ParsedField] | None:
+        tokens = v.split()
+        parts = [t.partition(b":") for t in tokens]
+        if not all(sep and _IDENT.match(k) and val for k, sep, val in parts):
+            return None
+        out = []
+        for k, _, val in parts:
+            sub, original = self._names(name.encode("utf-8") + b"." + k)
+            value = _parse_value(val, f'the field "{sub}"')
+            self.stats.fields += 1
+            out.append(ParsedField(sub, value, dict(indices) if indices else None, lineno, original))
+        return out
+
+    def _index_name(self, k: bytes) -> str:
+        if not re.match(rb"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise _Malformed(f"the index name {k.decode('utf-8', 'replace')!r} is not an identifier")
+        return k.decode("ascii")
+
+
+def _first_space(b: bytes) -> int:
+    s = b.find(b" ")
+    t = b.find(b"\t")
+    if s < 0:
+        return t
+    if t < 0:
+        return s
+    return min(s, t)
+
+
+def _pairs(body: bytes) -> list[tuple[bytes, bytes]]:
+    """``a=1 b=2 3 c=[1, 2]`` → [(a, 1), (b, 2 3), (c, [1, 2])]: a token without ``=`` extends the value."""
+    pairs: list[list[bytes]] = []
+    depth = 0
+    for tok in body.split():
+        eq = tok.find(b"=")
+        if depth == 0 and eq > 0 and tok[:1] != b"[":
+            pairs.append([tok[:eq], tok[eq + 1:]])
+        elif pairs:
+            pairs[-1][1] += b" " + tok
+        else:
+            raise _Malformed("a value comes before its key")
+        depth += tok.count(b"[") - tok.count(b"]")
+    return [(k, v) for k, v in pairs]
+
+
+def _index_value(v: bytes, k: bytes) -> int | str:
+    if _INT.match(v):
+        return int(v)
+    text = v.decode("utf-8", "replace")
+    if not re.match(r"^[A-Za-z0-9_+\-.:@]+$", text):
+        raise _Malformed(f"index {k.decode('utf-8', 'replace')}={text!r} may only use letters, digits and _+-.:@")
+    return text
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _open_log(path: str) -> IO[bytes]:
+    f = open(path, "rb")
+    if f.read(2) == b"\x1f\x8b":
+        f.close()
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    f.seek(0)
+    return f
+
+
+def _chunks(stream: IO[bytes], chunk_size: int) -> Iterator[list[bytes]]:
+    """Yield lists of whole lines (without newlines), reading ``chunk_size`` bytes at a time."""
+    tail = b""
+    while True:
+        block = stream.read(chunk_size)
+        if not block:
+            break
+        block = tail + block
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            tail = block
+            continue
+        tail = block[cut + 1:]
+        lines = block[:cut].split(b"\n")
+        if b"\r" in block:
+            lines = [_cr(l) for l in lines]
+        yield lines
+    if tail:
+        yield [_cr(tail)]
+
+
+def _cr(line: bytes) -> bytes:
+    """A terminal shows what follows the last carriage return (progress bars redraw with \\r)."""
+    if b"\r" not in line:
+        return line
+    line = line.rstrip(b"\r")
+    return line.rsplit(b"\r", 1)[-1]
+
+
+def parse_lines(lines: Iterable[bytes | str], prefixes: Sequence[str] | str,
+                index_fields: Iterable[str] = ()) -> Iterator[ParsedField]:
+    """Parse trace lines from an iterable of lines (no file needed), e.g. a program's output.
+
+    Example:
+        >>> out = ["starting...", "TRACE_C: x=1 2 3", "TRACE_C: x=4 5 6"]
+        >>> [(f.name, f.value.tolist(), f.line) for f in parse_lines(out, "TRACE_C")]
+        [('x', [1.0, 2.0, 3.0], 2), ('x', [4.0, 5.0, 6.0], 3)]
+    """
+    parser = LineParser(prefixes if not isinstance(prefixes, str) else [prefixes], index_fields)
+    for n, line in enumerate(lines, 1):
+        raw = line.encode("utf-8") if isinstance(line, str) else line
+        fields = parser.parse_line(_cr(raw.rstrip(b"\n")), n)
+        if fields:
+            yield from fields
+
+
+def write_fields(writer: TraceWriter, fields: Iterable[ParsedField], extra_provenance: dict[str, Any] | None = None) -> int:
+    """Add parsed fields to a trace writer in order; returns how many were written."""
+    n = 0
+    add = writer.add
+    for f in fields:
+        prov: dict[str, Any] = {"line": f.line}
+        if extra_provenance:
+            prov.update(extra_provenance)
+        if f.original is not None:
+            prov["name"] = f.original
+        add(f.name, f.value, indices=f.indices, provenance=prov)
+        n += 1
+    return n
+
+
+def import_log(
+    source: str | os.PathLike[str] | IO[bytes],
+    out: str | os.PathLike[str] | TraceWriter,
+    *,
+    prefixes: Sequence[str] | str,
+    index_fields: Iterable[str] = (),
+    meta: dict[str, Any] | None = None,
+    chunk_size: int = _CHUNK,
+    require_lines: bool = True,
+) -> LineStats:
+    """Read the trace lines of a log file into a trace, streaming.
+
+    Args:
+        source: the log file (plain or gzip) or a binary stream.
+        out: the trace directory to write, or an open :class:`TraceWriter` to add to.
+        prefixes: trace-line prefixes, see :class:`LineParser`.
+        index_fields: ``name=value`` fields that are indices wherever they appear.
+        meta: extra trace metadata.
+        chunk_size: bytes read at a time.
+        require_lines: raise if the log holds no trace line at all (a wrong prefix, usually).
+
+    Returns:
+        The :class:`LineStats` of the import (also stored in the trace's ``meta["import"]``).
+
+    Raises:
+        ImportFormatError: the file cannot be read, or holds no trace line with these prefixes.
+
+    Example:
+        >>> import os, tempfile
+        >>> d = tempfile.mkdtemp(); log = os.path.join(d, "run.log")
+        >>> _ = open(log, "w").write("banner\\nTRACE_C: e=1.5\\nTRACE_C: e=1.25\\n")
+        >>> import_log(log, os.path.join(d, "c.trace"), prefixes="TRACE_C").trace_lines
+        2
+        >>> import parity; parity.load_trace(os.path.join(d, "c.trace")).keys()
+        ['e', 'e#1']
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
+    parser = LineParser(prefixes, index_fields)
+    own_writer = not isinstance(out, TraceWriter)
+    try:
+        stream = _open_log(name) if isinstance(source, (str, os.PathLike)) else source
+    except OSError as e:
+        raise ImportFormatError(f"cannot be read ({e.strerror or e}).", path=name) from e
+    writer = None
+    try:
+        if own_writer:
+            full_meta = {"source": os.path.basename(str(name)), "format": "lines", "prefixes": list(parser.prefixes)}
+            full_meta.update(meta or {})
+            writer = TraceWriter(out, meta=full_meta, producer="parity import (lines)")  # type: ignore[arg-type]
+        else:
+            writer = out  # type: ignore[assignment]
+        _pump(parser, stream, writer, chunk_size, name)
+        st = parser.stats
+        if require_lines and st.trace_lines == 0:
+            raise ImportFormatError(
+                f"holds no trace line starting with {' or '.join(repr(p) for p in parser.prefixes)} "
+                f"({st.lines} lines read); check --prefix.", path=name)
+        if own_writer:
+            writer.update_meta(**{"import": st.to_dict()}, printed_digits=st.digits)  # type: ignore[union-attr]
+            writer.close()
+    except BaseException as e:
+        if own_writer and writer is not None:
+            writer.close(complete=False, reason=f"{type(e).__name__} during import")
+        raise
+    finally:
+        if isinstance(source, (str, os.PathLike)):
+            stream.close()
+    return parser.stats
+
+
+def _pump(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size: int, name: str,
+          extra_provenance: dict[str, Any] | None = None) -> None:
+    st = parser.stats
+    parse = parser.parse_line
+    add = writer.add
+    lineno = st.lines
+    try:
+        for lines in _chunks(stream, chunk_size):
+            for line in lines:
+                lineno += 1
+                fields = parse(line, lineno)
+                if fields is None:
+                    st.skipped += 1
+                    continue
+                st.trace_lines += 1
+                for f in fields:
+                    prov: dict[str, Any] = {"line": f.line}
+                    if extra_provenance:
+                        prov.update(extra_provenance)
+                    if f.original is not None:
+                        prov["name"] = f.original
+                    add(f.name, f.value, indices=f.indices, provenance=prov)
+            st.lines = lineno
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise ImportFormatError(f"cannot be read past line {lineno} ({e}).", path=name) from e
+    st.lines = lineno
+
+
+def sniff_text(path: str, probe: int = 64 * 1024) -> str | None:
+    """``None`` if ``path`` looks like a text log, else why not."""
+    try:
+        with _open_log(path) as f:
+            head = f.read(probe)
+    except (OSError, EOFError) as e:
+        return f"cannot be read ({e})"
+    if b"\x00" in head:
+        return "holds NUL bytes, so it is not a text log"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # a multi-byte character cut by the probe is fine
+            return "is not UTF-8 text"
+    return None
+
+
+_ = io  # io is used by callers passing BytesIO; keep the import explicit for type checkers
