@@ -10,8 +10,15 @@ Example ``parity.toml``::
     "layers.*.attn_probs" = { rtol = 1e-3 }
     "logits" = { rtol = 1e-2, cosine_min = 0.999 }
 
+    [rename]                         # regex renames of candidate keys, applied in order, before aliases
+    "^model\\.layers\\.(\\d+)\\." = "layers.\\1."
+
     [aliases]                        # candidate name = reference name
     attn_weights = "attn_probs"
+
+    [transforms]                     # make one side comparable (see parity.compare.align)
+    "logits" = { slice = { seq = -1 } }
+    "rot_angle" = { scale = "pi/180", units = "rad" }
 
     [ignore]                         # stages left out of the comparison
     stages = ["timing.*"]
@@ -23,18 +30,20 @@ Example ``parity.toml``::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StageKeyError
 from ..trace.keys import split_key
+from .align import StageTransform, apply_renames, parse_renames, parse_transforms
 from .tolerance import ToleranceRules, glob_to_regex
 
 __all__ = ["CompareConfig", "load_config"]
 
-_SECTIONS = {"tolerance", "aliases", "ignore", "expected"}
+_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class CompareConfig:
         expected: glob pattern → reason, for divergences that are known and accepted.
         strict: stages present on one side only fail the comparison.
         source: the file the config came from, for error messages.
+        renames: ``(regex, replacement)`` applied to candidate keys in order, before ``aliases``.
+        transforms: per-stage transforms (see :mod:`parity.compare.align`).
     """
 
     tolerance: ToleranceRules = field(default_factory=ToleranceRules)
@@ -58,6 +69,8 @@ class CompareConfig:
     expected: Mapping[str, str] = field(default_factory=dict)
     strict: bool = False
     source: str | None = None
+    renames: tuple[tuple[str, str], ...] = ()
+    transforms: tuple[StageTransform, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> CompareConfig:
@@ -89,10 +102,13 @@ class CompareConfig:
         strict = data.get("strict", False)
         if not isinstance(strict, bool):
             raise ConfigError(f"{where}strict must be true or false.")
-        return cls(rules, dict(aliases), tuple(patterns), dict(expected), strict, source)
+        renames = parse_renames(data.get("rename", {}), where)
+        transforms = parse_transforms(data.get("transforms", {}), where)
+        return cls(rules, dict(aliases), tuple(patterns), dict(expected), strict, source, renames, transforms)
 
     def merged(self, **overrides: Any) -> CompareConfig:
-        """A copy with keyword overrides (``rtol``, ``atol``, ``stages``, ``aliases``, ``strict``...)."""
+        """A copy with keyword overrides (``rtol``, ``atol``, ``stages``, ``aliases``, ``strict``, ``rename``,
+        ``transforms``: the last two shaped like their TOML tables)."""
         tol_over = dict(self.tolerance.overrides)
         for k in ("rtol", "atol", "cosine_min", "sqnr_min_db"):
             if overrides.get(k) is not None:
@@ -103,11 +119,28 @@ class CompareConfig:
         ignore = self.ignore + tuple(overrides.get("ignore") or ())
         expected = {**self.expected, **(overrides.get("expected") or {})}
         strict = self.strict if overrides.get("strict") is None else bool(overrides["strict"])
-        return CompareConfig(ToleranceRules.build(tol_over, stage_rules), aliases, ignore, expected, strict, self.source)
+        renames = self.renames + parse_renames(overrides.get("rename") or {})
+        transforms = self.transforms + parse_transforms(overrides.get("transforms") or {})
+        return CompareConfig(ToleranceRules.build(tol_over, stage_rules), aliases, ignore, expected, strict, self.source,
+                             renames, transforms)
 
     # -- application ----------------------------------------------------------------------------
     def rename_candidate(self, key: str) -> str:
-        """The reference key a candidate key corresponds to, after aliases."""
+        """The reference key a candidate key corresponds to, after regex renames, then aliases.
+
+        Raises:
+            ConfigError: a rename turns the key into something that is not a valid stage key.
+        """
+        if self.renames:
+            renamed = apply_renames(key, self.renames)
+            if renamed != key:
+                try:
+                    split_key(renamed)
+                except StageKeyError:
+                    where = f"{self.source}: " if self.source else ""
+                    raise ConfigError(f'{where}[rename] turns candidate stage "{key}" into "{renamed}", '
+                                      "which is not a valid stage key.") from None
+                key = renamed
         if not self.aliases:
             return key
         name, idx, occ = split_key(key)
@@ -143,10 +176,18 @@ class CompareConfig:
                 rx = glob_to_regex(p)
                 if not any(rx.match(k) for k in ref_keys + cand_keys):
                     raise ConfigError(f'{where}[{kind}] pattern "{p}" matches no stage.')
+        for pattern, _ in self.renames:
+            rx = re.compile(pattern)
+            if not any(rx.search(k) for k in cand_keys):
+                raise ConfigError(f'{where}[rename] "{pattern}" matches no candidate stage.')
+        renamed = [apply_renames(k, self.renames) for k in cand_keys] if self.renames else cand_keys
         for alias in self.aliases:
-            if not any(self.rename_candidate(k) != k and (split_key(k)[0] == alias or split_key(k)[0].endswith("." + alias))
-                       for k in cand_keys):
+            if not any(split_key(k)[0] == alias or split_key(k)[0].endswith("." + alias) for k in renamed):
                 raise ConfigError(f'{where}[aliases] "{alias}" matches no candidate stage.')
+        for t in self.transforms:
+            rx = glob_to_regex(t.pattern)
+            if not any(rx.match(k) for k in ref_keys):
+                raise ConfigError(f'{where}[transforms] pattern "{t.pattern}" matches no reference stage.')
 
 
 def load_config(path: str | os.PathLike[str]) -> CompareConfig:

@@ -18,7 +18,9 @@ from typing import Any
 from .._version import __version__
 from ..errors import UsageError
 from ..trace.reader import Stage, Trace, load_trace
+from .align import apply_transforms
 from .config import CompareConfig, load_config
+from .logits import stage_extra
 from .metrics import StageMetrics, compute_metrics
 from .tolerance import Tolerance
 
@@ -102,6 +104,8 @@ class StageDiff:
         notes: remarks that do not fail the stage (dtype differs, units differ...).
         expected_reason: the reason given for an expected divergence.
         diagnoses: likely explanations of a divergence.
+        extra: further per-stage results, e.g. ``{"logits": {...}}`` (top-k agreement, KL divergence,
+            greedy tokens) for logits stages; see :mod:`parity.compare.logits`.
     """
 
     key: str
@@ -115,6 +119,7 @@ class StageDiff:
     notes: tuple[str, ...] = ()
     expected_reason: str | None = None
     diagnoses: tuple[Diagnosis, ...] = ()
+    extra: Mapping[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -137,6 +142,7 @@ class StageDiff:
             "notes": list(self.notes),
             "expected_reason": self.expected_reason,
             "diagnoses": [d.to_dict() for d in self.diagnoses],
+            "extra": dict(self.extra) if self.extra else None,
         }
 
     @classmethod
@@ -151,6 +157,7 @@ class StageDiff:
             problem=d.get("problem"), message=d.get("message", ""), notes=tuple(d.get("notes", ())),
             expected_reason=d.get("expected_reason"),
             diagnoses=tuple(Diagnosis.from_dict(x) for x in d.get("diagnoses", ())),
+            extra=d.get("extra") or None,
         )
 
 
@@ -281,7 +288,7 @@ class TraceDiff:
 
 
 #: Called for every divergent stage with (ref stage, cand stage, ref array, cand array, metrics);
-#: returns diagnoses. Set by :mod:`parity.localize` when it is importable.
+#: metrics is None for a stage whose shapes differ with the same element count. Returns diagnoses. Set by :mod:`parity.localize` when it is importable.
 Diagnoser = Callable[[Stage, Stage, Any, Any, StageMetrics], "list[Diagnosis]"]
 
 
@@ -294,6 +301,16 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     ri, ci = SideInfo.of(rs), SideInfo.of(cs)
     base = StageDiff(key=rs.key, status=Status.PASS, ref=ri, cand=ci)
     notes = []
+    ra = ca = None
+    transformed = False
+    if rs.kind == "tensor" and cs.kind == "tensor":
+        ra, ca = ref.array(rs), cand.array(cs)
+        if config.transforms:  # the stages as they are after the declared transforms
+            rs, ra, r_steps = apply_transforms(config.transforms, rs.key, "reference", rs, ra)
+            cs, ca, c_steps = apply_transforms(config.transforms, rs.key, "candidate", cs, ca)
+            transformed = bool(r_steps or c_steps)
+            notes += [f"{side} transformed: {', '.join(steps)}" for side, steps in (("reference", r_steps), ("candidate", c_steps))
+                      if steps]
     if rs.units != cs.units and (rs.units or cs.units):
         notes.append(f"units differ: {rs.units!r} vs {cs.units!r}")
     if rs.kind != cs.kind:
@@ -305,8 +322,11 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
                        message="" if same else f"text differs: {rs.text!r} vs {cs.text!r}.")
     if rs.shape != cs.shape:
         same_count = rs.size == cs.size
-        return replace(base, status=Status.FAIL, problem="shape", notes=tuple(notes),
-                       message=f"shape {rs.shape} != {cs.shape}" + (" (same element count: declare a transform to map them; "
+        after = " after transforms" if transformed else ""
+        # Same count, other shape: the diagnoser can still tell a transpose (no metrics exist).
+        shape_dx = tuple(diagnoser(rs, cs, ra, ca, None)) if same_count and diagnoser is not None else ()
+        return replace(base, status=Status.FAIL, problem="shape", notes=tuple(notes), diagnoses=shape_dx,
+                       message=f"shape {rs.shape} != {cs.shape}{after}" + (" (same element count: declare a transform to map them; "
                                                                      "parity never flattens silently)." if same_count else "."))
     if rs.axes is not None and cs.axes is not None and rs.axes != cs.axes:
         return replace(base, status=Status.FAIL, problem="layout", notes=tuple(notes),
@@ -314,7 +334,6 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     if rs.dtype != cs.dtype:
         notes.append(f"dtype differs: {rs.dtype} vs {cs.dtype}")
     tol = config.tolerance.for_stage(rs.key, rs.dtype, cs.dtype)
-    ra, ca = ref.array(rs), cand.array(cs)
     m = compute_metrics(ra, ca, ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info, rtol=tol.rtol, atol=tol.atol)
     problem, message = None, ""
     if not m.passed:
@@ -333,7 +352,17 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     if problem is not None and diagnoser is not None:
         diagnoses = tuple(diagnoser(rs, cs, ra, ca, m))
     return replace(base, status=status, metrics=m, tolerance=tol, problem=problem, message=message,
-                   notes=tuple(notes), diagnoses=diagnoses)
+                   notes=tuple(notes), diagnoses=diagnoses,
+                   extra=stage_extra(rs.key, ra, ca, rs.dtype_info, cs.dtype_info))
+
+
+def _trace_diagnoses(results: list[StageDiff], ref: Trace, cand: Trace, config: CompareConfig) -> list[StageDiff]:
+    """Trace-level diagnoses (first NaN/Inf, matrices printed as rows...), when parity.localize has them."""
+    try:
+        from ..localize.diagnose import diagnose_trace
+    except ImportError:
+        return results
+    return list(diagnose_trace(results, ref, cand, config))
 
 
 def _default_diagnoser() -> Diagnoser | None:
@@ -356,6 +385,8 @@ def compare_traces(
     ignore: list[str] | None = None,
     expected: Mapping[str, str] | None = None,
     strict: bool | None = None,
+    rename: Mapping[str, str] | None = None,
+    transforms: Mapping[str, Any] | None = None,
     diagnose: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> TraceDiff:
@@ -374,7 +405,11 @@ def compare_traces(
         ignore: glob patterns of stages to leave out.
         expected: glob pattern → reason for known divergences (reported, not failed).
         strict: stages present on one side only fail the comparison.
-        diagnose: attach diagnoses to divergent stages.
+        rename: regex → replacement for candidate keys, applied in order before ``aliases``.
+        transforms: stage glob → transform table(s), as in the TOML ``[transforms]`` section
+            (see :mod:`parity.compare.align`).
+        diagnose: attach diagnoses to divergent stages (per stage, and trace-level ones such as
+            the first stage where NaN appears).
         progress: called as ``progress(done, total, key)`` after each stage.
 
     Returns:
@@ -394,7 +429,8 @@ def compare_traces(
         cfg = CompareConfig.from_dict(config)
     else:
         cfg = load_config(config)
-    cfg = cfg.merged(rtol=rtol, atol=atol, stages=stages, aliases=aliases, ignore=ignore, expected=expected, strict=strict)
+    cfg = cfg.merged(rtol=rtol, atol=atol, stages=stages, aliases=aliases, ignore=ignore, expected=expected, strict=strict,
+                     rename=rename, transforms=transforms)
     cfg.check_patterns(rt.keys(), ct.keys())
     diagnoser = _default_diagnoser() if diagnose else None
 
@@ -435,5 +471,7 @@ def compare_traces(
             ignored += 1
             continue
         results.append(StageDiff(key=cs.key, status=Status.EXTRA, cand=SideInfo.of(cs), message="present in the candidate only."))
+    if diagnose:
+        results = _trace_diagnoses(results, rt, ct, cfg)
     return TraceDiff(ref_path=rt.path, cand_path=ct.path, stages=tuple(results), strict=cfg.strict,
                      ref_complete=rt.complete, cand_complete=ct.complete, ignored=ignored, config_source=cfg.source)
