@@ -126,11 +126,20 @@ def import_numpy(path: str | os.PathLike[str], writer: TraceWriter, *, order: st
             keys_of_rel.setdefault(rel, []).append(k)
         keys = [k for entry in read_order_file(order_path, keys_of_rel) for k in keys_of_rel[entry]]
         listed = set(keys)
-        keys += sort_stages([k for k in by_key if k not in listed])
+        keys += _file_order([k for k in by_key if k not in listed], by_key)
     else:
-        keys = sort_stages(by_key)
+        keys = _file_order(list(by_key), by_key)
     return [add_keyed(writer, k, _check(by_key[k][0], os.path.join(path, by_key[k][1]), k), provenance={"file": by_key[k][1]})
             for k in keys]
+
+
+def _file_order(keys: list[str], by_key: dict[str, tuple[np.ndarray, str]]) -> list[str]:
+    """Files in inferred execution order; the members of one .npz keep the archive's order."""
+    members: dict[str, list[str]] = {}
+    for k in keys:
+        members.setdefault(by_key[k][1], []).append(k)
+    first = {rel: ks[0] for rel, ks in members.items()}
+    return [k for k0 in sort_stages(first.values()) for k in members[by_key[k0][1]]]
 
 
 def _items_of(full: str, rel: str, top: bool) -> list[tuple[str, np.ndarray, str]]:
