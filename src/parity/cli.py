@@ -44,8 +44,12 @@ _register_commands()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (``parity`` console script)."""
+    from .bundle import invocation  # --bundle records the arguments exactly as given
+
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        cli.main(args=argv, prog_name="parity", standalone_mode=False)
+        with invocation(args):
+            cli.main(args=args, prog_name="parity", standalone_mode=False)
     except click.exceptions.Exit as e:
         return int(e.exit_code)
     except click.ClickException as e:

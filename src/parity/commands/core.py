@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import tempfile
@@ -11,8 +12,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..bundle import bundle_command, bundle_option
 from ..compare.diff import compare_traces
+from ..errors import UsageError
 from ..report.json import render_json
+from ..report.progress import progress_bar
 from ..report.text import format_float, render_text
 from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
@@ -33,17 +37,51 @@ def _console() -> Console:
 @click.option("--strict", is_flag=True, default=None, help="Stages present on one side only fail the comparison.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON result instead of the table.")
 @click.option("--all", "show_all", is_flag=True, help="Show every passing stage in the table.")
-def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all):
+@click.option("--md", "md_out", metavar="FILE", help="Write the Markdown report to FILE ('-' prints it instead of the table).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the self-contained HTML report (plots, sortable table) to FILE.")
+@click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="Worst elements (with indices) listed per divergent stage.")
+@bundle_option
+def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, html_out, worst, bundle_dir):
     """Compare trace CAND against reference trace REF, stage by stage.
+
+    With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
+    text results to DIR/NN-diff.{json,md,html,txt}.
 
     Exit status: 0 parity holds, 1 divergence found, 2 usage or input error.
     """
-    result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict)
-    if as_json:
-        click.echo(render_json(result))
-    else:
-        render_text(result, _console(), show_all=show_all)
-    sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+    from ..report import render_html, render_markdown, stage_worst
+
+    if as_json and md_out == "-":
+        raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    with bundle_command(bundle_dir, "diff") as rec:
+        with progress_bar("comparing") as progress:
+            result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict, progress=progress)
+        md = render_markdown(result, worst=worst) if (md_out or rec) else None
+        page = None
+        if html_out or rec:
+            with progress_bar("HTML report") as progress:
+                page = render_html(result, worst=worst, progress=progress)
+        first_worst = stage_worst(result, result.first_divergence, worst)
+        if as_json:
+            click.echo(render_json(result))
+        elif md_out == "-":
+            click.echo(md, nl=False)
+        else:
+            render_text(result, _console(), show_all=show_all, worst=first_worst)
+        for path, text in ((md_out, md), (html_out, page)):
+            if path and path != "-":
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+        if rec is not None:
+            plain = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False, highlight=False)
+            render_text(result, plain, show_all=True, worst=first_worst)
+            rec.write("json", render_json(result) + "\n")
+            rec.write("md", md)
+            rec.write("html", page)
+            rec.write("txt", plain.file.getvalue())
+        sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
 
 
 def stage_statistics(trace: Trace, stage: Stage, chunk: int = 1 << 20) -> dict[str, float | int]:
@@ -78,10 +116,21 @@ def stage_statistics(trace: Trace, stage: Stage, chunk: int = 1 << 20) -> dict[s
 @click.argument("trace", type=click.Path(file_okay=False))
 @click.option("--verify", is_flag=True, help="Also re-hash every data file against the manifest.")
 @click.option("--stats/--no-stats", default=True, help="Compute min/max/mean/std per stage (reads all values).")
-def show_cmd(trace, verify, stats):
+@bundle_option
+def show_cmd(trace, verify, stats, bundle_dir):
     """List the stages of TRACE: shapes, dtypes, axes and summary statistics."""
+    with bundle_command(bundle_dir, "show") as rec:
+        console = Console(highlight=False, soft_wrap=False, record=rec is not None)
+        try:
+            _show(trace, verify, stats, console)
+        finally:
+            text = console.export_text() if rec is not None else ""
+            if text:
+                rec.write("txt", text)
+
+
+def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
     t = load_trace(trace)
-    console = _console()
     m = t.manifest
     state = "complete" if t.complete else f"INCOMPLETE ({m.get('incomplete_reason', 'interrupted')})"
     console.print(f"[bold]{t.path}[/bold]  {len(t)} stages, {state}, producer {m.get('producer')!r}, parity {m.get('tool_version')}")

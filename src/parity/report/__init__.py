@@ -1,6 +1,18 @@
-"""Renderers of one :class:`~parity.compare.diff.TraceDiff`: terminal text, JSON."""
+"""Renderers of one :class:`~parity.compare.diff.TraceDiff`: terminal text, JSON, Markdown, HTML.
 
-from .json import render_json
+Every renderer reads the same result type, so a diff computed once (or read back from its JSON
+with :meth:`TraceDiff.from_dict`) can be shown in any form. The Markdown and HTML reports reopen
+the traces named in the diff (``traces=AUTO``) to list each divergent stage's worst elements and,
+in HTML, to plot error histograms and heat maps.
+"""
+
+from ._arrays import AUTO, stage_worst
+from .html import render_html
+from .json import diff_schema, render_json, validate_diff_document
+from .markdown import render_markdown
+from .progress import progress_bar
 from .text import render_text
+from .worst import WorstElement, worst_elements
 
-__all__ = ["render_text", "render_json"]
+__all__ = ["render_text", "render_json", "render_markdown", "render_html", "diff_schema", "validate_diff_document",
+           "worst_elements", "WorstElement", "stage_worst", "progress_bar", "AUTO"]

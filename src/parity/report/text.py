@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..compare.diff import StageDiff, Status, TraceDiff
+from .worst import WorstElement
 
 __all__ = ["render_text", "format_float", "describe_first_divergence"]
 
@@ -48,6 +50,10 @@ def _dtype(sd: StageDiff) -> str:
     return side.dtype or "-" if side else "-"
 
 
+def _index(w: WorstElement) -> str:
+    return "[" + ", ".join(str(i) for i in w.index) + "]"
+
+
 def describe_first_divergence(diff: TraceDiff) -> list[str]:
     """Plain-text lines explaining the first divergence (shared by text and Markdown reports)."""
     first = diff.first_divergence
@@ -70,36 +76,57 @@ def describe_first_divergence(diff: TraceDiff) -> list[str]:
     return lines
 
 
-def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bool = False, max_passing: int = 40) -> None:
-    """Print ``diff`` as a table plus a summary. Honours NO_COLOR and non-terminals via rich.
+def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bool = False, max_passing: int = 40,
+                worst: Sequence[WorstElement] = ()) -> None:
+    """Print ``diff`` as a table plus a summary, the first divergence highlighted.
+
+    Colour follows rich's rules: none when the output is not a terminal, and none when the
+    ``NO_COLOR`` environment variable is set (https://no-color.org); bold may remain.
 
     Args:
         diff: the comparison result.
         console: where to print (default: a new stdout console).
         show_all: print every stage; otherwise long runs of passing stages are elided.
         max_passing: with ``show_all=False``, passing stages shown when there are many.
+        worst: the worst elements of the first divergence (see
+            :func:`parity.report.worst_elements`), listed under it so a user can go to them.
+
+    Example:
+        >>> import io, numpy as np, tempfile, os, parity
+        >>> from rich.console import Console
+        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
+        >>> for path, scale in ((r, 1.0), (c, 2.0)):
+        ...     with parity.record(path):
+        ...         _ = parity.tap("x", np.arange(3.0) * scale)
+        >>> out = io.StringIO()
+        >>> render_text(parity.compare_traces(r, c), Console(file=out, width=120))
+        >>> out.getvalue().splitlines()[-1]
+        'DIVERGENCE FOUND: 0 pass, 1 fail, 0 expected, 0 only in reference, 0 only in candidate'
     """
     console = console or Console()
     first = diff.first_divergence
     title = f"parity diff  {diff.ref_path}  →  {diff.cand_path}"
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
-    for col, just in (("#", "right"), ("stage", "left"), ("status", "left"), ("shape", "left"), ("dtype", "left"),
-                      ("max abs", "right"), ("max rel", "right"), ("cosine", "right"), ("SQNR dB", "right"),
-                      ("mismatched", "right")):
-        table.add_column(col, justify=just, no_wrap=col != "stage")
     rows = list(diff.stages)
     passing = [s for s in rows if s.status == Status.PASS]
     hide: set[int] = set()
     if not show_all and len(passing) > max_passing:
         keep = {id(s) for s in passing[: max_passing // 2]} | {id(s) for s in passing[-max_passing // 2:]}
         hide = {id(s) for s in passing if id(s) not in keep}
+    columns = (("#", "right"), ("stage", "left"), ("status", "left"), ("shape", "left"), ("dtype", "left"),
+               ("max abs", "right"), ("max rel", "right"), ("cosine", "right"), ("SQNR dB", "right"),
+               ("mismatched", "right"))
+    body: list[tuple[list[Text | str], str | None]] = []  # (cells, row style); cells[1] None marks an elision row
     hidden_run = 0
+
+    def elided() -> tuple[list[Text | str], str | None]:
+        return ["", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim")] + [""] * 8, None
+
     for sd in rows:
         if id(sd) in hide:
             hidden_run += 1
             continue
         if hidden_run:
-            table.add_row("", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim"), *[""] * 8)
+            body.append(elided())
             hidden_run = 0
         m = sd.metrics
         pos = str(sd.ref.position + 1) if sd.ref else ""
@@ -107,15 +134,28 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
         key = Text(sd.key)
         if sd is first:
             key.append("  ◀ first divergence", style="bold red")
-        row_style = "on grey15" if sd is first else None
-        table.add_row(
-            pos, key, Text(status, style=_STYLE[sd.status]), _shape(sd), _dtype(sd),
-            format_float(m.max_abs_err) if m else "-", format_float(m.max_rel_err) if m else "-",
-            format_float(m.cosine, 6) if m else "-", format_float(m.sqnr_db) if m else "-",
-            f"{m.mismatched}/{m.count}" if m else "-", style=row_style,
-        )
+        body.append(([pos, key, Text(status, style=_STYLE[sd.status]), _shape(sd), _dtype(sd),
+                      format_float(m.max_abs_err) if m else "-", format_float(m.max_rel_err) if m else "-",
+                      format_float(m.cosine, 6) if m else "-", format_float(m.sqnr_db) if m else "-",
+                      f"{m.mismatched}/{m.count}" if m else "-"], "on grey15" if sd is first else None))
     if hidden_run:
-        table.add_row("", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim"), *[""] * 8)
+        body.append(elided())
+    # On a narrow terminal the stage names must stay readable: drop the least telling columns
+    # (dtype, shape, SQNR, cosine) rather than squeeze every column to an ellipsis.
+    def width(i: int) -> int:
+        cells = [len(str(cells[i])) for cells, _ in body if not (i == 1 and cells[0] == "" and cells[2] == "")]
+        return max([len(columns[i][0])] + cells) + 3
+
+    shown = list(range(len(columns)))
+    for drop in (4, 3, 8, 7):
+        if sum(width(i) for i in shown) + 1 <= console.width:
+            break
+        shown.remove(drop)
+    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    for i in shown:
+        table.add_column(columns[i][0], justify=columns[i][1], no_wrap=i != 1, overflow="fold" if i == 1 else "ellipsis")
+    for cells, style in body:
+        table.add_row(*[cells[i] for i in shown], style=style)
     console.print(table)
     for sd in diff.expected:
         console.print(Text(f"expected divergence {sd.key}: {sd.expected_reason}", style="yellow"))
@@ -131,6 +171,16 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
         console.print(Text(f"warning: the {' and '.join(which)} trace is incomplete (capture interrupted).", style="yellow"))
     for line in describe_first_divergence(diff):
         console.print(Text(line, style="bold red" if line.startswith("First") else None))
+    if worst and first is not None:
+        console.print(f"  worst elements of {first.key}: index  reference → candidate  |error|", markup=False)
+        width = max(len(_index(w)) for w in worst)
+        for w in worst:
+            console.print(f"    {_index(w):<{width}}  {format_float(w.ref, 6)} → {format_float(w.cand, 6)}  "
+                          f"|err| {format_float(w.abs_err)}", markup=False)
+    from ..compare.logits import describe_logits  # top-k / KL / first differing greedy token
+
+    for line in describe_logits(diff):
+        console.print(line, markup=False)
     c = diff.summary()
     verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
     console.print(Text(f"{verdict}: {c['pass']} pass, {c['fail']} fail, {c['expected']} expected, {c['missing']} only in "

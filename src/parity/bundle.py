@@ -1,0 +1,692 @@
+"""Evidence bundles: one folder that proves which commands produced which numbers on which machine.
+
+A bundle is ``reports/NAME/<UTC stamp>/`` (see docs/bundles.md)::
+
+    bundle.json     what this folder is: name, creation time, closed or not
+    env.json        an allowlisted set of facts about the machine (never environment variables at large)
+    commands.txt    every command run with --bundle, exactly as typed, with its exit status
+    NN-VERB.EXT     the outputs of command NN (01-diff.json, 01-diff.md, 01-diff.html, 01-diff.txt...)
+    summary.md      written when the bundle is closed
+    sha256.txt      written last, when the bundle is closed: the sha256 of every other file
+
+Rules: a bundle folder is never reused or overwritten (two bundles created in the same second get
+``-2``, ``-3``... suffixes); parity writes only inside the bundle folder, creates every output
+exclusively (never following a symbolic link planted there); ``env.json`` reads specific facts
+one by one and never iterates ``os.environ``; a closed bundle is sealed and refuses new commands.
+
+Commands take ``--bundle DIR`` through :func:`bundle_option` and run inside
+:func:`bundle_command`, which appends their command line to ``commands.txt`` and gives them a
+place to write outputs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._version import __version__
+from .errors import ParityError, UsageError
+
+__all__ = [
+    "Bundle", "BundleCheck", "BundleCommand", "new_bundle", "open_bundle", "close_bundle", "verify_bundle",
+    "collect_environment", "bundle_command", "bundle_option", "invocation", "command_line", "redact_command_line",
+    "MARKER", "COMMANDS", "ENV", "SUMMARY", "CHECKSUMS",
+]
+
+MARKER, COMMANDS, ENV, SUMMARY, CHECKSUMS = "bundle.json", "commands.txt", "env.json", "summary.md", "sha256.txt"
+BUNDLE_FORMAT = "parity-bundle"
+BUNDLE_SCHEMA_VERSION = 1
+
+#: Python distributions whose versions env.json records (read from metadata; nothing is imported).
+PACKAGES = ("parity", "numpy", "safetensors", "rich", "click", "ml_dtypes", "torch", "transformers", "tokenizers",
+            "onnx", "onnxruntime", "jax", "jaxlib", "scipy", "jinja2", "jsonschema")
+
+#: The only environment variables env.json reads, each by name: settings that change numerics or
+#: which device runs. Nothing else from the environment is ever recorded.
+ENV_SETTINGS = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "NVIDIA_TF32_OVERRIDE", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_VERB_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
+_SECRET_OPT = re.compile(r"^--?[A-Za-z0-9_-]*(token|secret|password|passwd|api[-_]?key|credential|auth)[A-Za-z0-9_-]*$", re.I)
+
+T = TypeVar("T")
+
+
+def _utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _iso(t: _dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+_ARGV: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("parity_argv", default=None)
+
+
+@contextmanager
+def invocation(argv: Sequence[str]) -> Iterator[None]:
+    """Declare the arguments of the running ``parity`` command (set by :func:`parity.cli.main`)."""
+    token = _ARGV.set(tuple(argv))
+    try:
+        yield
+    finally:
+        _ARGV.reset(token)
+
+
+def redact_command_line(args: Sequence[str]) -> list[str]:
+    """Replace the values of options named like secrets (``--token X``, ``--api-key=X``,
+    ``--password X``...) by ``<redacted>``; every other argument is kept exactly."""
+    out, hide_next = [], False
+    for a in args:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        opt, eq, _ = a.partition("=")
+        if _SECRET_OPT.match(opt):
+            if eq:
+                out.append(f"{opt}=<redacted>")
+            else:
+                out.append(a)
+                hide_next = True
+            continue
+        out.append(a)
+    return out
+
+
+def command_line() -> str:
+    """The running command as one shell-quoted line: ``parity`` plus its arguments exactly as given
+    (from :func:`invocation`, else ``sys.argv[1:]``), option values named like secrets redacted."""
+    args = _ARGV.get()
+    if args is None:
+        args = tuple(sys.argv[1:])
+    return shlex.join(["parity", *redact_command_line(args)])
+
+
+# -- environment facts ---------------------------------------------------------------------------
+
+def _package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _git(cwd: str) -> dict[str, Any] | None:
+    def run(*args: str) -> str | None:
+        try:
+            p = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True,
+                               timeout=20, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout if p.returncode == 0 else None
+
+    sha = run("rev-parse", "HEAD")
+    if sha is None:
+        return None
+    status = run("status", "--porcelain")
+    # Only whether the tree is dirty is recorded, never the file names git lists.
+    return {"sha": sha.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def _torch_facts() -> dict[str, Any]:
+    if importlib.util.find_spec("torch") is None:
+        return {"installed": False}
+    try:
+        import torch
+    except Exception as e:  # a broken install is a fact worth recording, not a crash
+        return {"installed": True, "import_error": type(e).__name__}
+    facts: dict[str, Any] = {"installed": True, "version": str(torch.__version__),
+                             "default_dtype": str(torch.get_default_dtype()).replace("torch.", ""),
+                             "cuda_available": bool(torch.cuda.is_available()),
+                             "cuda_version": torch.version.cuda, "devices": ["cpu"]}
+    if facts["cuda_available"]:
+        facts["cudnn_version"] = torch.backends.cudnn.version()
+        for i in range(torch.cuda.device_count()):
+            facts["devices"].append(f"cuda:{i} {torch.cuda.get_device_name(i)}")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        facts["devices"].append("mps")
+    return facts
+
+
+def collect_environment(*, cwd: str | None = None, device: str | None = None, dtype: str | None = None,
+                        probe_torch: bool = True) -> dict[str, Any]:
+    """Facts about this machine for ``env.json``, each read on purpose from an allowlist.
+
+    Recorded: parity, Python and package versions; torch and CUDA availability and devices;
+    the declared run device and dtype; platform, CPU model and count, memory; the git commit of
+    ``cwd`` and whether its tree is dirty; and the few numerics settings in :data:`ENV_SETTINGS`.
+    Never recorded: any other environment variable, the host name, the user name, file lists.
+
+    Args:
+        cwd: the directory whose git commit is recorded (default: the current directory).
+        device, dtype: what the run declares it uses, e.g. ``"cuda:0"``, ``"bf16"``.
+        probe_torch: import torch (when installed) to ask about CUDA; costs about a second.
+
+    Returns:
+        A JSON-serialisable dict.
+
+    Example:
+        >>> env = collect_environment(probe_torch=False)
+        >>> sorted(env)[:4], env["python"]["version"] == platform.python_version()
+        (['cpu', 'git', 'memory_bytes', 'packages'], True)
+    """
+    return {
+        "parity": __version__,
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
+        "packages": _package_versions(),
+        "torch": _torch_facts() if probe_torch else {"probed": False},
+        "run": {"device": device, "dtype": dtype},
+        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+                     "platform": platform.platform()},
+        "cpu": {"model": _cpu_model(), "count": os.cpu_count()},
+        "memory_bytes": _memory_bytes(),
+        "git": _git(cwd or os.getcwd()),
+        "settings": {name: os.environ.get(name) for name in ENV_SETTINGS},
+    }
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create ``path`` exclusively: never overwrite, never follow a planted symbolic link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Atomically (re)write a bundle's own file: a temporary name, then a rename over it."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    _write_new(tmp, data)
+    os.replace(tmp, path)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _walk(root: str) -> tuple[list[str], list[str]]:
+    """Relative paths of the regular files under ``root`` and of anything else (links, sockets)."""
+    files, odd = [], []
+    for dirpath, dirnames, names in os.walk(root, followlinks=False):
+        for d in list(dirnames):
+            if os.path.islink(os.path.join(dirpath, d)):
+                odd.append(os.path.relpath(os.path.join(dirpath, d), root).replace(os.sep, "/"))
+                dirnames.remove(d)
+        for n in names:
+            full = os.path.join(dirpath, n)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            (files if os.path.isfile(full) and not os.path.islink(full) else odd).append(rel)
+    return sorted(files), sorted(odd)
+
+
+# -- the bundle ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BundleCheck:
+    """What :func:`verify_bundle` found. Truthy when every file matches ``sha256.txt``.
+
+    Attributes:
+        path: the bundle folder.
+        checked: files listed in ``sha256.txt``.
+        changed: listed files whose content differs.
+        missing: listed files that are gone.
+        added: files (or links) present but not listed.
+        malformed: lines of ``sha256.txt`` that cannot be read, or that name a path outside the bundle.
+    """
+
+    path: str
+    checked: int
+    changed: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    malformed: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.changed or self.missing or self.added or self.malformed)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def problems(self) -> list[str]:
+        """One line per problem, e.g. ``changed: 01-diff.json``."""
+        return ([f"changed: {p}" for p in self.changed] + [f"missing: {p}" for p in self.missing]
+                + [f"added: {p}" for p in self.added] + [f"malformed: {p}" for p in self.malformed])
+
+
+@dataclass
+class BundleCommand:
+    """One command recorded in a bundle: its number and the outputs it wrote there."""
+
+    bundle: Bundle
+    index: int
+    verb: str
+    outputs: list[str] = field(default_factory=list)
+
+    def output_name(self, ext: str, label: str | None = None) -> str:
+        """The file name for an output, e.g. ``01-diff.json`` (``label`` gives ``01-diff-LABEL.json``)."""
+        if not _EXT_RE.match(ext) or (label is not None and not _VERB_RE.match(label)):
+            raise UsageError(f"bundle outputs are named NN-verb[-label].ext; {label!r} / {ext!r} is not allowed.")
+        return f"{self.index:02d}-{self.verb}{'-' + label if label else ''}.{ext}"
+
+    def write(self, ext: str, data: str | bytes, label: str | None = None) -> str:
+        """Write an output into the bundle (a new file, never an overwrite) and return its path."""
+        name = self.output_name(ext, label)
+        path = os.path.join(self.bundle.path, name)
+        try:
+            _write_new(path, data.encode("utf-8") if isinstance(data, str) else data)
+        except FileExistsError as e:
+            raise UsageError(f"{name} already exists in the bundle; outputs are never overwritten.", path=self.bundle.path) from e
+        self.outputs.append(name)
+        return path
+
+
+class Bundle:
+    """An evidence bundle folder (see the module docstring). Create with :func:`new_bundle`."""
+
+    def __init__(self, path: str, info: Mapping[str, Any]):
+        self.path = path
+        self.info = dict(info)
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name"))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.info.get("closed"))
+
+    def __repr__(self) -> str:
+        return f"<Bundle {self.path!r}{' closed' if self.closed else ''}>"
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def commands(self) -> list[dict[str, Any]]:
+        """The recorded commands: ``{"index", "time", "line", "exit", "outputs"}`` each."""
+        out: list[dict[str, Any]] = []
+        try:
+            with open(self._file(COMMANDS), encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return out
+        by_index: dict[int, dict[str, Any]] = {}
+        pending: tuple[int, str] | None = None
+        for line in lines:
+            m = re.match(r"^# \[(\d+)\] (\S+)$", line)
+            if m:
+                pending = (int(m.group(1)), m.group(2))
+                continue
+            m = re.match(r"^# \[(\d+)\] exit (\S+)(?:; wrote (.*))?$", line)
+            if m and int(m.group(1)) in by_index:
+                rec = by_index[int(m.group(1))]
+                rec["exit"] = m.group(2)
+                rec["outputs"] = m.group(3).split() if m.group(3) else []
+                continue
+            if line and not line.startswith("#") and pending is not None:
+                rec = {"index": pending[0], "time": pending[1], "line": line, "exit": None, "outputs": []}
+                by_index[pending[0]] = rec
+                out.append(rec)
+                pending = None
+        return out
+
+    def begin_command(self, verb: str, line: str | None = None) -> BundleCommand:
+        """Append a command line to ``commands.txt`` and number it.
+
+        Args:
+            verb: the command's name for its output files (``diff``, ``show``...).
+            line: the command line (default: :func:`command_line`, the running ``parity`` command).
+
+        Raises:
+            UsageError: the bundle is closed.
+        """
+        if not _VERB_RE.match(verb):
+            raise UsageError(f"a bundle command verb is lower-case letters, digits and '-', not {verb!r}.")
+        self._check_open()
+        line = command_line() if line is None else line.replace("\n", " ")
+        path = self._file(COMMANDS)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "r+", encoding="utf-8") as f:
+            _lock(f)
+            f.seek(0)
+            index = 1 + sum(1 for ln in f.read().splitlines() if ln and not ln.startswith("#"))
+            f.write(f"# [{index}] {_iso(_utc_now())}\n{line}\n")
+            f.flush()
+        return BundleCommand(self, index, verb)
+
+    def end_command(self, cmd: BundleCommand, exit_code: int | str) -> None:
+        """Append the exit status and the outputs of ``cmd`` to ``commands.txt``."""
+        wrote = f"; wrote {' '.join(cmd.outputs)}" if cmd.outputs else ""
+        fd = os.open(self._file(COMMANDS), os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(f"# [{cmd.index}] exit {exit_code}{wrote}\n")
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UsageError("this bundle is closed (sha256.txt seals it); create a new one with `parity bundle new NAME`.",
+                             path=self.path)
+
+    def close(self) -> BundleCheck:
+        """Write ``summary.md`` and ``sha256.txt``; afterwards the bundle takes no more commands.
+
+        Returns:
+            :func:`verify_bundle` of the sealed bundle (always ok right after closing).
+
+        Raises:
+            UsageError: the bundle is already closed, or holds something other than regular files.
+        """
+        self._check_open()
+        files, odd = _walk(self.path)
+        if odd:
+            raise UsageError(f"the bundle holds links or special files ({', '.join(odd)}); remove them before closing.",
+                             path=self.path)
+        now = _utc_now()
+        self.info.update(closed=True, closed_at=_iso(now))
+        _replace(self._file(MARKER), _json_bytes(self.info))
+        _write_new(self._file(SUMMARY), _summary(self).encode("utf-8"))
+        files, _ = _walk(self.path)
+        lines = [f"{_sha256(self._file(rel))}  {rel}\n" for rel in files if rel != CHECKSUMS]
+        _write_new(self._file(CHECKSUMS), "".join(lines).encode("utf-8"))
+        return verify_bundle(self.path)
+
+
+def _lock(f: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: commands are appended without a lock
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
+def _summary(b: Bundle) -> str:
+    env: dict[str, Any] = {}
+    try:
+        with open(b._file(ENV), encoding="utf-8") as f:
+            env = json.load(f)
+    except (OSError, ValueError):
+        pass
+    torch = env.get("torch", {})
+    git = env.get("git") or {}
+    out = [f"# Evidence bundle: {b.name}", "",
+           f"- created: {b.info.get('created')}", f"- closed: {b.info.get('closed_at')}",
+           f"- parity {env.get('parity')}, Python {env.get('python', {}).get('version')}, "
+           f"numpy {env.get('packages', {}).get('numpy')}"
+           + (f", torch {torch.get('version')} (CUDA available: {torch.get('cuda_available')})" if torch.get("version") else ""),
+           f"- platform: {env.get('platform', {}).get('platform')}; CPU: {env.get('cpu', {}).get('model')} "
+           f"× {env.get('cpu', {}).get('count')}",
+           f"- git: {git.get('sha', 'not a git checkout')}" + (" (dirty tree)" if git.get("dirty") else ""),
+           "", "## Commands", ""]
+    cmds = b.commands()
+    if not cmds:
+        out.append("No command was recorded.")
+    for c in cmds:
+        out.append(f"{c['index']}. `{c['line']}` — exit {c['exit'] if c['exit'] is not None else 'unknown (interrupted?)'}"
+                   + (f"; outputs: {', '.join(c['outputs'])}" if c["outputs"] else ""))
+        for name in c["outputs"]:
+            if name.endswith(".json"):
+                result = _diff_result(b._file(name))
+                if result:
+                    out.append(f"   - {result}")
+    out += ["", "## Files", "", "Every file is listed with its sha256 in `sha256.txt`; check them with "
+            "`parity bundle verify DIR` (or `sha256sum -c sha256.txt` inside the folder).", ""]
+    return "\n".join(out)
+
+
+def _diff_result(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schema") != "parity.diff":
+        return None
+    verdict = "parity holds" if doc.get("passed") else "divergence found"
+    first = doc.get("first_divergence")
+    s = doc.get("summary", {})
+    return (f"{verdict}: {s.get('pass')} pass, {s.get('fail')} fail"
+            + (f"; first divergence `{first}`" if first else ""))
+
+
+def _stamp(now: _dt.datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_bundle(name: str, root: str | os.PathLike[str] = ".", *, device: str | None = None, dtype: str | None = None,
+               probe_torch: bool = True, command: str | None = None) -> Bundle:
+    """Create ``ROOT/reports/NAME/<UTC stamp>/`` with ``bundle.json``, ``env.json`` and ``commands.txt``.
+
+    The folder is created exclusively: when a bundle of that name was already created in the same
+    second, the stamp gets a ``-2``, ``-3``... suffix; nothing existing is reused or overwritten.
+
+    Args:
+        name: the investigation's name, one path component of letters, digits and ``._-``.
+        root: where ``reports/`` lives (default: the current directory).
+        device, dtype: what the runs declare they use, recorded in env.json (``"cuda:0"``, ``"bf16"``).
+        probe_torch: ask torch (when installed) about CUDA for env.json.
+        command: the command line to record first (``parity bundle new`` passes its own).
+
+    Returns:
+        The new :class:`Bundle`.
+
+    Raises:
+        UsageError: ``name`` is not a safe folder name.
+
+    Example:
+        >>> import tempfile
+        >>> b = new_bundle("rope-bug", tempfile.mkdtemp(), probe_torch=False)
+        >>> sorted(os.listdir(b.path)), b.path.split(os.sep)[-3:-1]
+        (['bundle.json', 'commands.txt', 'env.json'], ['reports', 'rope-bug'])
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+        raise UsageError(f"bundle name {name!r} must be one folder name of letters, digits, '.', '_' and '-' "
+                         "(at most 100 characters, not starting with '.' or '-').")
+    parent = os.path.join(os.fspath(root), "reports", name)
+    os.makedirs(parent, exist_ok=True)
+    now = _utc_now()
+    stamp = _stamp(now)
+    for attempt in range(1, 1000):
+        folder = stamp if attempt == 1 else f"{stamp}-{attempt}"
+        path = os.path.join(parent, folder)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        break
+    else:
+        raise UsageError(f"could not find a free folder name under {parent} for stamp {stamp}.")
+    info = {"format": BUNDLE_FORMAT, "schema_version": BUNDLE_SCHEMA_VERSION, "name": name, "created": _iso(now),
+            "closed": False}
+    _write_new(os.path.join(path, MARKER), _json_bytes(info))
+    env = {"recorded_at": _iso(now), **collect_environment(cwd=os.fspath(root), device=device, dtype=dtype,
+                                                            probe_torch=probe_torch)}
+    _write_new(os.path.join(path, ENV), _json_bytes(env))
+    _write_new(os.path.join(path, COMMANDS), b"")
+    bundle = Bundle(path, info)
+    if command is not None:
+        bundle.end_command(bundle.begin_command("bundle", command), 0)
+    return bundle
+
+
+def open_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Open an existing bundle folder.
+
+    Raises:
+        UsageError: ``path`` is not a bundle made by ``parity bundle new``.
+    """
+    path = os.fspath(path)
+    marker = os.path.join(path, MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise UsageError("is not an evidence bundle (no bundle.json); create one with `parity bundle new NAME` and "
+                         "pass the folder it prints.", path=path) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"bundle.json cannot be read ({e}).", path=path) from e
+    if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
+        raise UsageError(f'bundle.json does not say "format": "{BUNDLE_FORMAT}"; this is not a parity bundle.', path=path)
+    if not isinstance(info.get("schema_version"), int) or info["schema_version"] > BUNDLE_SCHEMA_VERSION:
+        raise UsageError(f"bundle.json has schema_version {info.get('schema_version')!r}; this parity reads "
+                         f"version {BUNDLE_SCHEMA_VERSION} (upgrade parity).", path=path)
+    return Bundle(path, info)
+
+
+def close_bundle(path: str | os.PathLike[str]) -> BundleCheck:
+    """Seal a bundle: write ``summary.md`` and ``sha256.txt`` (see :meth:`Bundle.close`)."""
+    return open_bundle(path).close()
+
+
+_SHA_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
+
+
+def verify_bundle(path: str | os.PathLike[str]) -> BundleCheck:
+    """Check every file of a closed bundle against ``sha256.txt``.
+
+    Returns:
+        A :class:`BundleCheck` listing changed, missing and added files (truthy when all match).
+        Paths in ``sha256.txt`` that point outside the bundle are reported as malformed and never read.
+
+    Raises:
+        UsageError: ``path`` is not a bundle, or it has no ``sha256.txt`` (it was never closed).
+    """
+    bundle = open_bundle(path)
+    sums = os.path.join(bundle.path, CHECKSUMS)
+    try:
+        with open(sums, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise UsageError("has no sha256.txt: the bundle is still open; close it with `parity bundle close DIR` first.",
+                         path=bundle.path) from None
+    listed: dict[str, str] = {}
+    malformed = []
+    for n, line in enumerate(lines, 1):
+        m = _SHA_LINE.match(line)
+        rel = m.group(2) if m else None
+        parts = rel.split("/") if rel else []
+        if (not m or not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts)
+                or rel == CHECKSUMS or rel in listed):
+            malformed.append(f"sha256.txt line {n}: {line[:120]!r}")
+            continue
+        listed[rel] = m.group(1)
+    files, odd = _walk(bundle.path)
+    present = set(files)
+    changed, missing = [], []
+    for rel, digest in sorted(listed.items()):
+        if rel not in present:
+            missing.append(rel)
+        elif _sha256(os.path.join(bundle.path, rel)) != digest:
+            changed.append(rel)
+    added = sorted((present - set(listed) - {CHECKSUMS}) | set(odd))
+    return BundleCheck(bundle.path, len(listed), tuple(changed), tuple(missing), tuple(added), tuple(malformed))
+
+
+# -- for commands --------------------------------------------------------------------------------
+
+def bundle_option(f: Callable[..., T]) -> Callable[..., T]:
+    """Click decorator: add ``--bundle DIR`` to a command (pass the value to :func:`bundle_command`)."""
+    import click
+
+    return click.option("--bundle", "bundle_dir", type=click.Path(file_okay=False), default=None,
+                        help="Record this command line in the evidence bundle DIR (from `parity bundle new`) and write "
+                             "its outputs there.")(f)
+
+
+def _exit_code(e: BaseException) -> int | str:
+    if isinstance(e, SystemExit):
+        code = e.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    if isinstance(e, ParityError):
+        return 2
+    return f"error ({type(e).__name__})"
+
+
+@contextmanager
+def bundle_command(bundle_dir: str | os.PathLike[str] | None, verb: str,
+                   line: str | None = None) -> Iterator[BundleCommand | None]:
+    """Run a command's body as a recorded bundle command (a no-op when ``bundle_dir`` is None).
+
+    The command line is appended to ``commands.txt`` before the body runs, so an interrupted run
+    is still on record; afterwards its exit status and output files are appended.
+
+    Args:
+        bundle_dir: the bundle folder (``--bundle DIR``), or None.
+        verb: names the outputs, ``NN-VERB.EXT``.
+        line: the command line to record (default: the running ``parity`` command, see
+            :func:`command_line`); a Python script passes its own, e.g. ``"python investigate.py"``.
+
+    Raises:
+        UsageError: ``bundle_dir`` is not a bundle, or it is closed.
+
+    Example:
+        >>> import tempfile
+        >>> b = new_bundle("x", tempfile.mkdtemp(), probe_torch=False)
+        >>> with invocation(["show", "ref.trace"]), bundle_command(b.path, "show") as cmd:
+        ...     _ = cmd.write("txt", "table")
+        >>> [c["line"] for c in b.commands()], cmd.outputs
+        (['parity show ref.trace'], ['01-show.txt'])
+    """
+    if bundle_dir is None:
+        yield None
+        return
+    bundle = open_bundle(bundle_dir)
+    cmd = bundle.begin_command(verb, line)
+    try:
+        yield cmd
+    except BaseException as e:
+        bundle.end_command(cmd, _exit_code(e))
+        raise
+    bundle.end_command(cmd, 0)

@@ -1,0 +1,198 @@
+"""Markdown renderer: a summary, the first divergence explained, and a table of every stage.
+
+Written for pull requests and issue comments (GitHub-flavoured Markdown tables). Free text from a
+trace (messages, text-stage values) is escaped so that it cannot inject HTML or break a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..compare.diff import StageDiff, Status, TraceDiff
+from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
+from .text import format_float
+from .worst import WorstElement, worst_elements
+
+__all__ = ["render_markdown"]
+
+
+def _esc(text: str) -> str:
+    """Escape free text for a Markdown paragraph: no raw HTML, no line breaks."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\r", " ").replace("\n", " "))
+
+
+def _cell(text: str) -> str:
+    return _esc(text).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    # Stage keys cannot contain backticks (key grammar); paths can, so fall back to escaping.
+    return f"`{text}`" if "`" not in text and "\n" not in text else _cell(text)
+
+
+def _shape(sd: StageDiff) -> str:
+    def one(shape: tuple[int, ...]) -> str:
+        return "×".join(str(d) for d in shape) or "scalar"
+
+    if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
+        return f"{one(sd.ref.shape)} vs {one(sd.cand.shape)}"
+    side = sd.ref or sd.cand
+    return one(side.shape) if side else "-"
+
+
+def _dtype(sd: StageDiff) -> str:
+    if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
+        return f"{sd.ref.dtype}/{sd.cand.dtype}"
+    side = sd.ref or sd.cand
+    return (side.dtype or "-") if side else "-"
+
+
+def _status(sd: StageDiff, first: StageDiff | None) -> str:
+    s = sd.status.upper()
+    if sd.problem and sd.problem != "values":
+        s += f" ({sd.problem})"
+    if sd is first:
+        s = f"**{s}** ◀ first"
+    return s
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g} %"
+
+
+def _worst_table(rows: Sequence[WorstElement]) -> list[str]:
+    out = ["| rank | index | reference | candidate | abs error | rel error |",
+           "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for i, w in enumerate(rows, 1):
+        index = "[" + ", ".join(str(j) for j in w.index) + "]"
+        out.append(f"| {i} | `{index}` | {format_float(w.ref, 6)} | {format_float(w.cand, 6)} | "
+                   f"{format_float(w.abs_err)} | {format_float(w.rel_err)} |")
+    return out
+
+
+def _stage_section(sd: StageDiff, pair: TracePair | None, worst: int, heading: str) -> list[str]:
+    lines = [heading, ""]
+    where = f"Stage {sd.ref.position + 1} in the reference's execution order." if sd.ref else ""
+    if sd.status == Status.EXPECTED:
+        where += f" Expected divergence: {_esc((sd.expected_reason or '').rstrip('.'))}."
+    if sd.message:
+        where += " " + _esc(sd.message)
+    lines += [where.strip(), ""]
+    m = sd.metrics
+    if m is not None:
+        if m.max_abs_index is not None:
+            lines.append(f"- greatest absolute error {format_float(m.max_abs_err)} at `{list(m.max_abs_index)}`: "
+                         f"reference {format_float(m.max_abs_ref, 6)}, candidate {format_float(m.max_abs_cand, 6)}")
+        lines.append(f"- max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
+                     f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB · max ULP {format_float(m.max_ulp)}")
+        if sd.problem != "values":  # the message of a "values" failure already gives the count
+            lines.append(f"- {m.mismatched} / {m.count} elements outside tolerance ({_percent(m.mismatched_fraction)})")
+    if sd.tolerance is not None:
+        lines.append("- tolerance: " + ", ".join(f"{k}={v:g}" for k, v in sd.tolerance.to_dict().items()))
+    for note in sd.notes:
+        lines.append(f"- note: {_esc(note)}")
+    for d in sd.diagnoses:
+        lines.append(f"- likely: {_esc(d.summary)}")
+    if lines[-1] != "":
+        lines.append("")
+    if pair is not None and worst > 0:
+        data = pair.arrays(sd)
+        if data is not None:
+            rows = worst_elements(data.ref, data.cand, worst, ref_dtype=data.ref_dtype, cand_dtype=data.cand_dtype)
+            if rows:
+                lines += [f"Worst {len(rows)} elements by absolute error (index into the stage):", ""]
+                lines += _worst_table(rows) + [""]
+    return lines
+
+
+def _metric_cells(sd: StageDiff) -> list[str]:
+    m = sd.metrics
+    if m is None:
+        return ["-"] * 5
+    return [format_float(m.max_abs_err), format_float(m.max_rel_err), format_float(m.cosine, 6),
+            format_float(m.sqnr_db), f"{m.mismatched}/{m.count}"]
+
+
+def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max_detail: int = 10) -> str:
+    """Render ``diff`` as GitHub-flavoured Markdown.
+
+    Sections: a summary table, the first divergence (message, metrics, diagnoses, worst
+    elements), a table of every stage in execution order, details of up to ``max_detail``
+    divergent stages, and the stages present on one side only.
+
+    Args:
+        diff: the comparison result.
+        traces: where the stage values come from for the worst-element tables: ``AUTO`` (reopen
+            the traces named in the diff when they exist), ``None`` (metrics only) or a
+            ``(ref, cand)`` pair of traces or paths.
+        worst: rows of each worst-element table (0 leaves the tables out).
+        max_detail: divergent stages that get a section of their own.
+
+    Returns:
+        The Markdown text, ending with a newline.
+
+    Raises:
+        UsageError: ``traces`` is not AUTO, None or a pair.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> from parity.report import render_markdown
+        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
+        >>> for path, scale in ((r, 1.0), (c, 1.5)):
+        ...     with parity.record(path):
+        ...         _ = parity.tap("x", np.arange(4.0) * scale)
+        >>> md = render_markdown(parity.compare_traces(r, c))
+        >>> md.splitlines()[0], "## First divergence: `x`" in md
+        ('# parity diff: DIVERGENCE FOUND', True)
+    """
+    pair, note = resolve_traces(diff, traces)
+    first = diff.first_divergence
+    c = diff.summary()
+    verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
+    out = [f"# parity diff: {verdict}", "", "| | |", "| --- | --- |",
+           f"| reference | {_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
+           f"| candidate | {_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
+    if diff.config_source:
+        out.append(f"| config | {_code(diff.config_source)} |")
+    result = (f"{c['pass']} pass · {c['fail']} fail · {c['expected']} expected · {c['missing']} only in reference · "
+              f"{c['extra']} only in candidate" + (f" · {c['ignored']} ignored" if c["ignored"] else "")
+              + (" · strict" if diff.strict else ""))
+    out += [f"| result | {result} |", f"| parity | {diff.tool_version} |", ""]
+    if note:
+        out += [f"> {_esc(note)}", ""]
+
+    details = detail_stages(diff, max_detail)
+    if first is not None:
+        out += _stage_section(first, pair, worst, f"## First divergence: `{first.key}`")
+        later = len(diff.divergent) - 1
+        if later > 0:
+            out += [f"{later} later stage(s) also diverge; fix this one first, later errors may be propagated from it.", ""]
+    elif diff.passed:
+        out += ["No compared stage diverges.", ""]
+
+    out += ["## Stages", "",
+            "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |",
+            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for sd in diff.stages:
+        pos = str(sd.ref.position + 1) if sd.ref else ""
+        out.append("| " + " | ".join([pos, f"`{sd.key}`", _status(sd, first), _shape(sd), _dtype(sd),
+                                      *_metric_cells(sd)]) + " |")
+    out.append("")
+
+    rest = [sd for sd in details if sd is not first]
+    if rest:
+        out += ["## Other divergent stages", ""]
+        for sd in rest:
+            out += _stage_section(sd, pair, worst, f"### `{sd.key}`")
+        left = len(diff.divergent) + len(diff.expected) - len(details)
+        if left > 0:
+            out += [f"{left} more divergent stage(s) are listed in the table only.", ""]
+    if diff.missing:
+        out += [f"## Only in the reference ({len(diff.missing)})", "", ", ".join(f"`{s.key}`" for s in diff.missing), ""]
+    if diff.extra:
+        out += [f"## Only in the candidate ({len(diff.extra)})", "", ", ".join(f"`{s.key}`" for s in diff.extra), ""]
+    while out and out[-1] == "":
+        out.pop()
+    return "\n".join(out) + "\n"
