@@ -143,7 +143,10 @@ def parse_scale(value: object, where: str = "scale") -> float:
 
     result = num(tokens[0])
     for op, t in zip(tokens[1::2], tokens[2::2]):
-        result = result * num(t) if op == "*" else result / num(t)
+        d = num(t)
+        if op == "/" and d == 0:
+            raise ConfigError(f'{where} "{value}" divides by zero.')
+        result = result * d if op == "*" else result / d
     if not math.isfinite(result) or result == 0:
         raise ConfigError(f'{where} "{value}" must be finite and non-zero.')
     return sign * result

@@ -316,7 +316,31 @@ def _reorderings(rs: Stage, cs: Stage, rf: np.ndarray, cf: np.ndarray, rinfo, ci
             frac = holds(src)
             if frac >= MATCH_FRACTION:
                 return [_transpose_diag(rs, shape, p, frac, flat=shape is not rshape)]
-    # 2) Any other order: the same multiset of values.
+    # 2) Off by one along an axis (or along the flat order of a vector): checked before (3), as a
+    #    rotation by one is also a permutation but says more.
+    if same_shape:
+        shape = rshape if rshape else (n,)
+        for axis in range(len(shape)):
+            size = shape[axis]
+            if size < 3:
+                continue
+            mi = np.unravel_index(idx, shape)
+            pos = mi[axis]
+            for delta in (1, -1):
+                valid = (pos - delta >= 0) & (pos - delta < size)
+                if valid.sum() < 2:
+                    continue
+                moved = list(mi)
+                moved[axis] = pos - delta
+                src = np.ravel_multi_index(tuple(m[valid] for m in moved), shape)
+                frac = holds(src, valid)
+                if frac >= MATCH_FRACTION and (base_ok is None or frac > base_ok + 0.05):
+                    rel = "i-1" if delta == 1 else "i+1"
+                    return [Diagnosis("shift", f"the candidate is the reference shifted by {delta:+d} along "
+                                      f"{_axis_name(rs, axis)}: candidate[i] = reference[{rel}] for {_pct(frac)} of the "
+                                      f"elements (only {_pct(base_ok or 0)} agree in place): an off-by-one.",
+                                      {"axis": axis, "shift": delta, "matched": frac, "matched_in_place": base_ok})]
+    # 3) Any other order: the same multiset of values.
     if n <= MAX_SAMPLE:
         rs_sorted = np.sort(_take(rf, rinfo, None))
         cs_sorted = np.sort(_take(cf, cinfo, None))
@@ -324,30 +348,6 @@ def _reorderings(rs: Stage, cs: Stage, rf: np.ndarray, cf: np.ndarray, rinfo, ci
             return [Diagnosis("permutation", "the candidate holds the same values as the reference in another order "
                               "(sorted, they agree within tolerance): a wrong index mapping or layout.",
                               {"matched_in_place": base_ok})]
-    if not same_shape:
-        return []
-    # 3) Off by one along an axis (or along the flat order of a vector).
-    shape = rshape if rshape else (n,)
-    for axis in range(len(shape)):
-        size = shape[axis]
-        if size < 3:
-            continue
-        mi = np.unravel_index(idx, shape)
-        pos = mi[axis]
-        for delta in (1, -1):
-            valid = (pos - delta >= 0) & (pos - delta < size)
-            if valid.sum() < 2:
-                continue
-            moved = list(mi)
-            moved[axis] = pos - delta
-            src = np.ravel_multi_index(tuple(m[valid] for m in moved), shape)
-            frac = holds(src, valid)
-            if frac >= MATCH_FRACTION and (base_ok is None or frac > base_ok + 0.05):
-                rel = "i-1" if delta == 1 else "i+1"
-                return [Diagnosis("shift", f"the candidate is the reference shifted by {delta:+d} along "
-                                  f"{_axis_name(rs, axis)}: candidate[i] = reference[{rel}] for {_pct(frac)} of the "
-                                  f"elements (only {_pct(base_ok or 0)} agree in place): an off-by-one.",
-                                  {"axis": axis, "shift": delta, "matched": frac, "matched_in_place": base_ok})]
     return []
 
 
