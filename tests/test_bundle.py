@@ -95,9 +95,13 @@ def test_bad_names_and_non_bundles_are_refused(tmp_path, fast_env):
     for bad in ("../escape", "a/b", ".hidden", "", "-rf", "x" * 101):
         with pytest.raises(UsageError, match="must be one folder name"):
             new_bundle(bad, tmp_path)
-    assert not (tmp_path / "reports").exists() or os.listdir(tmp_path / "reports") == []
+    assert not (tmp_path / "reports").exists()
     with pytest.raises(UsageError, match="is not an evidence bundle"):
         open_bundle(tmp_path)
+    (tmp_path / "reports").mkdir(exist_ok=True)
+    (tmp_path / "reports" / "taken").write_text("a file, not a folder")
+    with pytest.raises(UsageError, match="reports/taken must be a directory"):
+        new_bundle("taken", tmp_path)
 
 
 def test_cli_bundle_flow_records_exact_command_lines(traces, tmp_path, monkeypatch, capsys, fast_env):

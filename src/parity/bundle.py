@@ -535,7 +535,11 @@ def new_bundle(name: str, root: str | os.PathLike[str] = ".", *, device: str | N
         raise UsageError(f"bundle name {name!r} must be one folder name of letters, digits, '.', '_' and '-' "
                          "(at most 100 characters, not starting with '.' or '-').")
     parent = os.path.join(os.fspath(root), "reports", name)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the bundle folder ({e.strerror}); reports/{name} must be a directory.",
+                         path=parent) from e
     now = _utc_now()
     stamp = _stamp(now)
     for attempt in range(1, 1000):

@@ -28,7 +28,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def find_chromium() -> str | None:
-    """The Chromium (or Chrome) executable, or ``None`` when none is installed."""
+    """The Chromium (or Chrome) executable, or ``None`` when none is installed.
+
+    ``PARITY_CHROMIUM=/path/to/chrome`` picks one; ``PARITY_CHROMIUM=none`` pretends there is none.
+    """
+    chosen = os.environ.get("PARITY_CHROMIUM")
+    if chosen:
+        return None if chosen == "none" else chosen
     for name in ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
         if path:

@@ -483,7 +483,7 @@ def _heatmap_svg(data: StageArrays, sd: StageDiff, uid: str, cells: int, max_ele
     w, h = max(gc * scale, 24), max(gr * scale, 24)
     left, top = 58, 22
     width, height = int(left + w + 90), int(top + h + 44)
-    cells_json = json.dumps([[None if v == 0 else ("inf" if math.isinf(v) else float(f"{v:.4g}")) for v in row]
+    cells_json = json.dumps([[None if v == 0 else ("inf" if math.isinf(v) else float(f"{v:.3g}")) for v in row]
                              for row in grid.tolist()], separators=(",", ":"))
     out = [f'<svg class="plot heatmap" id="heat-{uid}" viewBox="0 0 {width} {height}" width="{width}" role="img" '
            f'aria-label="error heat map" data-grid="{_e(cells_json)}" data-row-step="{row_step}" '
