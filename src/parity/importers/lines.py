@@ -381,11 +381,14 @@ class LineParser:
     def _fields(self, body: bytes, indexed: bool, lineno: int) -> list[ParsedField]:
         if not body:
             raise _Malformed("the trace line has a prefix but no key")
-        if b" =" in body or b"= " in body or b"\t=" in body or b"=\t" in body:
+        # The key is near the start: look there only (a vector line may be kilobytes long).
+        head = body[:256]
+        if b" =" in head or b"= " in head or b"\t=" in head or b"=\t" in head:
             body = _SPACED_EQ.sub(b"=", body)
-        eq = body.find(b"=")
-        colon = body.find(b":")
-        space = _first_space(body)
+            head = body[:256]
+        eq = head.find(b"=")
+        colon = head.find(b":")
+        space = _first_space(head)
         pairs: list[tuple[bytes, bytes]]
         if eq > 0 and (colon < 0 or eq < colon) and (space < 0 or eq < space):
             if body.count(b"=") == 1:
@@ -436,7 +439,7 @@ class LineParser:
 
     def _sample_digits(self, v: bytes) -> None:
         st = self.stats
-        tok = v.lstrip(b"[").split(None, 1)[0].rstrip(b",;]")
+        tok = v[:48].lstrip(b"[").split(None, 1)[0].rstrip(b",;]")
         d = _sig_digits(tok)
         if d > st.digits:
             st.digits = d

@@ -59,6 +59,7 @@ _TABLE = [
 DTYPES: dict[str, DType] = {d.code: d for d in _TABLE}
 _BY_NAME: dict[str, DType] = {d.name: d for d in _TABLE}
 _BY_NAME["float8_e4m3"] = DTYPES["F8_E4M3"]
+_BY_DTYPE: dict[np.dtype, DType] = {}
 
 
 def _ml_dtypes():
@@ -76,7 +77,12 @@ def dtype_of_array(arr: np.ndarray) -> DType:
         TypeError: the array's dtype cannot be stored (e.g. complex, object, strings).
     """
     dt = arr.dtype
-    d = _BY_NAME.get(dt.name)
+    d = _BY_DTYPE.get(dt)
+    if d is not None:
+        return d
+    d = _BY_NAME.get(dt.name)  # dtype.name is slow (Python code in NumPy): cache by dtype below
+    if d is not None and len(_BY_DTYPE) < 64:
+        _BY_DTYPE[dt] = d
     if d is None:
         raise TypeError(
             f"dtype {dt} cannot be stored; supported: " + ", ".join(sorted(_BY_NAME)) + " (cast it first)"
