@@ -317,7 +317,7 @@ class TraceWriter:
         with self._lock:
             n = self._seen.get(base, 0)
             self._seen[base] = n + 1
-            final = make_key(name, merged, occurrence=n) if n else base
+            final = f"{base}#{n}" if n else base  # = make_key(name, merged, occurrence=n); base is valid
             if n:
                 entry["occurrence"] = n
             entry["key"] = final
@@ -422,10 +422,31 @@ class TraceWriter:
         with open(tmp, "wb") as f:
             f.write(header)
             h.update(header)
+            small: list[bytes] = []  # many tiny stages (scalars from a log): one write per ~1 MiB
+            held = 0
             for i in order:
-                for chunk in _byte_chunks(tensors[i].array):
+                arr = tensors[i].array
+                if arr.nbytes <= 4096:
+                    small.append(arr.tobytes())
+                    held += arr.nbytes
+                    if held < 1 << 20:
+                        continue
+                    chunks: Any = [b"".join(small)]
+                    small, held = [], 0
+                else:
+                    if small:
+                        block = b"".join(small)
+                        f.write(block)
+                        h.update(block)
+                        small, held = [], 0
+                    chunks = _byte_chunks(arr)
+                for chunk in chunks:
                     f.write(chunk)
                     h.update(chunk)
+            if small:
+                block = b"".join(small)
+                f.write(block)
+                h.update(block)
         os.replace(tmp, full)
         self._files[rel] = {"bytes": len(header) + offset, "sha256": h.hexdigest()}
         for e in entries:
