@@ -28,8 +28,8 @@ The importer streams: it reads the log in chunks and never holds more than one c
 
 from __future__ import annotations
 
+import gc
 import gzip
-import io
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -643,6 +643,19 @@ def import_log(
 
 def _pump(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size: int, name: str,
           extra_provenance: dict[str, Any] | None = None) -> None:
+    # A big log makes millions of small, acyclic objects (manifest entries) that stay alive: the
+    # cyclic GC would rescan all of them again and again (measured: 15 % of a 300 MB import).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _pump_lines(parser, stream, writer, chunk_size, name, extra_provenance)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _pump_lines(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size: int, name: str,
+                extra_provenance: dict[str, Any] | None) -> None:
     st = parser.stats
     parse = parser.parse_line
     add = writer.add
@@ -685,5 +698,3 @@ def sniff_text(path: str, probe: int = 64 * 1024) -> str | None:
             return "is not UTF-8 text"
     return None
 
-
-_ = io  # io is used by callers passing BytesIO; keep the import explicit for type checkers
