@@ -71,3 +71,16 @@ def test_console_script_runs(traces):
     exe = os.path.join(os.path.dirname(sys.executable), "parity")
     r = subprocess.run([exe, "diff", ref, bad], capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     assert r.returncode == 1 and "\x1b[" not in r.stdout
+
+
+def test_show_prints_bracketed_keys_literally(make_trace, capsys, monkeypatch):
+    import parity
+
+    monkeypatch.setenv("COLUMNS", "200")
+    path = make_trace("k.trace", {})
+    with parity.record(path):
+        parity.tap("x", 1.0, it=0)
+        parity.tap("label", "[bold]not markup[/bold]")
+    assert main(["show", path]) == 0
+    out = capsys.readouterr().out
+    assert "x[it=0]" in out and "[bold]not markup" in out

@@ -10,7 +10,9 @@ import tempfile
 import click
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..bundle import bundle_command, bundle_option
 from ..compare.diff import compare_traces
@@ -133,12 +135,15 @@ def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
     t = load_trace(trace)
     m = t.manifest
     state = "complete" if t.complete else f"INCOMPLETE ({m.get('incomplete_reason', 'interrupted')})"
-    console.print(f"[bold]{t.path}[/bold]  {len(t)} stages, {state}, producer {m.get('producer')!r}, parity {m.get('tool_version')}")
+    # Keys, paths and metadata are user text: escape them so rich never reads "x[it=0]" as markup.
+    console.print(f"[bold]{escape(t.path)}[/bold]  {len(t)} stages, {escape(state)}, producer "
+                  f"{escape(repr(m.get('producer')))}, parity {escape(str(m.get('tool_version')))}")
     if t.meta:
-        console.print(f"meta: {t.meta}")
+        console.print(escape(f"meta: {t.meta}"))
     table = Table(show_lines=False, pad_edge=False)
     for col in ("#", "stage", "dtype", "shape", "axes", "units") + (("min", "max", "mean", "std", "nan/inf") if stats else ()):
-        table.add_column(col, justify="right" if col in ("#", "min", "max", "mean", "std", "nan/inf") else "left")
+        table.add_column(col, justify="right" if col in ("#", "min", "max", "mean", "std", "nan/inf") else "left",
+                         min_width=16 if col == "stage" else None, overflow="fold")
     for s in t:
         shape = "×".join(map(str, s.shape)) or "scalar"
         row = [str(s.position + 1), s.key, s.dtype or "text", shape if s.kind == "tensor" else repr((s.text or "")[:30]),
@@ -150,12 +155,12 @@ def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
                         f"{st['nan']}/{st['inf']}"]
             else:
                 row += ["", "", "", "", ""]
-        table.add_row(*row)
+        table.add_row(*(Text(c) for c in row))
     console.print(table)
     if verify:
         problems = t.verify()
         for p in problems:
-            console.print(f"[red]{p}[/red]")
+            console.print(Text(p, style="red"))
         if problems:
             sys.exit(2)
         console.print(f"[green]all {len(t.manifest.get('files', {}))} data files match their sha256.[/green]")
