@@ -1,0 +1,319 @@
+"""Logit comparisons: top-k agreement, KL divergence, and the first decode step whose greedy token differs.
+
+Element-wise metrics say *how far* two logit tensors are; what a user of a language model needs
+to know is whether the two sides would *say the same thing*. For every stage named ``logits``
+(``logits``, ``logits[step=3]``, ``lm.logits``...) :func:`parity.compare_traces` therefore also
+computes :class:`LogitsMetrics` over the last axis (the vocabulary), stored in
+``StageDiff.extra["logits"]``:
+
+* **top-k agreement** -- mean over positions of ``|top_k(ref) ∩ top_k(cand)| / k``;
+* **top-1 agreement** -- fraction of positions with the same argmax;
+* **KL divergence** ``KL(softmax(ref) || softmax(cand))`` in nats, mean and max over positions,
+  computed in float64 with log-softmax (stable for large logits);
+* **greedy tokens** -- the argmax at the last position of each batch row, i.e. the token greedy
+  decoding picks at that step.
+
+:func:`first_token_divergence` reports the first decode step whose greedy token differs. After
+that step the two sides were fed different tokens, so later steps differ for that reason alone.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..trace.dtypes import DType, is_float, to_float64
+from ..trace.keys import split_key
+
+__all__ = ["LogitsMetrics", "TokenDivergence", "logits_metrics", "is_logits_key", "stage_extra",
+           "first_token_divergence", "describe_logits", "DEFAULT_TOP_K"]
+
+DEFAULT_TOP_K = 5
+_ROWS_PER_CHUNK_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LogitsMetrics:
+    """How two logit tensors agree as distributions over the vocabulary (the last axis).
+
+    Attributes:
+        k: the k of top-k agreement (at most the vocabulary size).
+        positions: number of positions compared (product of the leading axes).
+        topk_agreement: mean over positions of the shared fraction of the top-k tokens.
+        top1_agreement: fraction of positions whose argmax is the same.
+        kl_mean: mean ``KL(softmax(ref) || softmax(cand))`` in nats.
+        kl_max: the largest per-position KL divergence.
+        kl_max_position: index (leading axes) of that position.
+        greedy_ref, greedy_cand: argmax at the last position of each batch row.
+        greedy_match: whether the greedy tokens agree for every batch row.
+        first_mismatch: first position (C order over the leading axes) whose argmax differs.
+    """
+
+    k: int
+    positions: int
+    topk_agreement: float
+    top1_agreement: float
+    kl_mean: float
+    kl_max: float
+    kl_max_position: tuple[int, ...] | None
+    greedy_ref: tuple[int, ...]
+    greedy_cand: tuple[int, ...]
+    greedy_match: bool
+    first_mismatch: tuple[int, ...] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        def enc(x: float) -> float | str:
+            return x if math.isfinite(x) else repr(x)  # JSON has no NaN/inf
+        return {
+            "k": self.k, "positions": self.positions, "topk_agreement": enc(self.topk_agreement),
+            "top1_agreement": enc(self.top1_agreement), "kl_mean": enc(self.kl_mean), "kl_max": enc(self.kl_max),
+            "kl_max_position": list(self.kl_max_position) if self.kl_max_position is not None else None,
+            "greedy_ref": list(self.greedy_ref), "greedy_cand": list(self.greedy_cand),
+            "greedy_match": self.greedy_match,
+            "first_mismatch": list(self.first_mismatch) if self.first_mismatch is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LogitsMetrics:
+        def dec(x: Any) -> float:
+            return float(x)  # float("nan") / float("inf") read the encoded strings back
+        return cls(
+            k=int(d["k"]), positions=int(d["positions"]), topk_agreement=dec(d["topk_agreement"]),
+            top1_agreement=dec(d["top1_agreement"]), kl_mean=dec(d["kl_mean"]), kl_max=dec(d["kl_max"]),
+            kl_max_position=tuple(d["kl_max_position"]) if d.get("kl_max_position") is not None else None,
+            greedy_ref=tuple(d["greedy_ref"]), greedy_cand=tuple(d["greedy_cand"]), greedy_match=bool(d["greedy_match"]),
+            first_mismatch=tuple(d["first_mismatch"]) if d.get("first_mismatch") is not None else None,
+        )
+
+
+def _widen(arr: Any, dtype: DType | None) -> np.ndarray:
+    a = np.asarray(arr)
+    return to_float64(a, dtype) if dtype is not None else a.astype(np.float64)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)  # a row of -inf stays -inf instead of becoming NaN
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        z = x - m
+        return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def _topk(x: np.ndarray, k: int) -> np.ndarray:
+    # NaN sorts last in argpartition of -x: a NaN logit never makes the top k.
+    return np.argpartition(-np.nan_to_num(x, nan=-np.inf), k - 1, axis=-1)[:, :k]
+
+
+def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DType | None = None,
+                   cand_dtype: DType | None = None) -> LogitsMetrics:
+    """Compare two logit arrays of the same shape over their last axis.
+
+    Args:
+        ref, cand: arrays shaped ``[..., vocab]`` (e.g. ``[batch, seq, vocab]``), any float dtype.
+        k: top-k size (clipped to the vocabulary size).
+        ref_dtype, cand_dtype: the stored dtypes (needed for bf16/f8 read without ml_dtypes).
+
+    Returns:
+        The :class:`LogitsMetrics`.
+
+    Raises:
+        ValueError: the shapes differ or the arrays are scalars.
+
+    Example:
+        >>> import numpy as np
+        >>> r = np.array([[[0.0, 1.0, 5.0], [2.0, 0.0, 1.0]]])
+        >>> m = logits_metrics(r, r[..., ::-1], k=1)
+        >>> m.top1_agreement, m.greedy_ref, m.greedy_cand, m.first_mismatch
+        (0.0, (0,), (2,), (0, 0))
+    """
+    r_all, c_all = np.asarray(ref), np.asarray(cand)
+    if r_all.shape != c_all.shape:
+        raise ValueError(f"logits shapes differ: {r_all.shape} vs {c_all.shape}.")
+    if r_all.ndim == 0 or r_all.shape[-1] == 0:
+        raise ValueError(f"logits need a vocabulary axis; got shape {r_all.shape}.")
+    vocab = r_all.shape[-1]
+    lead = r_all.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    k = max(1, min(int(k), vocab))
+    r2, c2 = r_all.reshape(n, vocab), c_all.reshape(n, vocab)
+    rows = max(1, _ROWS_PER_CHUNK_BYTES // (8 * vocab))
+    agree_sum = 0.0
+    top1_same = 0
+    kl_sum = 0.0
+    kl_max, kl_arg = -math.inf, -1
+    first_bad = -1
+    argmax_r = np.empty(n, np.int64)
+    argmax_c = np.empty(n, np.int64)
+    for lo in range(0, n, rows):
+        r = _widen(r2[lo:lo + rows], ref_dtype)
+        c = _widen(c2[lo:lo + rows], cand_dtype)
+        ar = np.argmax(np.nan_to_num(r, nan=-np.inf), axis=-1)
+        ac = np.argmax(np.nan_to_num(c, nan=-np.inf), axis=-1)
+        argmax_r[lo:lo + len(r)], argmax_c[lo:lo + len(c)] = ar, ac
+        same = ar == ac
+        top1_same += int(same.sum())
+        if first_bad < 0 and not same.all():
+            first_bad = lo + int(np.argmin(same))
+        tr, tc = _topk(r, k), _topk(c, k)
+        agree_sum += float((tr[:, :, None] == tc[:, None, :]).sum(axis=(1, 2)).sum()) / k
+        lr, lc = _log_softmax(r), _log_softmax(c)
+        with np.errstate(invalid="ignore", over="ignore"):
+            pr = np.exp(lr)
+            kl = np.where(pr > 0, pr * (lr - lc), 0.0).sum(axis=-1)
+        nan_rows = np.isnan(r).any(axis=-1) | np.isnan(c).any(axis=-1)
+        kl = np.where(nan_rows, np.nan, np.maximum(kl, 0.0))  # clip tiny negative rounding; NaN logits give NaN
+        kl_sum += float(kl.sum())
+        if np.isnan(kl).any():
+            i = int(np.argmax(np.isnan(kl)))
+            if not math.isnan(kl_max):
+                kl_max, kl_arg = math.nan, lo + i
+        elif not math.isnan(kl_max) and len(kl):
+            i = int(np.argmax(kl))
+            if kl[i] > kl_max:
+                kl_max, kl_arg = float(kl[i]), lo + i
+    if lead:
+        last_r = argmax_r.reshape(lead)[..., -1].reshape(-1) if len(lead) >= 2 else argmax_r[-1:]
+        last_c = argmax_c.reshape(lead)[..., -1].reshape(-1) if len(lead) >= 2 else argmax_c[-1:]
+    else:
+        last_r, last_c = argmax_r, argmax_c
+    unravel = (lambda i: tuple(int(x) for x in np.unravel_index(i, lead))) if lead else (lambda i: ())
+    return LogitsMetrics(
+        k=k, positions=n, topk_agreement=agree_sum / n, top1_agreement=top1_same / n, kl_mean=kl_sum / n,
+        kl_max=kl_max, kl_max_position=unravel(kl_arg) if kl_arg >= 0 else None,
+        greedy_ref=tuple(int(x) for x in last_r), greedy_cand=tuple(int(x) for x in last_c),
+        greedy_match=bool(np.array_equal(last_r, last_c)),
+        first_mismatch=unravel(first_bad) if first_bad >= 0 else None,
+    )
+
+
+def is_logits_key(key: str) -> bool:
+    """Whether a stage key names logits: ``logits``, ``logits[step=3]``, ``decoder.logits#1``..."""
+    try:
+        name = split_key(key)[0]
+    except Exception:  # noqa: BLE001 - not a valid key: not logits
+        return False
+    return name == "logits" or name.endswith(".logits")
+
+
+def stage_extra(key: str, ref: Any, cand: Any, ref_dtype: DType | None, cand_dtype: DType | None,
+                k: int = DEFAULT_TOP_K) -> dict[str, Any] | None:
+    """The ``StageDiff.extra`` entry for a stage: ``{"logits": {...}}`` for float logits, else ``None``."""
+    if not is_logits_key(key) or ref_dtype is None or cand_dtype is None:
+        return None
+    if not (is_float(ref_dtype) and is_float(cand_dtype)):
+        return None
+    r, c = np.asarray(ref), np.asarray(cand)
+    if r.shape != c.shape or r.ndim == 0 or r.size == 0:
+        return None
+    return {"logits": logits_metrics(r, c, k=k, ref_dtype=ref_dtype, cand_dtype=cand_dtype).to_dict()}
+
+
+@dataclass(frozen=True)
+class TokenDivergence:
+    """The first decode step whose greedy token differs.
+
+    Attributes:
+        step: the step index (``0`` for a stage without a step index).
+        key: the logits stage of that step.
+        ref_tokens, cand_tokens: the greedy token of each batch row on each side.
+    """
+
+    step: int
+    key: str
+    ref_tokens: tuple[int, ...]
+    cand_tokens: tuple[int, ...]
+
+
+def _step_of(key: str) -> int:
+    _, idx, occ = split_key(key)
+    if "step" in idx:
+        try:
+            return int(idx["step"])
+        except ValueError:
+            pass
+    return occ  # repeated forward calls without a step index are numbered occurrences
+
+
+def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TOP_K) -> TokenDivergence | None:
+    """The first decode step at which the two sides' greedy tokens differ.
+
+    Args:
+        source: a :class:`~parity.compare.diff.TraceDiff` (its logits stages carry the greedy
+            tokens), or the reference trace (path or :class:`~parity.Trace`) when ``cand`` is given.
+        cand: the candidate trace, when ``source`` is the reference trace.
+        k: top-k size when computing from traces.
+
+    Returns:
+        A :class:`TokenDivergence` (``.step`` is the step index), or ``None`` when every captured
+        step agrees or no logits stage was compared.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> from parity.compare.logits import first_token_divergence
+        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
+        >>> for path, flip in ((r, False), (c, True)):
+        ...     with parity.record(path):
+        ...         for step in range(3):
+        ...             x = np.eye(4, dtype=np.float32)[None, None, step]
+        ...             _ = parity.tap("logits", x[..., ::-1] if flip and step == 2 else x, step=step)
+        >>> first_token_divergence(r, c).step
+        2
+    """
+    found: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] = []
+    if cand is None:
+        for sd in getattr(source, "stages", ()):
+            extra = getattr(sd, "extra", None) or {}
+            lg = extra.get("logits")
+            if lg is None:
+                continue
+            m = LogitsMetrics.from_dict(lg)
+            if not m.greedy_match:
+                found.append((_step_of(sd.key), sd.key, m.greedy_ref, m.greedy_cand))
+    else:
+        from ..trace.reader import Trace, load_trace
+
+        rt = source if isinstance(source, Trace) else load_trace(os.fspath(source))
+        ct = cand if isinstance(cand, Trace) else load_trace(os.fspath(cand))
+        ckeys = set(ct.keys())
+        for rs in rt:
+            if rs.kind != "tensor" or not is_logits_key(rs.key) or rs.key not in ckeys:
+                continue
+            cs = ct.stage(rs.key)
+            extra = stage_extra(rs.key, rt[rs.key], ct[cs.key], rs.dtype_info, cs.dtype_info, k=k)
+            if extra is None:
+                continue
+            m = LogitsMetrics.from_dict(extra["logits"])
+            if not m.greedy_match:
+                found.append((_step_of(rs.key), rs.key, m.greedy_ref, m.greedy_cand))
+    if not found:
+        return None
+    step, key, rtok, ctok = min(found, key=lambda f: f[0])
+    return TokenDivergence(step, key, rtok, ctok)
+
+
+def describe_logits(diff: Any) -> list[str]:
+    """Plain-text lines summarising the logits stages of a diff (used by the text report)."""
+    rows = []
+    for sd in getattr(diff, "stages", ()):
+        lg = (getattr(sd, "extra", None) or {}).get("logits")
+        if lg is not None:
+            rows.append((sd.key, LogitsMetrics.from_dict(lg)))
+    if not rows:
+        return []
+    worst_topk = min(rows, key=lambda r: (r[1].topk_agreement if not math.isnan(r[1].topk_agreement) else -1.0))
+    worst_kl = max(rows, key=lambda r: (r[1].kl_max if not math.isnan(r[1].kl_max) else math.inf))
+    k = worst_topk[1].k
+    lines = [f"Logits ({len(rows)} stage(s)): top-{k} agreement min {worst_topk[1].topk_agreement:.4g} "
+             f"({worst_topk[0]}) · KL max {worst_kl[1].kl_max:.3g} nats ({worst_kl[0]})"]
+    div = first_token_divergence(diff)
+    if div is None:
+        lines.append("  greedy tokens agree at every compared step.")
+    else:
+        lines.append(f"  first differing greedy token: step {div.step} ({div.key}): reference "
+                     f"{list(div.ref_tokens)}, candidate {list(div.cand_tokens)}")
+    return lines
