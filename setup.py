@@ -1,0 +1,24 @@
+"""Build script for parity's optional C accelerator.
+
+All project metadata lives in pyproject.toml; this file only declares the fused metrics kernel
+``parity.compare._kernel``. It is optional: where no C compiler is available the build carries on
+without it and :mod:`parity.compare.metrics` falls back to its NumPy implementation.
+
+``-ffp-contract=off`` keeps every multiply and add separately rounded (no FMA contraction), so the
+kernel gives the same results as the NumPy path; never add ``-ffast-math`` (NaN tests are part of the
+contract) or ``-march=native`` (the build may run on another machine; the kernel picks AVX2 at load
+time where available).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "parity.compare._kernel",
+            ["src/parity/compare/_kernel.c"],
+            optional=True,
+            extra_compile_args=["-O3", "-ffp-contract=off"],
+        )
+    ]
+)
