@@ -140,9 +140,11 @@ def minilm_onnx(minilm, minilm_inputs, tmp_path_factory):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Wrapped(minilm), tuple(minilm_inputs[n] for n in names), path, dynamo=False,
+        # .eval(): the exporter restores the wrapper's training flag afterwards, recursively
+        torch.onnx.export(_Wrapped(minilm).eval(), tuple(minilm_inputs[n] for n in names), path, dynamo=False,
                           input_names=names, output_names=["last_hidden_state"], opset_version=17,
                           dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+    assert not minilm.training
     return path
 
 

@@ -342,10 +342,11 @@ def test_in_place_changes_after_the_hook_never_reach_the_trace(tmp_path, monkeyp
     with torch.no_grad():
         expected = m.a(x).numpy()
     # default copy=True: the value at hook time is what is stored, whatever the writer's timing
-    path = os.path.join(tmp_path, "c.trace")
-    with parity.torch.capture(m, path), torch.no_grad():
-        m(x)
-    assert np.array_equal(np.asarray(parity.load_trace(path)["a"]), expected)
+    for background in (True, False):
+        path = os.path.join(tmp_path, f"c{background}.trace")
+        with parity.torch.capture(m, path, background=background), torch.no_grad():
+            m(x)
+        assert np.array_equal(np.asarray(parity.load_trace(path)["a"]), expected)
     # copy=False: hold the writer until the model has changed the tensor: detected, not stored silently
     from parity.trace.writer import TraceWriter
 
@@ -359,7 +360,7 @@ def test_in_place_changes_after_the_hook_never_reach_the_trace(tmp_path, monkeyp
     monkeypatch.setattr(TraceWriter, "add", slow_add)
     path = os.path.join(tmp_path, "r.trace")
     with pytest.raises(CaptureError, match='stage "a": the model changed this tensor in place after it was captured'):
-        with parity.torch.capture(m, path, copy=False), torch.no_grad():
+        with parity.torch.capture(m, path, copy=False, background=True), torch.no_grad():
             m(x)
             gate.set()
     assert not parity.load_trace(path).complete
@@ -372,6 +373,15 @@ def test_background_and_synchronous_writers_write_identical_traces(tmp_path):
     tc, _, _ = capture(model, tmp_path, "c.trace", background=True, copy=False, queue_bytes=1)
     for t in (tb, tc):
         assert t.manifest["files"] == ta.manifest["files"] and t.manifest["stages"] == ta.manifest["stages"]
+
+
+def test_background_default_depends_on_spare_cores(monkeypatch):
+    model = tiny_model("llama")
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert parity.torch.background_default(model) is False  # torch uses every core: write in line
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert parity.torch.background_default(model) is True
 
 
 def test_capture_add_records_extra_stages_in_order(tmp_path):
@@ -411,7 +421,12 @@ def test_no_warning_when_everything_requested_is_available(tmp_path):
     model = tiny_model("gpt2")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        capture(model, tmp_path)
+        t, _, _ = capture(model, tmp_path)
+    assert t.meta["training"] is False
+    model.train()
+    with pytest.warns(UserWarning, match="GPT2LMHeadModel is in training mode, so its dropout or batch norm makes the captured values"):
+        t, _, _ = capture(model, tmp_path, "train.trace")
+    assert t.meta["training"] is True
 
 
 @pytest.mark.gpu

