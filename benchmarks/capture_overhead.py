@@ -17,6 +17,7 @@ thread when the clock stops; the time until the forward call returns (the writer
 draining) is reported too. Variants: the default (a background writer only when torch leaves a
 core free or the model is on a GPU), the background writer, the background writer with
 ``copy=False`` (no snapshot at hook time), and writing in line (``background=False``).
+For scale, capturing only the layer outputs (``stages="ffn_residual"``) is measured too.
 Target: captured / uncaptured <= 1.10.
 
     python benchmarks/capture_overhead.py [--repeats 15] [--batch 8] [--seq 128] [--threads N] [--dir /tmp]
@@ -103,10 +104,13 @@ def bench(name: str, model, inputs, repeats: int, root: str) -> None:
         w1, c1 = _clock()
         return w1 - w0, c1 - c0
 
-    def captured(background: bool | None, copy: bool = True) -> tuple[float, ...]:
-        path = os.path.join(root, f"{name}.trace")
+    def captured(background: bool | None, copy: bool = True, stages=None, trace: str = name) -> tuple[float, ...]:
+        path = os.path.join(root, f"{trace}.trace")
+        if os.path.exists(path):  # a fresh directory, deleted outside the timed region
+            shutil.rmtree(path)
         w0, c0 = _clock()
-        with parity.torch.capture(model, path, preset="auto", background=background, copy=copy), torch.no_grad():
+        with parity.torch.capture(model, path, preset="auto", background=background, copy=copy,
+                                  stages=stages), torch.no_grad():
             f0 = time.perf_counter()
             model(**inputs)
             f1 = time.perf_counter()
@@ -121,6 +125,7 @@ def bench(name: str, model, inputs, repeats: int, root: str) -> None:
         "capture, background writer": lambda: captured(True),
         "capture, background, copy=False": lambda: captured(True, copy=False),
         "capture, writing in line": lambda: captured(False),
+        "layer outputs only (ffn_residual)": lambda: captured(None, stages="ffn_residual", trace=f"{name}-layers"),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -138,13 +143,13 @@ def bench(name: str, model, inputs, repeats: int, root: str) -> None:
     def steady(k: int = 8) -> float:
         """Per forward, k forwards in one capture (decode-step keys), set-up and close amortised."""
         path = os.path.join(root, f"{name}-steady.trace")
+        if os.path.exists(path):
+            shutil.rmtree(path)
         t = time.perf_counter()
         with parity.torch.capture(model, path, preset="auto", steps=True), torch.no_grad():
             for _ in range(k):
                 model(**inputs)
-        dt = (time.perf_counter() - t) / k
-        shutil.rmtree(path)
-        return dt
+        return (time.perf_counter() - t) / k
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

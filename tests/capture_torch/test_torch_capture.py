@@ -207,6 +207,10 @@ def test_fused_attention_default_omits_internals_but_explicit_request_fails(tmp_
                                            'attn_implementation="sdpa"'):
         capture(model, tmp_path, "y.trace", stages=["attn_probs"])
     assert no_hooks(model)
+    # a predicate filters what the model can produce: no error, the rest is listed as omitted
+    with pytest.warns(UserWarning, match="left out attn_probs"):
+        t, _, cap = capture(model, tmp_path, "p.trace", stages=lambda n: n in ("attn_probs", "logits"))
+    assert t.keys() == ["logits"] and set(cap.omitted) == {"attn_probs"}
     # switched to eager for the capture only
     t, _, cap = capture(model, tmp_path, "z.trace", stages=["attn_probs"], attn_implementation="eager")
     assert t.keys() == [f"layers.{i}.attn_probs" for i in range(3)] and t.meta["attn_implementation"] == "eager"

@@ -648,7 +648,9 @@ def _set_attn_implementation(model: torch.nn.Module, impl: str) -> None:
 
 
 def _install_preset(s: _Session, model: torch.nn.Module, preset: Preset, stages: object, layers: object) -> None:
-    explicit = stages is not None
+    # Names and globs are requests (a stage the model cannot produce is an error); None and a
+    # predicate filter what the model can produce (the rest is listed in Capture.omitted).
+    explicit = stages is not None and not callable(stages)
     names = preset.select(stages)
     found = _find_layer_list(model, preset.layers)
     if found is None and any(preset.is_layer_stage(n) for n in names):
@@ -811,9 +813,9 @@ def capture(
         model: the model. Each call of it is one step (``generate()`` calls it once per token).
         path: the ``NAME.trace`` directory to write.
         stages: what to capture. With a preset: canonical stage names or ``*`` globs
-            (``"attn_*"``), a list of them, or a predicate on the name; ``None`` captures every
-            stage the model can produce as configured (the others are listed in
-            :attr:`Capture.omitted`). Without a preset: globs on module names
+            (``"attn_*"``), a list of them (a request: what the model cannot produce is an
+            error), or a predicate on the name; ``None`` and a predicate take what the model can
+            produce as configured (the others are listed in :attr:`Capture.omitted`). Without a preset: globs on module names
             (``"encoder.layer.*.output.dense"``) or a predicate ``(name, module)``; ``None`` hooks
             every module. Keys are then the module names (``name.0``, ``name.field`` for tuple or
             dict outputs).
