@@ -38,7 +38,7 @@ import numpy as np
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ..trace.dtypes import to_float64
 from ._arrays import AUTO, ProgressCallback, StageArrays, TracePair, detail_stages, resolve_traces
-from .text import format_float
+from .text import dtype_text, format_float, shape_text
 from .worst import element_errors, worst_elements
 
 __all__ = ["render_html"]
@@ -527,23 +527,6 @@ def _num_attr(x: float | None) -> str:
     return repr(float(x))
 
 
-def _shape(sd: StageDiff) -> str:
-    def one(shape: tuple[int, ...]) -> str:
-        return "×".join(str(d) for d in shape) or "scalar"
-
-    if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
-        return f"{one(sd.ref.shape)} vs {one(sd.cand.shape)}"
-    side = sd.ref or sd.cand
-    return one(side.shape) if side else "-"
-
-
-def _dtype(sd: StageDiff) -> str:
-    if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
-        return f"{sd.ref.dtype}/{sd.cand.dtype}"
-    side = sd.ref or sd.cand
-    return (side.dtype or "-") if side else "-"
-
-
 def _stage_table(diff: TraceDiff, anchors: dict[int, str]) -> str:
     first = diff.first_divergence
     cols = [("#", "num"), ("stage", "text"), ("status", "text"), ("shape", "text"), ("dtype", "text"),
@@ -567,7 +550,7 @@ def _stage_table(diff: TraceDiff, anchors: dict[int, str]) -> str:
             f'<td class="num" data-v="{pos if pos is not None else "NaN"}">{pos if pos is not None else ""}</td>',
             f'<td><code>{key}</code></td>',
             f'<td class="{_STATUS_CLASS[sd.status]}">{_e(status)}</td>',
-            f"<td>{_e(_shape(sd))}</td>", f"<td>{_e(_dtype(sd))}</td>",
+            f"<td>{_e(shape_text(sd))}</td>", f"<td>{_e(dtype_text(sd))}</td>",
         ]
         for v, digits in ((m.max_abs_err if m else None, 3), (m.max_rel_err if m else None, 3),
                           (m.cosine if m else None, 6), (m.sqnr_db if m else None, 3)):
@@ -587,7 +570,7 @@ def _stage_detail(sd: StageDiff, anchor: str, pair: TracePair | None, worst: int
            f"<h3><code>{_e(title)}</code></h3>"]
     facts = []
     if sd.ref is not None:
-        facts.append(f"stage {sd.ref.position + 1} in the reference's execution order; {_e(_shape(sd))} {_e(_dtype(sd))}")
+        facts.append(f"stage {sd.ref.position + 1} in the reference's execution order; {_e(shape_text(sd))} {_e(dtype_text(sd))}")
     if sd.status == Status.EXPECTED:
         facts.append(f"expected divergence: {_e(sd.expected_reason or '')}")
     if sd.message:

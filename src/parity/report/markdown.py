@@ -11,7 +11,7 @@ from typing import Any
 
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
-from .text import format_float
+from .text import dtype_text, format_float, shape_text
 from .worst import WorstElement, worst_elements
 
 __all__ = ["render_markdown"]
@@ -30,23 +30,6 @@ def _cell(text: str) -> str:
 def _code(text: str) -> str:
     # Stage keys cannot contain backticks (key grammar); paths can, so fall back to escaping.
     return f"`{text}`" if "`" not in text and "\n" not in text else _cell(text)
-
-
-def _shape(sd: StageDiff) -> str:
-    def one(shape: tuple[int, ...]) -> str:
-        return "×".join(str(d) for d in shape) or "scalar"
-
-    if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
-        return f"{one(sd.ref.shape)} vs {one(sd.cand.shape)}"
-    side = sd.ref or sd.cand
-    return one(side.shape) if side else "-"
-
-
-def _dtype(sd: StageDiff) -> str:
-    if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
-        return f"{sd.ref.dtype}/{sd.cand.dtype}"
-    side = sd.ref or sd.cand
-    return (side.dtype or "-") if side else "-"
 
 
 def _status(sd: StageDiff, first: StageDiff | None) -> str:
@@ -177,7 +160,7 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
             "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for sd in diff.stages:
         pos = str(sd.ref.position + 1) if sd.ref else ""
-        out.append("| " + " | ".join([pos, f"`{sd.key}`", _status(sd, first), _shape(sd), _dtype(sd),
+        out.append("| " + " | ".join([pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd),
                                       *_metric_cells(sd)]) + " |")
     out.append("")
 

@@ -33,21 +33,23 @@ def format_float(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits - 1}e}"
 
 
-def _shape(sd: StageDiff) -> str:
-    side = sd.ref or sd.cand
-    if side is None:
-        return "-"
-    s = "×".join(str(d) for d in side.shape) or "scalar"
+def shape_text(sd: StageDiff) -> str:
+    """``2×3``, ``scalar``, or ``2×3 vs 3×2`` when the sides differ (shared by every renderer)."""
+    def one(shape: tuple[int, ...]) -> str:
+        return "×".join(str(d) for d in shape) or "scalar"
+
     if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
-        s += " vs " + ("×".join(str(d) for d in sd.cand.shape) or "scalar")
-    return s
+        return f"{one(sd.ref.shape)} vs {one(sd.cand.shape)}"
+    side = sd.ref or sd.cand
+    return one(side.shape) if side else "-"
 
 
-def _dtype(sd: StageDiff) -> str:
+def dtype_text(sd: StageDiff) -> str:
+    """``F32``, or ``F32/BF16`` when the sides differ (shared by every renderer)."""
     if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
         return f"{sd.ref.dtype}/{sd.cand.dtype}"
     side = sd.ref or sd.cand
-    return side.dtype or "-" if side else "-"
+    return (side.dtype or "-") if side else "-"
 
 
 def _index(w: WorstElement) -> str:
@@ -134,7 +136,7 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
         key = Text(sd.key)
         if sd is first:
             key.append("  ◀ first divergence", style="bold red")
-        body.append(([pos, key, Text(status, style=_STYLE[sd.status]), _shape(sd), _dtype(sd),
+        body.append(([pos, key, Text(status, style=_STYLE[sd.status]), shape_text(sd), dtype_text(sd),
                       format_float(m.max_abs_err) if m else "-", format_float(m.max_rel_err) if m else "-",
                       format_float(m.cosine, 6) if m else "-", format_float(m.sqnr_db) if m else "-",
                       f"{m.mismatched}/{m.count}" if m else "-"], "on grey15" if sd is first else None))
