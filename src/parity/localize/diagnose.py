@@ -102,7 +102,9 @@ def _sample_index(n: int) -> np.ndarray | None:
     """Flat positions to read: all (``None``) when small, else evenly spaced."""
     if n <= MAX_SAMPLE:
         return None
-    return np.unique(np.linspace(0, n - 1, MAX_SAMPLE).astype(np.int64))
+    # n > MAX_SAMPLE makes the spacing >= 1, so the truncated positions are already strictly increasing
+    # (np.unique here cost ~50 ms per stage).
+    return np.linspace(0, n - 1, MAX_SAMPLE).astype(np.int64)
 
 
 def _take(flat: np.ndarray, info, idx: np.ndarray | None) -> np.ndarray:
@@ -279,7 +281,8 @@ def _reorderings(rs: Stage, cs: Stage, rf: np.ndarray, cf: np.ndarray, rinfo, ci
     if n < 2:
         return []
     rshape, cshape = tuple(rs.shape), tuple(cs.shape)
-    idx = np.arange(n, dtype=np.int64) if n <= MAX_SAMPLE else np.unique(np.linspace(0, n - 1, MAX_SAMPLE).astype(np.int64))
+    sampled = _sample_index(n)
+    idx = np.arange(n, dtype=np.int64) if sampled is None else sampled
     c = _take(cf, cinfo, idx)
     base_ok = None
     if same_shape:
