@@ -1,8 +1,9 @@
-"""Build script for parity's optional C accelerator.
+"""Build script for parity's optional C accelerators.
 
 All project metadata lives in pyproject.toml; this file only declares the fused metrics kernel
-``parity.compare._kernel``. It is optional: where no C compiler is available the build carries on
-without it and :mod:`parity.compare.metrics` falls back to its NumPy implementation.
+``parity.compare._kernel`` (and, below, the trace-line import accelerators). It is optional: where no
+C compiler is available the build carries on without it and :mod:`parity.compare.metrics` falls back
+to its NumPy implementation.
 
 ``-ffp-contract=off`` keeps every multiply and add separately rounded (no FMA contraction), so the
 kernel gives the same results as the NumPy path; never add ``-ffast-math`` (NaN tests are part of the
@@ -19,6 +20,11 @@ setup(
             ["src/parity/compare/_kernel.c"],
             optional=True,
             extra_compile_args=["-O3", "-ffp-contract=off"],
-        )
+        ),
+        # Trace-line import: the line scanner and number parser (parity.importers.lines) and the
+        # writer's batch entry renderer (parity.trace.writer). Optional too: without them both
+        # modules take their pure-Python paths, with identical results.
+        Extension("parity.importers._scan", ["src/parity/importers/_scan.c"], optional=True, extra_compile_args=["-O3"]),
+        Extension("parity.trace._render", ["src/parity/trace/_render.c"], optional=True, extra_compile_args=["-O2"]),
     ]
 )

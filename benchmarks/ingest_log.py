@@ -1,15 +1,21 @@
 """Ingestion speed of the trace-line importer on a generated log.
 
-Generates a log (1 GB by default) of the kind a C solver prints, then measures, in the same run:
+Generates a log (1 GB by default) of the kind a C or Fortran solver prints, then measures, in the
+same run:
 
 * baseline: a throwaway Python script's work on the same file: iterate the lines, keep those with
   the prefix, split and float() every value (no trace written);
-* parity: ``parity.importers.lines.import_log`` end to end (parse, write the trace, close it).
+* parity: ``parity.importers.lines.import_log`` end to end (parse, write the trace, close it);
 
-and prints MB/s for both and their ratio. Two mixes:
+and prints MB/s for both and their ratio (wall clock; CPU seconds too, as the machine may be
+shared). Two mixes:
 
-* ``solver`` (default): per iteration, a progress line, an indexed line of three scalars, two
-  192-value vectors (``key=v ...`` and ``key: [a, b, ...]``), a 3×3 matrix and named fields;
+* ``solver`` (default, the realistic case): one block per solver iteration, each with a progress
+  line, an indexed line of three scalars (``TRACE_C_ITER it=N energy=.. grad_norm=.. step=..``),
+  vectors whose length is drawn per block (positions ``key=v ...`` and forces ``key: [a, b, ...]``
+  of 3 to 300 values, charges ``key v ...``, short occupation vectors), a 3×3 matrix, named fields
+  (``cell=a:.. b:.. c:..``), several ``key=value`` pairs on one line, a text value, numbers in
+  ``%.17g``, ``%.6e`` and ``%g``, and every tenth block a banner and a warning;
 * ``scalars``: one ``TRACE_C: name=%.17g`` scalar per line (plus progress lines): the worst case,
   one stage per ~40 bytes.
 
@@ -29,40 +35,56 @@ import time
 
 import numpy as np
 
+_BLOCKS = 256  # distinct blocks in the pool (vector lengths vary between them)
 
-def _solver_block(rng: np.random.Generator, it: int) -> str:
-    pos = " ".join("%.17g" % x for x in rng.normal(size=192))
-    forces = ", ".join("%.17g" % x for x in rng.normal(size=192) * 1e-3)
+
+def _vec(rng: np.random.Generator, n: int, scale: float = 1.0, fmt: str = "%.17g") -> list[str]:
+    return [fmt % x for x in rng.normal(size=n) * scale]
+
+
+def _solver_block(rng: np.random.Generator) -> str:
+    """One solver iteration; "@IT@" stands for the iteration number."""
+    natoms = int(rng.integers(1, 101))
+    e, g, s = rng.normal(), abs(rng.normal()) * 1e-3, 0.01
     m = rng.normal(size=(3, 3))
     stress = "; ".join(" ".join("%.17g" % x for x in row) for row in m)
-    e, g, s = rng.normal(), abs(rng.normal()) * 1e-3, 0.01
-    return (f"iter {it}: E={e:.6f} |g|={g:.3e} (12.5 ms)\n"
-            f"TRACE_C_ITER it={it} energy={e!r} grad_norm={g!r} step={s!r}\n"
-            f"TRACE_C: positions={pos}\n"
-            f"TRACE_C: forces: [{forces}]\n"
-            f"TRACE_C: stress=[{stress}]\n"
-            f"TRACE_C: cell=a:{3.5 + e * 1e-3!r} b:{4.25!r} c:{9.0!r}\n")
+    lines = [
+        f"iter @IT@: E={e:.6f} |g|={g:.3e} ({rng.uniform(5, 50):.1f} ms)",
+        f"TRACE_C_ITER it=@IT@ energy={e!r} grad_norm={g!r} step={s!r}",
+        "TRACE_C: positions=" + " ".join(_vec(rng, 3 * natoms)),
+        "TRACE_C: forces: [" + ", ".join(_vec(rng, 3 * natoms, 1e-3)) + "]",
+        "TRACE_C: charges " + " ".join(_vec(rng, natoms, 0.1, "%.6e")),
+        "TRACE_C: occupations=[" + " ".join(_vec(rng, int(rng.integers(1, 33)), 1.0, "%g")) + "]",
+        f"TRACE_C: stress=[{stress}]",
+        f"TRACE_C: cell=a:{3.5 + e * 1e-3!r} b:{4.25!r} c:{9.0!r}",
+        f"TRACE_C: e_kin={abs(rng.normal())!r} e_pot={rng.normal()!r} temp={300 + rng.normal():.6e}",
+        "TRACE_C: status=" + ("converged" if rng.random() < 0.1 else "running"),
+    ]
+    return "\n".join(lines) + "\n"
 
 
-def _scalar_block(rng: np.random.Generator, it: int) -> str:
-    lines = [f"step {it} done\n"] if it % 10 == 0 else []
+def _scalar_block(rng: np.random.Generator) -> str:
     names = ("energy", "kinetic", "potential", "temperature", "pressure", "volume", "density", "enthalpy")
-    lines += [f"TRACE_C: {n}=%.17g\n" % v for n, v in zip(names, rng.normal(size=len(names)))]
-    return "".join(lines)
+    return "".join(f"TRACE_C: {n}=%.17g\n" % v for n, v in zip(names, rng.normal(size=len(names))))
 
 
 def generate(path: str, size_mb: float, mix: str) -> int:
     """Write a log of about ``size_mb`` MB; returns its size in bytes."""
     rng = np.random.default_rng(0)
     block = _solver_block if mix == "solver" else _scalar_block
-    pool = [block(rng, 0) for _ in range(64)]
+    pool = [block(rng) for _ in range(_BLOCKS)]
     target = int(size_mb * 1e6)
     written, it = 0, 0
     with open(path, "w") as f:
         while written < target:
             text = pool[it % len(pool)]
-            if mix == "solver":  # keep the indexed lines distinct per iteration
-                text = text.replace("it=0 ", f"it={it} ", 1).replace("iter 0:", f"iter {it}:", 1)
+            if mix == "solver":  # the indexed lines stay distinct per iteration
+                text = text.replace("@IT@", str(it))
+                if it % 10 == 0:
+                    text = (f"==== checkpoint {it}: state written to run_{it:06d}.chk ====\n" + text
+                            + "WARNING: step size reduced to 0.005 (line search)\n")
+            elif it % 10 == 0:
+                text = f"step {it} done\n" + text
             f.write(text)
             written += len(text)
             it += 1
@@ -87,6 +109,12 @@ def baseline(path: str, prefix: bytes = b"TRACE_C") -> int:
     return n
 
 
+def _timed(fn, *args, **kwargs):
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0, time.process_time() - c0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=float, default=1024.0)
@@ -94,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", help="generate the log and the trace in this directory and keep them")
     args = ap.parse_args(argv)
 
-    from parity.importers.lines import import_log
+    from parity.importers.lines import accelerated, import_log
 
     work = args.keep or tempfile.mkdtemp(prefix="parity-ingest-")
     os.makedirs(work, exist_ok=True)
@@ -106,20 +134,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"generated {log}: {size / 1e6:.0f} MB in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         size = os.path.getsize(log)
         mb = size / 1e6
+        with open(log, "rb") as f:  # both runs read the log from the page cache
+            while f.read(64 << 20):
+                pass
 
-        t0 = time.perf_counter()
-        values = baseline(log)
-        t_base = time.perf_counter() - t0
-
+        values, t_base, c_base = _timed(baseline, log)
         out = os.path.join(work, f"{args.mix}.trace")
-        t0 = time.perf_counter()
-        stats = import_log(log, out, prefixes="TRACE_C")
-        t_parity = time.perf_counter() - t0
+        stats, t_parity, c_parity = _timed(import_log, out=out, source=log, prefixes="TRACE_C")
 
-        print(f"log: {mb:.0f} MB, {stats.lines} lines ({stats.trace_lines} trace lines, {stats.skipped} skipped), "
-              f"{stats.fields} stages, {values} values")
-        print(f"baseline (line iteration + float parsing, no trace written): {t_base:7.2f} s  {mb / t_base:7.1f} MB/s")
-        print(f"parity import_log (parse + write the trace):                {t_parity:7.2f} s  {mb / t_parity:7.1f} MB/s")
+        print(f"log: {mb:.0f} MB ({args.mix} mix), {stats.lines} lines ({stats.trace_lines} trace lines, "
+              f"{stats.skipped} skipped), {stats.fields} stages ({size / max(stats.fields, 1):.0f} bytes each), "
+              f"{values} values; C number scanner: {'yes' if accelerated() else 'no (pure Python)'}")
+        print(f"baseline (line iteration + float parsing, no trace written): {t_base:7.2f} s  {mb / t_base:7.1f} MB/s"
+              f"  (CPU {c_base:6.2f} s)")
+        print(f"parity import_log (parse + write the trace):                {t_parity:7.2f} s  {mb / t_parity:7.1f} MB/s"
+              f"  (CPU {c_parity:6.2f} s, {mb / c_parity:.1f} MB per CPU second)")
         print(f"ratio parity / baseline speed: {t_base / t_parity:.2f}x")
     finally:
         if not args.keep:

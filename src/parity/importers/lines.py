@@ -24,6 +24,15 @@ A key printed again (a block printed once per loop iteration) is stored as the n
 the stream, for captured programs) as provenance.
 
 The importer streams: it reads the log in chunks and never holds more than one chunk of it.
+
+Speed: where parity was built with a C compiler, the optional scanner :mod:`parity.importers._scan`
+reads each chunk: the common trace lines (``key=numbers``, ``key: [numbers]``, several
+``key=number`` pairs, indexed family lines, named fields, text values seen before) in C, with
+correctly rounded number parsing (Eisel-Lemire, falling back to CPython's own ``dtoa``), and every
+other line through the Python parser below, in order. The stages of a chunk then go to
+:meth:`TraceWriter.add_batch <parity.trace.writer.TraceWriter.add_batch>` in one call. The result
+is the same trace, byte for byte, as parsing line by line and adding one stage at a time (the tests
+compare them); :func:`accelerated` tells whether the scanner is built.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from ..errors import ImportFormatError, UsageError
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
-__all__ = ["LineParser", "ParsedField", "LineStats", "import_log", "parse_lines", "parse_value"]
+__all__ = ["LineParser", "ParsedField", "LineStats", "import_log", "parse_lines", "parse_value", "accelerated"]
 
 _CHUNK = 8 * 1024 * 1024
 _WS = b" \t\r\f\v"
@@ -52,6 +61,7 @@ _IDENT = re.compile(rb"^[A-Za-z_][A-Za-z0-9_.]*$")
 _FAMILY = re.compile(rb"_([A-Za-z0-9_]+)[ \t]")
 _SPACED_EQ = re.compile(rb"[ \t]*=[ \t]*")
 _INT = re.compile(rb"^[+-]?[0-9]+$")
+_INDEX_NAME = re.compile(rb"^[A-Za-z_][A-Za-z0-9_]*$")
 _MSVC = {b"1.#inf": "inf", b"-1.#inf": "-inf", b"1.#qnan": "nan", b"-1.#qnan": "nan", b"1.#ind": "nan", b"-1.#ind": "nan"}
 _MAX_EXAMPLES = 5
 
@@ -300,6 +310,52 @@ class _Names:
         return result
 
 
+# -- parsed values --------------------------------------------------------------------------------
+class _PyValues:
+    """The pure-Python stand-in for :class:`parity.importers._scan.Values` (no C compiler at install):
+    ``push`` always declines, so every value takes :func:`_parse_value`."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._n = 0
+
+    def push(self, value: bytes) -> None:
+        return None
+
+    def extend(self, arr: np.ndarray) -> None:
+        self._parts.append(np.array(arr, dtype=np.float64).reshape(-1))
+        self._n += arr.size
+
+    def truncate(self, n: int) -> None:
+        while self._n > n:
+            last = self._parts.pop()
+            self._n -= last.size
+            if self._n < n:
+                self._parts.append(last[:n - self._n])
+                self._n = n
+
+    def take(self) -> bytes:
+        data = np.concatenate(self._parts).tobytes() if self._parts else b""
+        self._parts, self._n = [], 0
+        return data
+
+    def __len__(self) -> int:
+        return self._n
+
+
+try:  # the C scanner (built from _scan.c where a compiler was found): the same results, faster
+    from ._scan import Values as _CValues
+    from ._scan import scan_chunk as _scan_chunk
+except ImportError:  # pragma: no cover - exercised by tests that force the fallback
+    _CValues = _scan_chunk = None  # type: ignore[assignment,misc]
+_Values = _CValues or _PyValues  # what a LineParser collects numbers in (tests swap it)
+
+
+def accelerated() -> bool:
+    """Whether numbers are parsed by the C scanner :mod:`parity.importers._scan` (else in Python)."""
+    return _CValues is not None
+
+
 # -- lines ----------------------------------------------------------------------------------------
 class LineParser:
     """Parse trace lines carrying one of ``prefixes`` into :class:`ParsedField` records.
@@ -326,29 +382,41 @@ class LineParser:
         self.prefixes = tuple(sorted({p.strip() for p in prefixes}, key=len, reverse=True))
         self._bprefixes = tuple(p.encode("utf-8") for p in self.prefixes)
         self._exact = tuple(not p[-1:].isalnum() and p[-1:] != "_" for p in self.prefixes)
+        self._prefix_table = tuple(zip(self._bprefixes, map(len, self._bprefixes), self._exact))
         self.index_fields = frozenset(index_fields)
         self._bindex = frozenset(f.encode("utf-8") for f in self.index_fields)
         self._names = _Names()
+        # printed key -> (name, printed name) for keys free of ":", " ", "\t" (the fast path's)
+        self._plain_keys: dict[bytes, tuple[str, str | None]] = {}
+        self._index_names: dict[bytes, str] = {}
+        self._texts: dict[bytes, str] = {}  # short values that _parse_value() found to be text
         self.stats = LineStats()
         self._sample_every = 1
+        # Parsed fields not yet handed on, as columns (a log makes millions of them): stage name,
+        # shape (its numbers are the next ones in _values) or text, indices, line, printed name.
+        self._values = _Values()
+        self._out_names: list[str] = []
+        self._out_shapes: list[tuple[int, ...] | str] = []
+        self._out_indices: list[dict[str, int | str] | None] = []
+        self._out_lines: list[int] = []
+        self._out_originals: list[str | None] = []
 
     # The body of a trace line after its prefix; kind: "plain" or "indexed"; None if not a trace line.
     def _body(self, line: bytes) -> tuple[bytes, bool] | None:
-        for p, exact in zip(self._bprefixes, self._exact):
+        for p, n, exact in self._prefix_table:
             if not line.startswith(p):
                 continue
-            rest = line[len(p):]
             if exact:
-                return rest, False
-            c = rest[:1]
+                return line[n:], False
+            c = line[n:n + 1]
             if c == b":":
-                return rest[1:], False
-            if c in (b" ", b"\t"):
-                return rest, True
+                return line[n + 1:], False
+            if c == b" " or c == b"\t":
+                return line[n:], True
             if c == b"_":
-                m = _FAMILY.match(rest)
+                m = _FAMILY.match(line, n)
                 if m:
-                    return rest[m.end():], True
+                    return line[m.end():], True
             return None
         return None
 
@@ -368,17 +436,65 @@ class LineParser:
         found = self._body(line)
         if found is None:
             return None
-        body, indexed = found
+        self._parse_body(found[0], found[1], lineno)
+        return self._drain_fields()
+
+    def _parse_body(self, body: bytes, indexed: bool, lineno: int) -> None:
+        """Parse a trace line's body into the output columns; a malformed line adds nothing."""
+        mark, vmark = len(self._out_names), len(self._values)
         try:
-            return self._fields(body.strip(), indexed, lineno)
+            self._fields(body.strip(), indexed, lineno)
         except _Malformed as e:
+            self._truncate(mark, vmark)
             st = self.stats
             st.malformed += 1
             if len(st.examples) < _MAX_EXAMPLES:
                 st.examples.append((lineno, str(e)))
-            return []
 
-    def _fields(self, body: bytes, indexed: bool, lineno: int) -> list[ParsedField]:
+    def _truncate(self, mark: int, vmark: int) -> None:
+        for col in (self._out_names, self._out_shapes, self._out_indices, self._out_lines, self._out_originals):
+            del col[mark:]
+        self._values.truncate(vmark)
+
+    def _take_columns(self) -> tuple[list[str], list[Any], list[Any], list[int], list[str | None], np.ndarray]:
+        """Hand on (and forget) the parsed fields: names, shapes/texts, indices, lines, printed names, values."""
+        cols = (self._out_names, self._out_shapes, self._out_indices, self._out_lines, self._out_originals)
+        taken = tuple(col[:] for col in cols)
+        for col in cols:  # the same list objects stay (the C scanner appends to them)
+            col.clear()
+        return (*taken, np.frombuffer(self._values.take(), dtype=np.float64))  # type: ignore[return-value]
+
+    def _drain_fields(self) -> list[ParsedField]:
+        names, shapes, indices, lines, originals, values = self._take_columns()
+        out = []
+        pos = 0
+        for name, shape, idx, line, original in zip(names, shapes, indices, lines, originals):
+            if isinstance(shape, str):
+                value: np.ndarray | str = shape
+            else:
+                n = int(np.prod(shape, dtype=np.int64))
+                value = values[pos:pos + n].reshape(shape).copy()  # an array of its own, writable
+                pos += n
+            out.append(ParsedField(name, value, dict(idx) if idx else None, line, original))
+        return out
+
+    def _value(self, v: bytes, name: str, what: str = "the value of") -> tuple[int, ...] | str:
+        """A field's value: its shape (numbers appended to the values) or its text."""
+        shape = self._values.push(v)
+        if shape is not None:
+            return shape
+        text = self._texts.get(v)
+        if text is not None:  # a text value seen before ("running", "converged"...)
+            return text
+        value = _parse_value(v, f'{what} "{name}"')  # notations the C scanner leaves to Python; text
+        if isinstance(value, str):
+            if len(v) <= 64 and len(self._texts) < 10_000:
+                self._texts[v] = value
+            return value
+        self._values.extend(value)
+        return value.shape
+
+    def _fields(self, body: bytes, indexed: bool, lineno: int) -> None:
         if not body:
             raise _Malformed("the trace line has a prefix but no key")
         # The key is near the start: look there only (a vector line may be kilobytes long).
@@ -415,27 +531,33 @@ class LineParser:
             pairs = keep
             if not pairs:
                 raise _Malformed("the indexed trace line has indices but no values")
-        out = []
         st = self.stats
+        names, shapes, idxs = self._out_names, self._out_shapes, self._out_indices
+        lines, originals = self._out_lines, self._out_originals
+        push = self._values.push
         for k, v in pairs:
             name, original = self._names(k.strip())
             v = v.strip()
             if not v:
                 raise _Malformed(f'"{name}" has no value')
-            value = _parse_value(v, f'the value of "{name}"')
-            if isinstance(value, str) and value and b":" in v and v[:1] != b"[":
-                named = self._named_fields(name, v, lineno, indices)
-                if named is not None:
-                    out.extend(named)
+            value = push(v)
+            if value is None:
+                # "a:1 b:2" is never a number (no notation has a ":"), so _parse_value would call it
+                # text: try named fields first; they need not be parsed as a whole.
+                if b":" in v and v[:1] != b"[" and self._named_fields(name, v, lineno, indices):
                     continue
-            if not isinstance(value, str):
+                value = self._value(v, name)
+            if type(value) is str:
+                st.fields += 1
+            else:
                 st.fields += 1
                 if st.fields % self._sample_every == 0:
                     self._sample_digits(v)
-            else:
-                st.fields += 1
-            out.append(ParsedField(name, value, dict(indices) if indices else None, lineno, original))
-        return out
+            names.append(name)
+            shapes.append(value)
+            idxs.append(indices)  # shared by the fields of this line; never changed afterwards
+            lines.append(lineno)
+            originals.append(original)
 
     def _sample_digits(self, v: bytes) -> None:
         st = self.stats
@@ -446,23 +568,236 @@ class LineParser:
         if st.fields > 100_000:
             self._sample_every = 97  # the precision of a log is fixed early; keep sampling cheap
 
-    def _named_fields(self, name: str, v: bytes, lineno: int, indices: dict | None) -> list[ParsedField] | None:
+    def _named_fields(self, name: str, v: bytes, lineno: int, indices: dict | None) -> bool:
+        """``a:1 b:2`` → fields ``name.a``, ``name.b``; False (nothing added) if ``v`` is not of that form."""
         tokens = v.split()
         parts = [t.partition(b":") for t in tokens]
         if not all(sep and _IDENT.match(k) and val for k, sep, val in parts):
-            return None
-        out = []
+            return False
+        prefix = name.encode("utf-8") + b"."
         for k, _, val in parts:
-            sub, original = self._names(name.encode("utf-8") + b"." + k)
-            value = _parse_value(val, f'the field "{sub}"')
+            sub, original = self._names(prefix + k)
+            value = self._value(val, sub, "the field")
             self.stats.fields += 1
-            out.append(ParsedField(sub, value, dict(indices) if indices else None, lineno, original))
-        return out
+            self._out_names.append(sub)
+            self._out_shapes.append(value)
+            self._out_indices.append(indices)
+            self._out_lines.append(lineno)
+            self._out_originals.append(original)
+        return True
 
     def _index_name(self, k: bytes) -> str:
-        if not re.match(rb"^[A-Za-z_][A-Za-z0-9_]*$", k):
+        hit = self._index_names.get(k)
+        if hit is not None:
+            return hit
+        if not _INDEX_NAME.match(k):
             raise _Malformed(f"the index name {k.decode('utf-8', 'replace')!r} is not an identifier")
-        return k.decode("ascii")
+        name = k.decode("ascii")
+        if len(self._index_names) < 10_000:
+            self._index_names[k] = name
+        return name
+
+    def _parse_chunk(self, lines: list[bytes] | tuple[bytes, bytes, int, int], lineno: int) -> int:
+        """Parse a chunk of lines (numbered from ``lineno + 1``) into the output columns; returns
+        the last line number. What :meth:`parse_line` does line by line, with a fast path for the
+        commonest trace line, ``PREFIX: key=numbers``."""
+        st = self.stats
+        if _scan_chunk is not None and type(self._values) is _CValues:
+            lineno, skipped, traced = _scan_chunk(self, lines, lineno, _index_value, _Malformed)
+            st.skipped += skipped
+            st.trace_lines += traced
+            return lineno
+        if isinstance(lines, tuple):  # (head, block, start, stop), as _blocks() gives
+            head, block, start, stop = lines
+            lines = [_cr(head)] + ([_cr(x) for x in block[start:stop].split(b"\n")] if start <= stop else [])
+        prefixes = self._bprefixes
+        body_of = self._body
+        parse_body = self._parse_body
+        fast = not self._bindex  # an --index-field can be any key: every line takes _fields
+        plain_keys = self._plain_keys
+        plain_key = self._plain_key
+        push = self._values.push
+        names, shapes, idxs = self._out_names, self._out_shapes, self._out_indices
+        out_lines, originals = self._out_lines, self._out_originals
+        skipped = traced = 0
+        for line in lines:
+            lineno += 1
+            if not line.startswith(prefixes):
+                c = line[:1]
+                if c != b" " and c != b"\t":
+                    skipped += 1
+                    continue
+                line = line.lstrip(_WS)
+            found = body_of(line)
+            if found is None:
+                skipped += 1
+                continue
+            traced += 1
+            raw, indexed = found
+            if fast:
+                body = raw.strip()
+                if indexed:
+                    if self._fast_pairs(body, lineno, True):
+                        continue
+                else:
+                    eq = body.find(b"=", 0, 256)
+                    if eq > 0:
+                        # _fields() reads "key=value" as one pair when the key holds no ":", " " or
+                        # "\t", the line holds no other "=", and no blank follows the "=" (else it
+                        # would rewrite " = " first); its value then takes push() as here.
+                        k = body[:eq]
+                        hit = plain_keys.get(k)
+                        if hit is None:
+                            hit = plain_key(k)
+                        if not hit:
+                            pass
+                        elif body.find(b"=", eq + 1) >= 0:  # several pairs
+                            if self._fast_pairs(body, lineno, False):
+                                continue
+                        elif body[eq + 1:eq + 2] not in (b" ", b"\t"):
+                            v = body[eq + 1:].strip()
+                            shape = push(v) if v else None
+                            if shape is not None:
+                                st.fields += 1
+                                if st.fields % self._sample_every == 0:
+                                    self._sample_digits(v)
+                                names.append(hit[0])
+                                shapes.append(shape)
+                                idxs.append(None)
+                                out_lines.append(lineno)
+                                originals.append(hit[1])
+                                continue
+                            if v and (self._fast_named(hit[0], v, lineno) or self._fast_text(hit, v, lineno)):
+                                continue
+                    elif eq < 0 and self._fast_colon(body, lineno):
+                        continue
+            parse_body(raw, indexed, lineno)
+        st.skipped += skipped
+        st.trace_lines += traced
+        return lineno
+
+    def _plain_key(self, k: bytes) -> tuple[str, str | None] | tuple[()]:
+        """(name, printed name) of a key the fast path can take, else ``()`` (remembered too)."""
+        hit: tuple[str, str | None] | tuple[()] = ()
+        if b":" not in k and b" " not in k and b"\t" not in k:
+            try:
+                hit = self._names(k.strip())
+            except _Malformed:
+                pass
+        if len(self._plain_keys) < 100_000:
+            self._plain_keys[k] = hit  # type: ignore[assignment]
+        return hit
+
+    def _fast_field(self, name: str, original: str | None, v: bytes, shape: tuple[int, ...],
+                    indices: dict[str, int | str] | None, lineno: int) -> None:
+        """Record a numeric field as _fields() does (count, precision sample, columns)."""
+        st = self.stats
+        st.fields += 1
+        if st.fields % self._sample_every == 0:
+            self._sample_digits(v)
+        self._out_names.append(name)
+        self._out_shapes.append(shape)
+        self._out_indices.append(indices)
+        self._out_lines.append(lineno)
+        self._out_originals.append(original)
+
+    def _fast_named(self, name: str, v: bytes, lineno: int) -> bool:
+        """``key=a:1 b:2`` (a value that is not numeric): named fields, as _fields() reads them."""
+        if b":" not in v or v[:1] == b"[":
+            return False
+        mark, vmark = len(self._out_names), len(self._values)
+        try:
+            return self._named_fields(name, v, lineno, None)
+        except _Malformed as e:  # the line is malformed, exactly as _parse_body() would count it
+            self._truncate(mark, vmark)
+            st = self.stats
+            st.malformed += 1
+            if len(st.examples) < _MAX_EXAMPLES:
+                st.examples.append((lineno, str(e)))
+            return True
+
+    def _fast_colon(self, body: bytes, lineno: int) -> bool:
+        """``key: value`` or ``key value`` with no "=" in the first 256 bytes; False: not taken."""
+        sp = body.find(b" ", 0, 256)
+        tab = body.find(b"\t", 0, 256)
+        if tab >= 0 and (sp < 0 or tab < sp):
+            sp = tab
+        colon = body.find(b":", 0, sp if sp >= 0 else 256)
+        if colon > 0:  # _fields(): the first ":" before any blank splits key and value
+            k, v = body[:colon], body[colon + 1:]
+        elif colon < 0 and sp > 0:  # else the first blank
+            k, v = body[:sp], body[sp:]
+        else:
+            return False
+        hit = self._plain_keys.get(k)
+        if hit is None:
+            hit = self._plain_key(k)
+        if not hit:
+            return False
+        v = v.strip()
+        if not v:
+            return False
+        shape = self._values.push(v)
+        if shape is None:
+            return self._fast_named(hit[0], v, lineno) or self._fast_text(hit, v, lineno)
+        self._fast_field(hit[0], hit[1], v, shape, None, lineno)
+        return True
+
+    def _fast_text(self, hit: tuple[str, str | None], v: bytes, lineno: int) -> bool:
+        """A value that is neither numbers nor named fields, and that _parse_value() found to be
+        text before: the text field _fields() would record."""
+        text = self._texts.get(v)
+        if text is None:
+            return False
+        self.stats.fields += 1
+        self._out_names.append(hit[0])
+        self._out_shapes.append(text)
+        self._out_indices.append(None)
+        self._out_lines.append(lineno)
+        self._out_originals.append(hit[1])
+        return True
+
+    def _fast_pairs(self, body: bytes, lineno: int, indexed: bool) -> bool:
+        """``[it=3] a=1 b=2`` where every token is ``key=number`` (the first one an index on an
+        indexed line): what _fields() makes of it (its first "=" lies within 256 bytes, so it splits
+        on every "=", no token continues a value, nothing is bracketed); False: not taken."""
+        if b"[" in body or b"]" in body:
+            return False
+        tokens = body.split()
+        if len(tokens) < 2 or len(tokens[0]) > 256:
+            return False
+        indices = None
+        if indexed:
+            k0, sep, v0 = tokens[0].partition(b"=")
+            if not (sep and k0 and v0) or b":" in k0:
+                return False
+            try:
+                indices = {self._index_name(k0): _index_value(v0, k0)}
+            except _Malformed:
+                return False
+            tokens = tokens[1:]
+        push = self._values.push
+        vmark = len(self._values)
+        got = []
+        for t in tokens:
+            k, sep, v = t.partition(b"=")
+            if not (sep and k and v):
+                break
+            hit = self._plain_keys.get(k)
+            if hit is None:
+                hit = self._plain_key(k)
+            if not hit:
+                break
+            shape = push(v)
+            if shape is None:
+                break
+            got.append((hit, v, shape))
+        else:
+            for (name, original), v, shape in got:
+                self._fast_field(name, original, v, shape, indices, lineno)
+            return True
+        self._values.truncate(vmark)
+        return False
 
 
 def _first_space(b: bytes) -> int:
@@ -517,18 +852,38 @@ def _chunks(stream: IO[bytes], chunk_size: int) -> Iterator[list[bytes]]:
         block = stream.read(chunk_size)
         if not block:
             break
-        block = tail + block
-        cut = block.rfind(b"\n")
-        if cut < 0:
-            tail = block
+        # Split the block itself (no copy of it joined to the previous tail): the first line
+        # continues the tail, the last one is the next tail.
+        lines = block.split(b"\n")
+        lines[0] = tail + lines[0]
+        tail = lines.pop()
+        if not lines:
             continue
-        tail = block[cut + 1:]
-        lines = block[:cut].split(b"\n")
-        if b"\r" in block:
+        if b"\r" in block or b"\r" in lines[0]:
             lines = [_cr(l) for l in lines]
         yield lines
     if tail:
         yield [_cr(tail)]
+
+
+def _blocks(stream: IO[bytes], chunk_size: int) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """The lines of :func:`_chunks`, unsplit, for the C scanner: ``(head, block, start, stop)`` is
+    the line ``head`` then the lines of ``block[start:stop]`` split at newlines (none when
+    ``start > stop``); carriage returns are left for the scanner."""
+    tail = b""
+    while True:
+        block = stream.read(chunk_size)
+        if not block:
+            break
+        first = block.find(b"\n")
+        if first < 0:
+            tail += block
+            continue
+        last = block.rfind(b"\n")
+        yield tail + block[:first], block, first + 1, last
+        tail = block[last + 1:]
+    if tail:
+        yield tail, b"", 1, 0
 
 
 def _cr(line: bytes) -> bytes:
@@ -657,29 +1012,31 @@ def _pump(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size
 def _pump_lines(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size: int, name: str,
                 extra_provenance: dict[str, Any] | None) -> None:
     st = parser.stats
-    parse = parser.parse_line
-    add = writer.add
     lineno = st.lines
+    whole_blocks = _scan_chunk is not None and type(parser._values) is _CValues
     try:
-        for lines in _chunks(stream, chunk_size):
-            for line in lines:
-                lineno += 1
-                fields = parse(line, lineno)
-                if fields is None:
-                    st.skipped += 1
-                    continue
-                st.trace_lines += 1
-                for f in fields:
-                    prov: dict[str, Any] = {"line": f.line}
-                    if extra_provenance:
-                        prov.update(extra_provenance)
-                    if f.original is not None:
-                        prov["name"] = f.original
-                    add(f.name, f.value, indices=f.indices, provenance=prov)
+        # The C scanner splits the lines of a block itself (no million small bytes objects).
+        for lines in (_blocks(stream, chunk_size) if whole_blocks else _chunks(stream, chunk_size)):
+            lineno = parser._parse_chunk(lines, lineno)  # type: ignore[arg-type]
             st.lines = lineno
+            _write_columns(parser, writer, extra_provenance)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise ImportFormatError(f"cannot be read past line {lineno} ({e}).", path=name) from e
     st.lines = lineno
+
+
+def _write_columns(parser: LineParser, writer: TraceWriter, extra_provenance: dict[str, Any] | None) -> None:
+    """Hand a chunk's parsed fields to the writer in one call (the same stages as one add() each)."""
+    names, shapes, indices, lines, originals, values = parser._take_columns()
+    if not names:
+        return
+    # provenance as columns: {"line": N} for every stage, "name" where sanitising changed it
+    provenance: dict[str, list[Any]] = {"line": lines}
+    for k, v in (extra_provenance or {}).items():
+        provenance[k] = [v] * len(names)
+    if originals.count(None) < len(originals):
+        provenance["name"] = originals
+    writer.add_batch(names, shapes, values, indices=indices, provenance=provenance)
 
 
 def sniff_text(path: str, probe: int = 64 * 1024) -> str | None:
