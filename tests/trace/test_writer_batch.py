@@ -203,3 +203,23 @@ def test_c_header_entries_are_the_safetensors_json():
                TensorEntry("c[it=3]", "F64", (), 40, 48)]
     want = encode_header(entries)[8:].decode().rstrip()
     assert "{" + text + "}" == want and end == 48
+
+
+def test_many_scalars_are_split_into_readable_shards(tmp_path):
+    """A shard holds at most buffer_bytes / 1024 stages, so headers stay small and readable."""
+    import numpy as np
+
+    from parity.trace import TraceWriter, load_trace
+    from parity.trace._safetensors import read_header
+
+    n = 5000
+    path = tmp_path / "scalars.trace"
+    with TraceWriter(path, buffer_bytes=1 << 20) as w:  # at most 1024 stages per shard
+        for i in range(n // 2):
+            w.add("x", np.float64(i))
+        w.add_batch(["y"] * (n // 2), [()] * (n // 2), np.arange(n // 2, dtype=np.float64))
+    t = load_trace(path)
+    assert len(t) == n and t["x#7"] == 7.0 and t["y#9"] == 9.0
+    for rel in t.manifest["files"]:
+        entries, _, _ = read_header(path / rel)
+        assert len(entries) <= 1024

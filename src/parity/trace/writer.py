@@ -55,6 +55,11 @@ SPILL = "pending.json.tmp"  # rendered entries waiting for their shard, past _SP
 _SPILL_BYTES = 256 * 1024 * 1024
 DATA_DIR = "data"
 _CHUNK = 16 * 1024 * 1024
+# Each tensor stage counts at least this many bytes towards the shard buffer, so a shard holds at
+# most buffer_bytes / _MIN_STAGE_COST stages (65,536 by default) and its safetensors header stays a
+# few MB: a log of scalars would otherwise put millions of entries (hundreds of MB) in one header,
+# past what safetensors readers accept.
+_MIN_STAGE_COST = 1024
 
 
 def environment_summary() -> dict[str, str]:
@@ -498,7 +503,7 @@ class TraceWriter:
                 # Copy: the caller may mutate its array after tap() returns.
                 self._pending.append(_Pending(final, np.array(arr, copy=True, order="C"), dtype))
                 self._pending_entries.append(entry)
-                self._pending_bytes += arr.nbytes
+                self._pending_bytes += max(arr.nbytes, _MIN_STAGE_COST)
                 if self._pending_bytes >= self._buffer_limit:
                     self._flush()
             return final
@@ -851,7 +856,9 @@ class TraceWriter:
         np.maximum(sizes, 0, out=sizes)  # text stages hold no values
         ends = np.cumsum(sizes)  # element offset after each stage
         nbytes = sizes * (dtype.itemsize if dtype is not None else 0)
-        cum = np.cumsum(nbytes)  # bytes up to and including each stage
+        # buffer cost as add() counts it: text stages nothing, tensor stages at least _MIN_STAGE_COST
+        cost = np.where(np.array(counts, dtype=np.int64) < 0, 0, np.maximum(nbytes, _MIN_STAGE_COST))
+        cum = np.cumsum(cost)  # buffer cost up to and including each stage
         directs = np.flatnonzero(nbytes >= self._direct_threshold).tolist() + [n]
         keys: list[str] = []
 
@@ -972,7 +979,7 @@ class TraceWriter:
                 seg_m.append(f'{pre_m}{it_m}   "key": "{key}",\n   "kind": "tensor",\n{occ_m}{pt_m}   "shape": {info[1]}\n  }}')
                 seg_j.append(f'{pre_j}{it_j}"key": "{key}", "kind": "tensor", {occ_j}{pt_j}"shape": {info[2]}}}}}')
             pos += size
-            self._pending_bytes += nbytes
+            self._pending_bytes += max(nbytes, _MIN_STAGE_COST)
             if self._pending_bytes >= limit:
                 self._add_entries(seg_m, seg_j, None)
                 seg_m, seg_j = [], []
