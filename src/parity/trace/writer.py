@@ -351,6 +351,15 @@ def _column_rows(columns: Mapping[str, Sequence[Any]], n: int) -> list[dict[str,
     return [{k: col[i] for k, col in items if col[i] is not None} or None for i in range(n)]
 
 
+def _next_occurrence(seen: dict[str, int], base: str) -> tuple[str, int, str, str]:
+    """Number the next recording of ``base``: (key, occurrence, manifest text, journal text)."""
+    occ = seen.get(base, 0)
+    seen[base] = occ + 1
+    if not occ:
+        return base, 0, "", ""
+    return f"{base}#{occ}", occ, f'   "occurrence": {occ},\n', f'"occurrence": {occ}, '
+
+
 class TraceWriter:
     """Write stages, in execution order, into a ``NAME.trace/`` directory.
 
@@ -826,15 +835,7 @@ class TraceWriter:
             prov_texts = prov_texts[first:end]
         sl = slice(first, end)
         for base, info, it, pt, shape in zip(bases[sl], infos[sl], ind_texts[sl], prov_texts, shapes[sl]):
-            occ = seen.get(base, 0)
-            seen[base] = occ + 1
-            if occ:
-                key = f"{base}#{occ}"
-                occ_m = f'   "occurrence": {occ},\n'
-                occ_j = f'"occurrence": {occ}, '
-            else:
-                key = base
-                occ_m = occ_j = ""
+            key, occ, occ_m, occ_j = _next_occurrence(seen, base)
             keys.append(key)
             it_m, it_j, _ = it
             pt_m, pt_j, _ = pt
@@ -863,9 +864,7 @@ class TraceWriter:
         keys: list[str] = []
 
         def render(first: int, end: int) -> tuple[bytes, bytes, int]:
-            rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"  # the shard the next flush writes
-            pre_m = f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n'
-            pre_j = f'{{"stage": {{"dtype": "{code}", "file": "{rel}", '
+            pre_m, pre_j = self._entry_prefixes(code)
             if _render is not None and type(bases) is list and type(shapes) is list and type(ind_texts) is list:
                 got, block_m, block_j = _render.render_entries(pre_m, pre_j, bases, self._seen, ind_texts, prov_texts,
                                                                infos, shapes, _encode_str, first, end)
@@ -907,23 +906,13 @@ class TraceWriter:
         code = dtype.code if dtype is not None else ""
         limit, direct = self._buffer_limit, self._direct_threshold
         itemsize = dtype.itemsize if dtype is not None else 0
-        rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
-        pre_m = f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n'
-        pre_j = f'{{"stage": {{"dtype": "{code}", "file": "{rel}", '
+        pre_m, pre_j = self._entry_prefixes(code)
         seg_m: list[str] = []  # rendered entries since the last flush, joined into one block
         seg_j: list[str] = []
         run_first = 0  # the open run of small tensor stages: from this stage, and this element
         run_elem = pos = 0
         for i, (base, info, it, pt) in enumerate(zip(bases, infos, ind_texts, prov_texts)):
-            occ = seen.get(base, 0)
-            seen[base] = occ + 1
-            if occ:
-                key = f"{base}#{occ}"
-                occ_m = f'   "occurrence": {occ},\n'
-                occ_j = f'"occurrence": {occ}, '
-            else:
-                key = base
-                occ_m = occ_j = ""
+            key, occ, occ_m, occ_j = _next_occurrence(seen, base)
             keys.append(key)
             size = info[0]
             if it[0] is None or pt[0] is None:
@@ -959,18 +948,14 @@ class TraceWriter:
                 seg_m, seg_j = [], []
                 self._add_run(keys, infos, run_first, i, arr, run_elem, pos, dtype)
                 self._flush()
-                rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
-                pre_m = f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n'
-                pre_j = f'{{"stage": {{"dtype": "{code}", "file": "{rel}", '
+                pre_m, pre_j = self._entry_prefixes(code)
                 if rendered is None:
                     rendered = (f'{pre_m}{it_m}   "key": "{key}",\n   "kind": "tensor",\n{occ_m}{pt_m}   "shape": {info[1]}\n  }}',  # type: ignore[assignment]
                                 f'{pre_j}{it_j}"key": "{key}", "kind": "tensor", {occ_j}{pt_j}"shape": {info[2]}}}}}')
                 self._write_shard([_Run(keys, infos, i, i + 1, arr[pos:pos + size], dtype)], [rendered])  # type: ignore[list-item]
                 pos += size
                 run_first, run_elem = i + 1, pos
-                rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
-                pre_m = f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n'
-                pre_j = f'{{"stage": {{"dtype": "{code}", "file": "{rel}", '
+                pre_m, pre_j = self._entry_prefixes(code)
                 continue
             if rendered is not None:
                 self._add_entries(seg_m, seg_j, rendered)  # _write_shard sets its file
@@ -986,13 +971,17 @@ class TraceWriter:
                 self._add_run(keys, infos, run_first, i + 1, arr, run_elem, pos, dtype)
                 run_first, run_elem = i + 1, pos
                 self._flush()
-                rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
-                pre_m = f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n'
-                pre_j = f'{{"stage": {{"dtype": "{code}", "file": "{rel}", '
+                pre_m, pre_j = self._entry_prefixes(code)
         self._add_entries(seg_m, seg_j, None)
         self._add_run(keys, infos, run_first, len(keys), arr, run_elem, pos, dtype)
         self._keys.extend(keys)
         return keys
+
+    def _entry_prefixes(self, code: str) -> tuple[str, str]:
+        """Opening text of a tensor entry (manifest, journal) in the shard the next flush writes."""
+        rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
+        return (f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n',
+                f'{{"stage": {{"dtype": "{code}", "file": "{rel}", ')
 
     def _queue_texts(self, block_m: bytes, block_j: bytes, count: int) -> None:
         """Queue rendered entries until their shard is written. Past _SPILL_BYTES of them (a log of
