@@ -383,3 +383,17 @@ def test_a_printed_double_survives_the_whole_import_bit_exact(tmp_path):
     assert got.view(np.uint64).tolist() == values.view(np.uint64).tolist()
     assert t["all"].view(np.uint64).tolist() == values.view(np.uint64).tolist()
     assert math.isnan(float(L.parse_value(b"-nan"))) and _bits(float(L.parse_value(b"-0"))) == _bits(-0.0)
+
+
+def test_import_log_reports_progress_per_chunk(tmp_path):
+    from parity.importers.lines import import_log
+
+    log = tmp_path / "run.log"
+    log.write_text("".join(f"TRACE_C: e={i}.5\nprogress {i}%\n" for i in range(2000)))
+    calls = []
+    import_log(log, tmp_path / "p.trace", prefixes="TRACE_C", chunk_size=4096,
+               progress=lambda done, total, name: calls.append((done, total, name)))
+    size = log.stat().st_size
+    assert len(calls) > 3
+    assert all(total == size and name == "run.log" for _, total, name in calls)
+    assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls) and calls[-1][0] == size

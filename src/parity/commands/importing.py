@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..importers import EXPORT_FORMATS, export_trace, import_files, importers
+from ..report.progress import progress_bar
 
 
 @click.command("import")
@@ -25,8 +26,9 @@ def import_cmd(files, out, fmt, prefixes, index_fields, order):
       parity import run.log --prefix TRACE_C --out c.trace
       parity import dump/ --out ref.trace            # APRT layer-N/STAGE.bin directory
     """
-    report = import_files(list(files), out, format=fmt, prefixes=list(prefixes) or None,
-                          index_fields=list(index_fields), order=order)
+    with progress_bar("importing") as progress:  # drawn on stderr only when it is a terminal
+        report = import_files(list(files), out, format=fmt, prefixes=list(prefixes) or None,
+                              index_fields=list(index_fields), order=order, progress=progress)
     click.echo(f"{report.path}: {report.stages} stages")
     for s in report.stats:
         line = f"  {s['source']} ({s['format']}): {s['stages']} stages"

@@ -142,7 +142,8 @@ def import_files(
         out: the trace directory to write.
         format: force one importer (``"aprt"``, ``"npy"``, ``"safetensors"``, ``"lines"``).
         meta: extra trace metadata.
-        **options: importer options: ``prefixes`` and ``index_fields`` (lines), ``order`` (an
+        **options: importer options: ``prefixes``, ``index_fields`` and ``progress`` (a
+            ``progress(done, total, name)`` callback, called per chunk) for logs, ``order`` (an
             order file for dump directories).
 
     Returns:
@@ -176,11 +177,11 @@ def import_files(
 
 
 # -- built-in importers ----------------------------------------------------------------------------
-def _run_lines(path: str, writer: TraceWriter, *, prefixes=None, index_fields=(), **_: Any) -> dict[str, Any]:
+def _run_lines(path: str, writer: TraceWriter, *, prefixes=None, index_fields=(), progress=None, **_: Any) -> dict[str, Any]:
     from .lines import import_log
 
     before = len(writer.keys)
-    st = import_log(path, writer, prefixes=prefixes, index_fields=index_fields or ())
+    st = import_log(path, writer, prefixes=prefixes, index_fields=index_fields or (), progress=progress)
     return {"stages": len(writer.keys) - before, **st.to_dict(), "digits": st.digits}
 
 
