@@ -38,7 +38,7 @@ import numpy as np
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ..trace.dtypes import to_float64
 from ._arrays import AUTO, ProgressCallback, StageArrays, TracePair, detail_stages, resolve_traces
-from .text import dtype_text, format_float, shape_text
+from .text import dtype_text, format_float, metrics_line, shape_text
 from .worst import element_errors, worst_elements
 
 __all__ = ["render_html"]
@@ -580,8 +580,7 @@ def _stage_detail(sd: StageDiff, anchor: str, pair: TracePair | None, worst: int
         if m.max_abs_index is not None:
             facts.append(f"greatest absolute error {format_float(m.max_abs_err)} at <code>{list(m.max_abs_index)}</code>: "
                          f"reference {format_float(m.max_abs_ref, 6)}, candidate {format_float(m.max_abs_cand, 6)}")
-        facts.append(f"max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
-                     f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB · max ULP {format_float(m.max_ulp)}")
+        facts.append(metrics_line(m))
         if sd.problem != "values":  # the message of a "values" failure already gives the count
             facts.append(f"{m.mismatched:,} / {m.count:,} elements outside tolerance ({100 * m.mismatched_fraction:.3g} %)")
     if sd.tolerance is not None:

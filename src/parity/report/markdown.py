@@ -11,7 +11,7 @@ from typing import Any
 
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
-from .text import dtype_text, format_float, shape_text
+from .text import dtype_text, format_float, metrics_line, shape_text
 from .worst import WorstElement, worst_elements
 
 __all__ = ["render_markdown"]
@@ -68,8 +68,7 @@ def _stage_section(sd: StageDiff, pair: TracePair | None, worst: int, heading: s
         if m.max_abs_index is not None:
             lines.append(f"- greatest absolute error {format_float(m.max_abs_err)} at `{list(m.max_abs_index)}`: "
                          f"reference {format_float(m.max_abs_ref, 6)}, candidate {format_float(m.max_abs_cand, 6)}")
-        lines.append(f"- max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
-                     f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB · max ULP {format_float(m.max_ulp)}")
+        lines.append("- " + metrics_line(m))
         if sd.problem != "values":  # the message of a "values" failure already gives the count
             lines.append(f"- {m.mismatched} / {m.count} elements outside tolerance ({_percent(m.mismatched_fraction)})")
     if sd.tolerance is not None:

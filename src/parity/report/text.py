@@ -33,6 +33,12 @@ def format_float(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits - 1}e}"
 
 
+def metrics_line(m) -> str:
+    """``max rel … · rms … · cosine … · SQNR … dB · max ULP …`` (Markdown and HTML reports)."""
+    return (f"max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
+            f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB · max ULP {format_float(m.max_ulp)}")
+
+
 def shape_text(sd: StageDiff) -> str:
     """``2×3``, ``scalar``, or ``2×3 vs 3×2`` when the sides differ (shared by every renderer)."""
     def one(shape: tuple[int, ...]) -> str:
