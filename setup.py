@@ -26,5 +26,8 @@ setup(
         # modules take their pure-Python paths, with identical results.
         Extension("parity.importers._scan", ["src/parity/importers/_scan.c"], optional=True, extra_compile_args=["-O3"]),
         Extension("parity.trace._render", ["src/parity/trace/_render.c"], optional=True, extra_compile_args=["-O2"]),
+        # CRC-32 (zlib polynomial) for trace checksums and the capture hook's fused copy + CRC; picks
+        # PCLMULQDQ / VPCLMULQDQ at load time (no -march flag), a table path otherwise.
+        Extension("parity.trace._stage", ["src/parity/trace/_stage.c"], optional=True, extra_compile_args=["-O3"]),
     ]
 )
