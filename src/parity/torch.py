@@ -12,7 +12,7 @@ does not.
 from __future__ import annotations
 
 from .capture.presets import PRESETS, Preset, StageSpec, detect_preset, get_preset, register_preset
-from .capture.torch import Capture, background_default, capture, parse_layers, parse_steps
+from .capture.torch import Capture, capture, parse_layers, parse_steps
 
-__all__ = ["capture", "Capture", "parse_layers", "parse_steps", "background_default", "Preset", "StageSpec",
+__all__ = ["capture", "Capture", "parse_layers", "parse_steps", "Preset", "StageSpec",
            "PRESETS", "get_preset", "detect_preset", "register_preset"]

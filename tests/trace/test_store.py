@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_golden_bytes_of_data_file_and_manifest(tmp_path):
     assert manifest == {
         "format": "parity-trace", "schema_version": 1, "tool_version": parity.__version__, "producer": "parity.record",
         "complete": True, "meta": {"impl": "ref"}, "command": ["prog", "--x"],
-        "files": {"data/000000.safetensors": {"bytes": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}},
+        "files": {"data/000000.safetensors": {"bytes": len(expected), "crc32": f"{zlib.crc32(expected):08x}"}},
         "stages": [
             {"key": "a", "kind": "tensor", "dtype": "F32", "shape": [2], "axes": ["n"], "units": "m", "file": "data/000000.safetensors"},
             {"key": "b", "kind": "tensor", "dtype": "I64", "shape": [], "file": "data/000000.safetensors"},
@@ -400,7 +401,28 @@ def test_changed_byte_is_caught_by_verify(good_trace):
     raw[-1] ^= 0xFF
     f.write_bytes(bytes(raw))
     problems = load_trace(good_trace).verify()
+    assert len(problems) == 1 and "crc32" in problems[0] and "000000.safetensors" in problems[0]
+
+
+def test_verify_checks_the_sha256_of_traces_written_before_crc32(good_trace):
+    """Earlier versions gave each file a sha256; such manifests still verify, and a change is caught."""
+    f = good_trace / "data" / "000000.safetensors"
+    mpath = good_trace / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    info = manifest["files"]["data/000000.safetensors"]
+    assert info["crc32"] == f"{zlib.crc32(f.read_bytes()):08x}"
+    del info["crc32"]
+    info["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    mpath.write_text(json.dumps(manifest))
+    assert load_trace(good_trace).verify() == []
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    problems = load_trace(good_trace).verify()
     assert len(problems) == 1 and "sha256" in problems[0]
+    del manifest["files"]["data/000000.safetensors"]["sha256"]
+    mpath.write_text(json.dumps(manifest))
+    assert "gives no checksum" in load_trace(good_trace).verify()[0]
 
 
 def test_unknown_stage_lookup(good_trace):

@@ -16,12 +16,13 @@ Hooks and interpositions are always removed, also when the forward raises. A req
 the model does not produce is a :class:`~parity.errors.CaptureError` naming the stage, never an
 empty or zero-filled file.
 
-Writing: on a GPU, or when torch leaves a CPU core free, values are snapshotted at hook time (the
-model may change its activations later) and written by a background thread through a bounded
-queue, so the forward does not wait for the disk; tensors on CUDA are copied into pinned host
-buffers with ``non_blocking=True`` and the writer thread waits on a CUDA event, not the forward.
-When torch already uses every core, stages are written in line (no snapshot copy, no thread
-competing for the cores). bf16/f16 values are stored as bf16/f16.
+Writing: each value is copied at hook time into a reusable, page-aligned staging buffer (the copy
+is its snapshot: the model may change its activations later) and checksummed (CRC-32) in the same
+pass; a background thread writes each full buffer as one data file with direct I/O, which needs
+almost no CPU, so the forward neither waits for the disk nor loses a core to it. Memory is bounded
+(``queue_bytes``): when the disk falls behind, the next copy waits. Tensors on CUDA are copied into
+pinned host memory with ``non_blocking=True`` and the writer thread waits on a CUDA event, not the
+forward. bf16/f16 values are stored as bf16/f16.
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError, UsageError
 from ..trace.keys import make_key, validate_key
-from ..trace.writer import TraceWriter
+from ..trace.checksum import copy_crc32
+from ..trace.staging import Arena, ArenaPool
+from ..trace.writer import PackedStage, TraceWriter
 from .presets import Preset, StageSpec, detect_preset, get_preset
 
-__all__ = ["capture", "Capture", "parse_layers", "parse_steps", "background_default"]
+__all__ = ["capture", "Capture", "parse_layers", "parse_steps"]
 
-#: Default bound on the bytes of captured values waiting for the writer thread.
+#: Default bound on the bytes of staging buffers (captured values not yet on disk).
 DEFAULT_QUEUE_BYTES = 512 * 1024 * 1024
-#: Trace-writer buffer: stages of a quarter of this or more go straight from the tensor to their
-#: own data file, without the copy into the buffer that smaller stages get.
-DEFAULT_BUFFER_BYTES = 4 * 1024 * 1024
+#: Default size of one staging buffer, and so of the data files a capture writes (a larger value
+#: gets a buffer, and a file, of its own).
+DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024
 
 _INVALID_KEY_CHARS = re.compile(r"[^A-Za-z0-9_+\-:@.]")
 
@@ -152,102 +155,136 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 # -- writing --------------------------------------------------------------------------------------
 
-def _snapshot(t: torch.Tensor, copy: bool) -> tuple[torch.Tensor, Any, int | None]:
-    """What the writer thread will read: (tensor, CUDA event to wait for, version to check).
+_TORCH_CODES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
+                     ("uint32", "U32"), ("uint64", "U64")):
+    if hasattr(torch, _name):
+        _TORCH_CODES[getattr(torch, _name)] = _code
 
-    A CPU tensor is cloned (``copy=True``, the default): the model may change its activations in
-    place after the hook returns. With ``copy=False`` the queue holds a reference instead (which
-    keeps the memory from being reused) and the writer checks afterwards that the tensor's
-    version counter, bumped by every in-place op on it or on a view of it, has not moved: an
-    in-place change made before the writer reads is an error. PyTorch bumps the counter when an
-    in-place op *finishes*, so an op still running while the writer reads goes unseen: use
-    ``copy=False`` only for models that do not modify captured activations in place. A CUDA tensor
-    is copied into pinned host memory without blocking; the writer waits on a CUDA event.
+
+def _bytes_of(t: torch.Tensor) -> np.ndarray:
+    """The bytes of a contiguous CPU tensor as a ``uint8`` array (no copy)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+class _PackedSink:
+    """Pack captured values into staging arenas; write full arenas as data files, in order.
+
+    At hook time a CPU tensor is copied into the current arena and its CRC-32 computed in the same
+    pass (the copy is the snapshot: the model may change its tensor in place afterwards). A CUDA
+    tensor is copied into pinned host memory with ``non_blocking=True``; the writer waits on a CUDA
+    event and then moves it into the arena, so the forward never waits for the device. A full arena
+    goes to the writer thread (``background=True``) or is written at once; its data file is written
+    with direct I/O from the arena, which then returns to the pool. Other values (NumPy arrays,
+    scalars, text from :meth:`Capture.add`) keep their place in the order through the same queue.
     """
-    t = t.detach()
-    if t.device.type == "cpu":
-        if copy:
-            return t.clone(memory_format=torch.contiguous_format), None, None
-        return t, None, t._version
-    if t.device.type == "cuda":
-        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        buf.copy_(t, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(t.device))
-        return buf, event, None
-    return t.to("cpu"), None, None
 
-
-def background_default(model: torch.nn.Module) -> bool:
-    """Whether :func:`capture` writes on a background thread by default for ``model``.
-
-    Yes when the model has parameters on an accelerator, or when the machine has more CPU cores
-    than torch's intra-op threads (the writer then runs beside the forward, not instead of it).
-    """
-    first = next(iter(model.parameters()), None)
-    if first is not None and first.device.type != "cpu":
-        return True
-    return (os.cpu_count() or 1) > torch.get_num_threads()
-
-
-def _modified(key: str, path: str) -> CaptureError:
-    return CaptureError("the model changed this tensor in place after it was captured (its version counter moved) "
-                        "before it could be written; capture with copy=True to snapshot values at hook time.",
-                        path=path, stage=key)
-
-
-class _SyncSink:
-    """Write each stage during the forward pass (``background=False``)."""
-
-    def __init__(self, writer: TraceWriter):
+    def __init__(self, writer: TraceWriter, *, background: bool, arena_bytes: int, queue_bytes: int):
         self.writer = writer
-
-    def put(self, key: str, value: Any, axes: Sequence[str] | None, provenance: Mapping[str, Any] | None,
-            indices: Mapping[str, object] | None = None) -> None:
-        # The writer copies small arrays and writes large ones before returning, so the model's
-        # buffer is never read after this call: no snapshot needed.
-        self.writer.add(key, value.detach() if isinstance(value, torch.Tensor) else value, axes=axes, indices=indices,
-                        provenance=provenance)
-
-    def close(self) -> None:
-        pass
-
-
-class _BackgroundSink:
-    """Hand stages to one writer thread, in FIFO order (keeps execution order), with bounded memory."""
-
-    def __init__(self, writer: TraceWriter, max_bytes: int, copy: bool = True):
-        self.writer = writer
-        self.copy = copy
-        self.max_bytes = max(int(max_bytes), 1)
+        self.pool = ArenaPool(arena_bytes, queue_bytes)
+        self.arena: Arena | None = None
         self.items: deque = deque()
-        self.pending = 0
         self.cv = threading.Condition()
         self.closing = False
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="parity-capture-writer", daemon=True)
-        self.thread.start()
+        self.thread: threading.Thread | None = None
+        if background:
+            self.thread = threading.Thread(target=self._run, name="parity-capture-writer", daemon=True)
+            self.thread.start()
+
+    def _raise(self, key: str | None = None) -> None:
+        e = self.error
+        if isinstance(e, CaptureError):
+            raise e
+        raise CaptureError(f"the trace writer failed: {e}", path=self.writer.path, stage=key) from e
 
     def put(self, key: str, value: Any, axes: Sequence[str] | None, provenance: Mapping[str, Any] | None,
             indices: Mapping[str, object] | None = None) -> None:
         if self.error is not None:
-            if isinstance(self.error, CaptureError):
-                raise self.error
-            raise CaptureError(f"the trace writer failed: {self.error}", path=self.writer.path, stage=key) from self.error
-        event, version, nbytes = None, None, 0
-        if isinstance(value, torch.Tensor):
-            value, event, version = _snapshot(value, self.copy)
-            nbytes = value.numel() * value.element_size()
-        elif isinstance(value, np.ndarray):
-            value = value.copy()  # the caller may change it before the writer thread gets to it
-            nbytes = value.nbytes
+            self._raise(key)
+        code = _TORCH_CODES.get(value.dtype) if isinstance(value, torch.Tensor) else None
+        if code is None:  # not a tensor, or a dtype the writer will explain it cannot store
+            if isinstance(value, torch.Tensor):
+                value = value.detach().to("cpu", copy=True)
+            elif isinstance(value, np.ndarray):
+                value = value.copy()  # the caller may change it before the writer gets to it
+            self._seal()
+            self._submit(("add", key, value, axes, provenance, indices))
+            return
+        t = value.detach()
+        if t.device.type not in ("cpu", "cuda"):
+            t = t.to("cpu")
+        itemsize = t.element_size()
+        nbytes = t.numel() * itemsize
+        arena = self.arena
+        offset = arena.claim(nbytes, itemsize) if arena is not None else None
+        if offset is None:
+            self._seal()
+            try:
+                arena = self.arena = self.pool.get(nbytes)
+            except BaseException:
+                if self.error is None:
+                    raise
+                self._raise(key)  # the pool was aborted: the writer failed
+            offset = arena.claim(nbytes, itemsize)
+            assert offset is not None
+        crc = None
+        if nbytes and t.device.type == "cpu":
+            region = arena.array[offset:offset + nbytes]
+            if t.is_contiguous():
+                crc = copy_crc32(region, _bytes_of(t))
+            else:
+                torch.from_numpy(region).view(t.dtype).view(t.shape).copy_(t)
+        elif nbytes:  # CUDA: an asynchronous copy to pinned memory; the writer finishes it
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(t.device))
+            arena.pending.append((len(arena.stages), buf, event))
+        arena.stages.append(PackedStage(key, code, tuple(t.shape), offset, nbytes, crc, axes, indices, provenance))
+
+    def _seal(self) -> None:
+        arena, self.arena = self.arena, None
+        if arena is None:
+            return
+        if arena.stages:
+            self._submit(arena)
+        else:
+            self.pool.put(arena)
+
+    def _submit(self, item: Any) -> None:
+        if self.thread is None:
+            self._do(item)
+            if self.error is not None:
+                self._raise()
+            return
         with self.cv:
-            # Back-pressure: bounded memory even when the disk is slower than the model.
-            while self.pending and self.pending + nbytes > self.max_bytes and self.error is None:
-                self.cv.wait()
-            self.items.append((key, value, event, version, axes, provenance, indices, nbytes))
-            self.pending += nbytes
+            self.items.append(item)
             self.cv.notify_all()
+
+    def _do(self, item: Any) -> None:
+        try:
+            if self.error is None:
+                if isinstance(item, Arena):
+                    for i, buf, event in item.pending:
+                        event.synchronize()
+                        st = item.stages[i]
+                        crc = copy_crc32(item.array[st.offset:st.offset + st.nbytes], _bytes_of(buf))
+                        item.stages[i] = st._replace(crc=crc)
+                    self.writer.add_packed(item.stages, item.array, size=item.used)
+                else:
+                    _, key, value, axes, provenance, indices = item
+                    self.writer.add(key, value, axes=axes, indices=indices, provenance=provenance)
+        except BaseException as e:  # noqa: BLE001 - reported to the capturing thread
+            self.error = e
+            self.pool.abort(e)
+        finally:
+            if isinstance(item, Arena):
+                self.pool.put(item)
 
     def _run(self) -> None:
         while True:
@@ -256,32 +293,25 @@ class _BackgroundSink:
                     self.cv.wait()
                 if not self.items:
                     return
-                key, value, event, version, axes, provenance, indices, nbytes = self.items.popleft()
-            try:
-                if self.error is None:
-                    if event is not None:
-                        event.synchronize()
-                    key = self.writer.add(key, value, axes=axes, indices=indices, provenance=provenance)
-                    # add() has copied or written the bytes: if the version did not move, they were intact.
-                    if version is not None and value._version != version:
-                        raise _modified(key, self.writer.path)
-            except BaseException as e:  # noqa: BLE001 - reported to the capturing thread
-                self.error = e
-            finally:
-                del value
-                with self.cv:
-                    self.pending -= nbytes
-                    self.cv.notify_all()
+                item = self.items.popleft()
+            self._do(item)
 
     def close(self) -> None:
-        with self.cv:
-            self.closing = True
-            self.cv.notify_all()
-        self.thread.join()
+        try:
+            if self.error is None:
+                self._seal()
+        finally:
+            if self.thread is not None:
+                with self.cv:
+                    self.closing = True
+                    self.cv.notify_all()
+                self.thread.join()
+            if self.arena is not None:
+                self.pool.put(self.arena)
+                self.arena = None
+            self.pool.close()
         if self.error is not None:
-            if isinstance(self.error, CaptureError):
-                raise self.error
-            raise CaptureError(f"the trace writer failed: {self.error}", path=self.writer.path) from self.error
+            self._raise()
 
 
 # -- attention interposition ----------------------------------------------------------------------
@@ -441,7 +471,7 @@ class _Session:
     def __init__(self, model: torch.nn.Module, step_sel: Callable[[int], bool] | None):
         self.model = model
         self.writer: TraceWriter = None  # type: ignore[assignment]  # set once the hooks are installed
-        self.sink: _SyncSink | _BackgroundSink = None  # type: ignore[assignment]
+        self.sink: _PackedSink = None  # type: ignore[assignment]
         self.step_sel = step_sel
         self.step = -1
         self.active = False
@@ -796,8 +826,7 @@ def capture(
     preset: str | Preset | None = None,
     attn_implementation: str | None = None,
     meta: Mapping[str, Any] | None = None,
-    background: bool | None = None,
-    copy: bool = True,
+    background: bool = True,
     queue_bytes: int = DEFAULT_QUEUE_BYTES,
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     producer: str = "parity.torch.capture",
@@ -827,19 +856,16 @@ def capture(
         attn_implementation: switch the model's attention implementation for the capture (e.g.
             ``"eager"``, needed for ``attn_scores``/``attn_probs``); restored on exit.
         meta: extra JSON-serialisable trace metadata.
-        background: write on a background thread (``True``) or during the forward (``False``).
-            ``None`` (default) chooses: a background thread when the model is on a GPU (the
-            forward then never waits for a device-to-host copy) or when a CPU core is left over
-            by torch's threads; otherwise writing in line is cheaper (no snapshot copy, no
-            thread competing with torch for the same cores). See :func:`background_default`.
-        copy: clone CPU tensors at hook time (default), so that a model changing its activations
-            in place cannot alter what is written. ``False`` saves the copy: the writer thread reads
-            the model's own tensor and checks its version counter afterwards (a change made before
-            the write is a :class:`~parity.errors.CaptureError`; one still running while the writer
-            reads is not seen), for models known not to modify activations in place.
-        queue_bytes: bound on captured bytes waiting for the background writer (the forward
-            waits when it is reached).
-        buffer_bytes: the trace writer's buffer (see :class:`~parity.trace.writer.TraceWriter`).
+        background: write data files on a background thread (``True``, the default) or in the
+            forward call that fills a staging buffer (``False``). Either way each captured value
+            is copied at hook time into a staging buffer (its snapshot: a model changing its
+            activations in place later cannot alter what is written) with its CRC-32 computed in
+            the same pass; full buffers are written with direct I/O, which waits for the disk
+            without using a core, so the background thread does not compete with torch's threads.
+        queue_bytes: bound on the bytes of staging buffers not yet written (the forward waits
+            when it is reached).
+        buffer_bytes: size of one staging buffer, and so of each data file (a larger value gets
+            one of its own).
         producer, command: recorded in the manifest.
 
     Yields:
@@ -927,9 +953,8 @@ def capture(
         writer = TraceWriter(path, meta=full_meta, producer=producer, buffer_bytes=buffer_bytes,
                              command=list(sys.argv) if command is None else command)
         session.writer = writer
-        if background is None:
-            background = background_default(model)
-        session.sink = _BackgroundSink(writer, queue_bytes, copy) if background else _SyncSink(writer)
+        session.sink = _PackedSink(writer, background=bool(background), arena_bytes=buffer_bytes,
+                                   queue_bytes=queue_bytes)
     except BaseException:
         session.remove()
         if writer is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import StageNotFoundError, TraceFormatError
 from ._safetensors import TensorEntry, read_header
+from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, DType, storage_dtype
 from .keys import validate_key
 from .writer import FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
@@ -164,7 +165,10 @@ class Trace:
         return arr.reshape(stage.shape)
 
     def verify(self) -> list[str]:
-        """Re-hash every data file against the manifest.
+        """Re-checksum every data file against the manifest.
+
+        Files carry a CRC-32 (``"crc32"``, as ``zlib.crc32`` computes it); traces written by
+        earlier versions carry a ``"sha256"``, which is checked instead.
 
         Returns:
             One message per problem (empty when every file matches).
@@ -172,16 +176,25 @@ class Trace:
         problems = []
         for rel, info in self.manifest.get("files", {}).items():
             full = os.path.join(self.path, rel)
-            h = hashlib.sha256()
+            algo = "crc32" if "crc32" in info else "sha256" if "sha256" in info else None
+            if algo is None:
+                problems.append(f"{full}: the manifest gives no checksum (crc32 or sha256) for this file.")
+                continue
+            h = hashlib.sha256() if algo == "sha256" else None
+            c = 0
             try:
                 with open(full, "rb") as f:
                     for block in iter(lambda: f.read(1 << 22), b""):
-                        h.update(block)
+                        if h is not None:
+                            h.update(block)
+                        else:
+                            c = crc32(block, c)
             except OSError as e:
                 problems.append(f"{full}: cannot be read ({e.strerror}).")
                 continue
-            if h.hexdigest() != info.get("sha256"):
-                problems.append(f"{full}: sha256 {h.hexdigest()} does not match the manifest's {info.get('sha256')}.")
+            got = h.hexdigest() if h is not None else crc32_hex(c)
+            if got != info.get(algo):
+                problems.append(f"{full}: {algo} {got} does not match the manifest's {info.get(algo)}.")
         return problems
 
 
@@ -226,7 +239,7 @@ def _replay_journal(path: str, manifest: dict[str, Any]) -> None:
             except ValueError:
                 break
             if "file" in rec and "stage" not in rec:
-                files[rec["file"]] = {"bytes": rec.get("bytes"), "sha256": rec.get("sha256")}
+                files[rec["file"]] = {k: v for k, v in rec.items() if k != "file"}
             elif "stage" in rec and rec["stage"].get("key") not in known:
                 stages.append(rec["stage"])
                 known.add(rec["stage"].get("key"))

@@ -17,9 +17,10 @@ as text directly (by the optional C module :mod:`parity.trace._render` where it 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
+import errno
 import itertools
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -34,16 +35,22 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import StageKeyError, TraceError, UsageError
+from .checksum import crc32, crc32_combine, crc32_hex
 from .convert import as_array
-from .dtypes import DType
+from .dtypes import DTYPES, DType
 from .keys import _IDENT_RE, MAX_KEY_LENGTH, _format_value, make_key, split_key, validate_key
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no O_DIRECT either, so never needed
+    fcntl = None  # type: ignore[assignment]
 
 try:  # built from _render.c where a C compiler was found; the same text as the Python code below
     from . import _render  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised by tests that force the fallback
     _render = None
 
-__all__ = ["TraceWriter", "SCHEMA_VERSION", "FORMAT_NAME", "environment_summary"]
+__all__ = ["TraceWriter", "PackedStage", "SCHEMA_VERSION", "FORMAT_NAME", "environment_summary"]
 
 FORMAT_NAME = "parity-trace"
 SCHEMA_VERSION = 1
@@ -55,6 +62,9 @@ SPILL = "pending.json.tmp"  # rendered entries waiting for their shard, past _SP
 _SPILL_BYTES = 256 * 1024 * 1024
 DATA_DIR = "data"
 _CHUNK = 16 * 1024 * 1024
+_PAGE = 4096  # direct I/O alignment (buffer address, file offset, length)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_DIRECT_MIN = 1 << 20  # smaller files are written ordinarily
 # Each tensor stage counts at least this many bytes towards the shard buffer, so a shard holds at
 # most buffer_bytes / _MIN_STAGE_COST stages (65,536 by default) and its safetensors header stays a
 # few MB: a log of scalars would otherwise put millions of entries (hundreds of MB) in one header,
@@ -235,6 +245,21 @@ class _StageTexts:
     def close(self) -> None:
         self.file.close()
         os.remove(self.path)
+
+
+class PackedStage(NamedTuple):
+    """One stage of :meth:`TraceWriter.add_packed`: where its bytes lie in the packed buffer, and its entry."""
+
+    key: str
+    dtype: str  # safetensors dtype code, e.g. "F32"
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+    crc: int | None = None  # CRC-32 of its bytes, when the caller computed it while copying them
+    axes: Sequence[str] | None = None
+    indices: Mapping[str, object] | None = None
+    provenance: Mapping[str, object] | None = None
+    units: str | None = None
 
 
 class _Pending:
@@ -468,41 +493,17 @@ class TraceWriter:
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path, stage=str(key))
-        name, idx, plain = self._parse_key(key)
-        merged: dict[str, object] = dict(idx)
-        if indices:
-            merged.update(indices)
-            base = make_key(name, merged)
-        else:
-            base = plain
+        base, merged = self._base_key(key, indices)
         converted = as_array(value, stage=base)
-        entry: dict[str, Any] = {}
         if isinstance(converted, str):
-            entry.update(kind="text", text=converted)
+            entry = self._entry(base, merged, None, None, None, units, provenance)
+            entry["text"] = converted
             arr, dtype = None, None
         else:
             arr, dtype = converted
-            entry.update(kind="tensor", dtype=dtype.code, shape=list(arr.shape))
-            if axes is not None:
-                axes = [str(a) for a in axes]
-                if len(axes) != arr.ndim:
-                    raise UsageError(f"axes {axes} name {len(axes)} dimensions but the value has shape {tuple(arr.shape)}.", stage=base)
-                entry["axes"] = axes
-        if units is not None:
-            entry["units"] = str(units)
-        if merged:
-            entry["indices"] = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in sorted(merged.items())}
-        if provenance:
-            prov = dict(provenance)
-            entry["provenance"] = prov if _plain(prov) else _jsonable(prov, f'provenance of "{base}"')
+            entry = self._entry(base, merged, dtype, arr.shape, axes, units, provenance)
         with self._lock:
-            n = self._seen.get(base, 0)
-            self._seen[base] = n + 1
-            final = f"{base}#{n}" if n else base  # = make_key(name, merged, occurrence=n); base is valid
-            if n:
-                entry["occurrence"] = n
-            entry["key"] = final
-            self._keys.append(final)
+            final = self._assign(base, entry)
             if arr is None:
                 self._pending_entries.append(entry)
             elif arr.nbytes >= self._direct_threshold:
@@ -516,6 +517,101 @@ class TraceWriter:
                 if self._pending_bytes >= self._buffer_limit:
                     self._flush()
             return final
+
+    def add_packed(self, stages: Sequence[PackedStage], data: np.ndarray, *, size: int | None = None) -> list[str]:
+        """Record several tensor stages whose bytes already lie back to back in ``data``; return their keys.
+
+        The stages become one data file, written straight from ``data`` (with direct I/O, which
+        bypasses the page cache, when ``data`` starts on a page boundary and the file system
+        allows it). This is how :func:`parity.torch.capture` streams activations: the hooks copy
+        each tensor into a staging buffer (computing its CRC-32 on the way) and a writer thread
+        hands the full buffer here.
+
+        Args:
+            stages: in execution order, each :class:`PackedStage` at ``offset`` = the sum of the
+                ``nbytes`` before it (the first at 0), ``offset`` a multiple of its itemsize.
+                ``crc`` is the CRC-32 of its bytes, or ``None`` to compute it here.
+            data: a 1-D ``uint8`` array holding the stages' bytes from offset 0.
+            size: bytes of ``data`` in use (default: the sum of ``nbytes``). Direct I/O writes
+                whole pages, so bytes of ``data`` after ``size`` up to the next 4096-byte
+                boundary may be overwritten with zeros.
+
+        Raises:
+            StageKeyError, UsageError: a key, dtype, shape or axes is invalid (nothing is written).
+            TraceError: the writer is closed, or the stages do not tile ``data``.
+        """
+        if self._closed:
+            raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
+        entries: list[tuple[str, dict[str, Any], PackedStage, DType]] = []
+        offset = 0
+        for st in stages:
+            base, merged = self._base_key(st.key, st.indices)
+            dtype = DTYPES.get(st.dtype)
+            if dtype is None:
+                raise UsageError(f"unknown dtype code {st.dtype!r}; expected one of {sorted(DTYPES)}.", stage=base)
+            shape = tuple(int(n) for n in st.shape)
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if st.offset != offset or st.nbytes != count * dtype.itemsize or offset % dtype.itemsize:
+                raise TraceError(f"packed stage at bytes [{st.offset}, {st.offset + st.nbytes}) does not follow the "
+                                 f"previous one at {offset}, or does not hold shape {list(shape)} of {dtype.name}.",
+                                 path=self.path, stage=base)
+            offset += st.nbytes
+            entries.append((base, self._entry(base, merged, dtype, shape, st.axes, st.units, st.provenance), st, dtype))
+        size = offset if size is None else int(size)
+        if size != offset or data.ndim != 1 or data.dtype != np.uint8 or data.nbytes < size:
+            raise TraceError(f"the packed stages hold {offset} bytes but the buffer offers {size} of {data.nbytes}.",
+                             path=self.path)
+        with self._lock:
+            if self._closed:
+                raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
+            self._flush()  # keep execution order: stages added before these are journaled first
+            finals = [self._assign(base, entry) for base, entry, _, _ in entries]
+            if entries:
+                self._write_packed_shard(finals, entries, data, size)
+            return finals
+
+    def _base_key(self, key: str, indices: Mapping[str, object] | None) -> tuple[str, dict[str, object]]:
+        """The key without occurrence, with ``indices`` merged into its own; and the merged indices."""
+        name, idx, plain = self._parse_key(key)
+        merged: dict[str, object] = dict(idx)
+        if indices:
+            merged.update(indices)
+            return make_key(name, merged), merged
+        return plain, merged
+
+    def _entry(self, base: str, merged: Mapping[str, object], dtype: DType | None, shape: tuple[int, ...] | None,
+               axes: Sequence[str] | None, units: str | None, provenance: Mapping[str, object] | None) -> dict[str, Any]:
+        """A stage's manifest entry, without its key, occurrence and file (see :meth:`_assign`)."""
+        entry: dict[str, Any] = {}
+        if dtype is None:
+            entry["kind"] = "text"
+        else:
+            entry.update(kind="tensor", dtype=dtype.code, shape=list(shape or ()))
+            if axes is not None:
+                axes = [str(a) for a in axes]
+                if len(axes) != len(shape or ()):
+                    raise UsageError(f"axes {axes} name {len(axes)} dimensions but the value has shape {tuple(shape or ())}.",
+                                     stage=base)
+                entry["axes"] = axes
+        if units is not None:
+            entry["units"] = str(units)
+        if merged:
+            entry["indices"] = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in sorted(merged.items())}
+        if provenance:
+            prov = dict(provenance)
+            entry["provenance"] = prov if _plain(prov) else _jsonable(prov, f'provenance of "{base}"')
+        return entry
+
+    def _assign(self, base: str, entry: dict[str, Any]) -> str:
+        """Number the occurrence of ``base`` and complete ``entry``; call with the lock held."""
+        n = self._seen.get(base, 0)
+        self._seen[base] = n + 1
+        final = f"{base}#{n}" if n else base  # = make_key(name, merged, occurrence=n); base is valid
+        if n:
+            entry["occurrence"] = n
+        entry["key"] = final
+        self._keys.append(final)
+        return final
 
     def add_batch(
         self,
@@ -1056,10 +1152,9 @@ class TraceWriter:
         header = struct.pack("<Q", len(raw)) + raw
         full = os.path.join(self.path, rel)
         tmp = full + ".tmp"
-        h = hashlib.sha256()
+        h = crc32(header)
         with open(tmp, "wb") as f:
             f.write(header)
-            h.update(header)
             small: list[bytes] = []  # many tiny stages (scalars from a log): one write per ~1 MiB
             held = 0
             for i in order:
@@ -1076,22 +1171,49 @@ class TraceWriter:
                     if small:
                         block = b"".join(small)
                         f.write(block)
-                        h.update(block)
+                        h = crc32(block, h)
                         small, held = [], 0
                     chunks = _byte_chunks(arr)
                 for chunk in chunks:
                     f.write(chunk)
-                    h.update(chunk)
+                    h = crc32(chunk, h)
             if small:
                 block = b"".join(small)
                 f.write(block)
-                h.update(block)
+                h = crc32(block, h)
         os.replace(tmp, full)
-        self._files[rel] = {"bytes": len(header) + offset, "sha256": h.hexdigest()}
+        self._files[rel] = {"bytes": len(header) + offset, "crc32": crc32_hex(h)}
         for e in entries:
             if type(e) is dict and e["kind"] == "tensor":
                 e["file"] = rel
         self._journal_append(entries, file=(rel, self._files[rel]))
+
+    def _write_packed_shard(self, finals: list[str], entries: list[tuple[str, dict[str, Any], PackedStage, DType]],
+                            data: np.ndarray, size: int) -> None:
+        rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
+        self._shard += 1
+        parts = ['{"__metadata__":{"format":"' + FORMAT_NAME + '"}']
+        for final, (_, _, st, dtype) in zip(finals, entries):
+            shape = "[" + ",".join(map(str, st.shape)) + "]"
+            parts.append(f'"{final}":{{"dtype":"{dtype.code}","shape":{shape},'
+                         f'"data_offsets":[{st.offset},{st.offset + st.nbytes}]}}')
+        raw = (",".join(parts) + "}").encode("ascii")
+        # Pad the header with spaces (safetensors allows it) so the data starts on a page boundary:
+        # the data can then go to disk straight from the page-aligned staging buffer (direct I/O).
+        raw += b" " * (-(8 + len(raw)) % _PAGE)
+        header = struct.pack("<Q", len(raw)) + raw
+        c = crc32(header)
+        for _, _, st, _ in entries:
+            part = crc32(data[st.offset:st.offset + st.nbytes]) if st.crc is None else st.crc
+            c = crc32_combine(c, part, st.nbytes)
+        full = os.path.join(self.path, rel)
+        tmp = full + ".tmp"
+        _write_data_file(tmp, header, data, size)
+        os.replace(tmp, full)
+        self._files[rel] = {"bytes": len(header) + size, "crc32": crc32_hex(c)}
+        for _, e, _, _ in entries:
+            e["file"] = rel
+        self._journal_append([e for _, e, _, _ in entries], file=(rel, self._files[rel]))
 
     def _journal_append(self, entries: list[Any], file: tuple[str, dict[str, Any]] | None = None) -> None:
         """Append journal lines for these entries (after the line of their data file), and their
@@ -1152,6 +1274,56 @@ class TraceWriter:
                 else:
                     f.write(part if type(part) is bytes else part.encode("utf-8"))  # type: ignore[union-attr]
         os.replace(tmp, path)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _write_data_file(path: str, header: bytes, data: np.ndarray, size: int) -> None:
+    """Write ``header`` then ``data[:size]`` to a new file ``path``.
+
+    With direct I/O (``O_DIRECT``: the disk reads the buffer itself, no copy into the page cache,
+    almost no CPU) when ``data`` is page-aligned, the header a whole number of pages, and the file
+    system accepts it; otherwise (another OS, tmpfs, a small file) with ordinary writes. Both give
+    the same bytes. The last partial page goes through ``data`` zero-padded when ``data`` has the
+    room, else through an ordinary write.
+    """
+    direct = (_O_DIRECT and size >= _DIRECT_MIN and len(header) % _PAGE == 0 and data.ctypes.data % _PAGE == 0)
+    if direct:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError:
+            direct = False
+    if direct:
+        try:
+            page = mmap.mmap(-1, len(header))  # page-aligned, as direct I/O needs
+            page.write(header)
+            _write_all(fd, memoryview(page), 0)
+            del page  # unmapped when no view of it is left (a traceback may still hold one)
+            whole = size - size % _PAGE
+            view = memoryview(data)
+            _write_all(fd, view[:whole], len(header))
+            if whole < size:
+                if data.nbytes >= whole + _PAGE:
+                    data[size:whole + _PAGE] = 0
+                    _write_all(fd, view[whole:whole + _PAGE], len(header) + whole)
+                    os.ftruncate(fd, len(header) + size)
+                else:
+                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+                    _write_all(fd, view[whole:size], len(header) + whole)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            # the file system refused direct I/O after all: write it again, ordinarily
+        finally:
+            os.close(fd)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.write(memoryview(data)[:size])
 
 
 def _byte_chunks(arr: np.ndarray):

@@ -1,0 +1,157 @@
+"""TraceWriter.add_packed and the staging arenas: data files written from a packed buffer, with
+direct I/O where the file system allows it, and ordinary writes otherwise; same bytes either way."""
+
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import parity
+from parity.errors import TraceError, UsageError
+from parity.trace import TraceWriter, load_trace, writer as writer_mod
+from parity.trace.checksum import crc32
+from parity.trace.staging import Arena, ArenaPool, release_spare
+from parity.trace.writer import PackedStage
+
+
+def pack(arena, key, arr, with_crc=True, **kw):
+    arr = np.ascontiguousarray(arr)
+    off = arena.claim(arr.nbytes, arr.itemsize)
+    assert off is not None
+    region = arena.array[off:off + arr.nbytes]
+    region[:] = arr.reshape(-1).view(np.uint8)
+    code = {"float32": "F32", "float64": "F64", "int64": "I64", "float16": "F16", "uint8": "U8", "bool": "BOOL"}[arr.dtype.name]
+    arena.stages.append(PackedStage(key, code, arr.shape, off, arr.nbytes, crc32(region) if with_crc else None, **kw))
+
+
+def values(rng):
+    return [("a", rng.standard_normal((300, 700)).astype(np.float32)),   # 840,000 bytes
+            ("b", rng.integers(-5, 5, (3, 7))),                            # int64
+            ("c", rng.standard_normal(1001).astype(np.float16)),          # odd size: the file ends mid-page
+            ]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("with_crc", [True, False])
+def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, direct, with_crc):
+    if not direct:
+        monkeypatch.setattr(writer_mod, "_O_DIRECT", 0)
+    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    rng = np.random.default_rng(0)
+    arena = Arena(4 << 20)
+    arena.array[:] = 0xAB  # stale bytes past the data must never reach the file
+    for key, v in values(rng):
+        pack(arena, key, v, with_crc, axes=[f"d{i}" for i in range(v.ndim)], indices={"step": 2})
+    path = tmp_path / "p.trace"
+    with TraceWriter(path, volatile=False) as w:
+        w.add("first", np.arange(3.0))
+        assert w.add_packed(arena.stages, arena.array, size=arena.used) == ["a[step=2]", "b[step=2]", "c[step=2]"]
+        w.add("last", "text")
+    t = load_trace(path)
+    assert t.keys() == ["first", "a[step=2]", "b[step=2]", "c[step=2]", "last"]
+    for key, v in values(np.random.default_rng(0)):
+        assert np.array_equal(np.asarray(t[f"{key}[step=2]"]), v)
+        assert t.stage(f"{key}[step=2]").axes == tuple(f"d{i}" for i in range(v.ndim))
+    assert t.verify() == []
+    packed = t.stage("a[step=2]").file
+    raw = (path / packed).read_bytes()
+    assert t.manifest["files"][packed] == {"bytes": len(raw), "crc32": f"{zlib.crc32(raw):08x}"}
+    assert (8 + int.from_bytes(raw[:8], "little")) % 4096 == 0
+    loaded = load_file(str(path / packed))
+    assert set(loaded) == {"a[step=2]", "b[step=2]", "c[step=2]"}
+    assert raw.endswith(values(np.random.default_rng(0))[2][1].tobytes())
+
+
+def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    out = []
+    for direct in (True, False):
+        if not direct:
+            monkeypatch.setattr(writer_mod, "_O_DIRECT", 0)
+        arena = Arena(2 << 20)
+        for key, v in values(np.random.default_rng(1)):
+            pack(arena, key, v)
+        path = tmp_path / f"{direct}.trace"
+        with TraceWriter(path, volatile=False) as w:
+            w.add_packed(arena.stages, arena.array, size=arena.used)
+        out.append({n: (path / n).read_bytes() for n in ("manifest.json", "data/000000.safetensors")})
+    assert out[0] == out[1]
+
+
+def test_a_file_system_refusing_direct_io_falls_back(tmp_path, monkeypatch):
+    """open(O_DIRECT) succeeds on some file systems but the write fails with EINVAL."""
+    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    real = os.pwrite
+    calls = []
+
+    def pwrite(fd, data, offset):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & writer_mod._O_DIRECT:
+            calls.append(offset)
+            raise OSError(22, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    arena = Arena(2 << 20)
+    for key, v in values(np.random.default_rng(2)):
+        pack(arena, key, v)
+    path = tmp_path / "f.trace"
+    with TraceWriter(path) as w:
+        w.add_packed(arena.stages, arena.array, size=arena.used)
+    if writer_mod._O_DIRECT:
+        assert calls == [0]
+    t = load_trace(path)
+    assert t.verify() == [] and np.array_equal(np.asarray(t["a"]), values(np.random.default_rng(2))[0][1])
+
+
+def test_bad_packing_is_refused_and_writes_nothing(tmp_path):
+    arena = Arena(1 << 20)
+    pack(arena, "a", np.ones(4, np.float32))
+    w = TraceWriter(tmp_path / "x.trace")
+    gap = [arena.stages[0]._replace(offset=4)]
+    with pytest.raises(TraceError, match='stage "a": packed stage at bytes \\[4, 20\\) does not follow the previous one at 0'):
+        w.add_packed(gap, arena.array)
+    with pytest.raises(UsageError, match="unknown dtype code 'F33'"):
+        w.add_packed([arena.stages[0]._replace(dtype="F33")], arena.array)
+    with pytest.raises(UsageError, match="axes \\['x', 'y'\\] name 2 dimensions but the value has shape \\(4,\\)"):
+        w.add_packed([arena.stages[0]._replace(axes=["x", "y"])], arena.array)
+    with pytest.raises(TraceError, match="the packed stages hold 16 bytes but the buffer offers 8"):
+        w.add_packed(arena.stages, arena.array, size=8)
+    w.close()
+    t = load_trace(tmp_path / "x.trace")
+    assert len(t) == 0 and t.manifest["files"] == {}
+
+
+def test_pool_bounds_memory_and_reuses_arenas():
+    spare = ArenaPool(arena_bytes=16 << 20, max_bytes=32 << 20)  # a finished capture leaves a big spare
+    spare.put(spare.get(10))
+    spare.close()
+    pool = ArenaPool(arena_bytes=64 * 1024, max_bytes=128 * 1024)
+    a = pool.get(10)
+    b = pool.get(10)
+    assert a.limit == b.limit == 64 * 1024 and a.array.ctypes.data % 4096 == 0
+    import threading
+
+    got = []
+    t = threading.Thread(target=lambda: got.append(pool.get(10)))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and not got  # both arenas in use: the third waits
+    pool.put(a)
+    t.join(5)
+    assert got == [a] and a.used == 0
+    big = None
+    pool.put(b)
+    pool.put(got[0])
+    big = pool.get(1 << 20)  # larger than the bound: allowed, it is the only one in use
+    assert big.limit == 1 << 20 and big.capacity >= 1 << 20
+    pool.put(big)
+    pool.abort(RuntimeError("writer died"))
+    with pytest.raises(RuntimeError, match="writer died"):
+        pool.get(10)
+    pool.close()
+    assert release_spare() >= 16 << 20
