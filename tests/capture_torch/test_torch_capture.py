@@ -436,7 +436,7 @@ def test_a_failing_writer_is_reported_and_never_leaves_the_forward_waiting(tmp_p
     def broken(self, *a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(TraceWriter, "add_packed", broken)
+    monkeypatch.setattr(TraceWriter, "write_packed_file", broken)
     model = tiny_model("llama")
     path = os.path.join(tmp_path, "full.trace")
     for background in (True, False):

@@ -34,9 +34,19 @@ def values(rng):
             ]
 
 
+@pytest.fixture(params=["c", "python"])
+def file_writer(request, monkeypatch):
+    """Data files written by the C module's GIL-free write_file, or by the Python fallback."""
+    if request.param == "c" and writer_mod._stage_write is None:
+        pytest.skip("the C module parity.trace._stage is not built")
+    if request.param == "python":
+        monkeypatch.setattr(writer_mod, "_stage_write", None)
+    return request.param
+
+
 @pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("with_crc", [True, False])
-def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, direct, with_crc):
+def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, file_writer, direct, with_crc):
     if not direct:
         monkeypatch.setattr(writer_mod, "_O_DIRECT", 0)
     monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
@@ -65,7 +75,7 @@ def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, direc
     assert raw.endswith(values(np.random.default_rng(0))[2][1].tobytes())
 
 
-def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch):
+def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch, file_writer):
     monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
     out = []
     for direct in (True, False):
@@ -84,6 +94,7 @@ def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch)
 def test_a_file_system_refusing_direct_io_falls_back(tmp_path, monkeypatch):
     """open(O_DIRECT) succeeds on some file systems but the write fails with EINVAL."""
     monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    monkeypatch.setattr(writer_mod, "_stage_write", None)  # the Python path's fallback (the C one mirrors it)
     real = os.pwrite
     calls = []
 
@@ -106,6 +117,29 @@ def test_a_file_system_refusing_direct_io_falls_back(tmp_path, monkeypatch):
         assert calls == [0]
     t = load_trace(path)
     assert t.verify() == [] and np.array_equal(np.asarray(t["a"]), values(np.random.default_rng(2))[0][1])
+
+
+def test_prepared_files_are_written_apart_and_committed_in_order(tmp_path):
+    """pack() on the capturing thread, write_packed_file() anywhere, commit_packed() in order."""
+    w = TraceWriter(tmp_path / "o.trace", volatile=False)
+    shards = []
+    for i in range(3):
+        arena = Arena(1 << 20)
+        pack(arena, "x", np.full(4, i, np.float32))
+        arena.stages.append(PackedStage("note", "", (), arena.used, 0, 0, text=f"after {i}"))
+        shards.append(w.pack(arena.stages, arena.array, size=arena.used))
+    written = [w.write_packed_file(s) for s in reversed(shards)][::-1]  # files in any order
+    with pytest.raises(TraceError, match="committed in the order they were prepared: got #1, expected #0"):
+        w.commit_packed(written[1])
+    with pytest.raises(TraceError, match=r"takes the shard write_packed_file\(\) returned"):
+        w.commit_packed(shards[0])
+    for s in written:
+        w.commit_packed(s)
+    w.close()
+    t = load_trace(tmp_path / "o.trace")
+    assert t.keys() == ["x", "note", "x#1", "note#1", "x#2", "note#2"]
+    assert t.stage("note#2").text == "after 2" and np.array_equal(np.asarray(t["x#2"]), np.full(4, 2, np.float32))
+    assert t.verify() == []
 
 
 def test_bad_packing_is_refused_and_writes_nothing(tmp_path):

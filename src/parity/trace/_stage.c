@@ -29,6 +29,16 @@
  *   _fold_constants() -> dict: the folding and Barrett constants below, for the tests to re-derive.
  *   _set_nt_min(nbytes) -> previous: copies of at least nbytes (default 8 MiB) use non-temporal
  *       stores (tuning hook for the benchmark).
+ *   write_file(tmp, final, header, data, size, direct=True) -> bool
+ *       write header then data[:size] to a new file tmp, then rename it to final, all with the GIL
+ *       released (a writer thread then never makes the capturing thread wait for the GIL between
+ *       system calls).  With direct I/O (O_DIRECT: the disk reads the buffer itself, no copy into the
+ *       page cache) when direct is true, data starts on a 4096-byte boundary and len(header) is a
+ *       multiple of 4096; the last partial page goes out zero-padded from data
+ *       (which must then have room up to the next 4096-byte boundary; the padding is overwritten
+ *       with zeros) or, without room, as an ordinary write.  A file system that refuses direct I/O
+ *       (EINVAL) gets ordinary writes instead.  Returns whether direct I/O was used; OSError naming
+ *       tmp on failure (tmp is then removed).  data must be writable.
  *   Environment: PARITY_CRC_PORTABLE=1 (any value but "" and "0"), read at import, forces "table".
  *
  * Method (Intel, "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ", bit-reflected form).
@@ -76,6 +86,17 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if !defined(_WIN32)
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/types.h>
+#include <unistd.h>
+#define HAVE_POSIX_IO 1
+#else
+#define HAVE_POSIX_IO 0
+#endif
 
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -664,7 +685,133 @@ static PyObject *stage_fold_constants(PyObject *self, PyObject *noargs) {
     return d;
 }
 
+#if HAVE_POSIX_IO
+#define IO_PAGE 4096
+
+static int pwrite_all(int fd, const unsigned char *p, size_t n, off_t off) {
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += w;
+    }
+    return 0;
+}
+
+/* 1: written with direct I/O; 0: written ordinarily; -1: error (errno set). */
+static int write_file_direct(const char *path, const unsigned char *hdr, size_t hlen, unsigned char *data,
+                             size_t cap, size_t size) {
+#ifdef O_DIRECT
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0666);
+    if (fd < 0) return 0; /* e.g. tmpfs: no direct I/O; the caller writes ordinarily */
+    void *page = NULL;
+    if (posix_memalign(&page, IO_PAGE, hlen) != 0) {
+        close(fd);
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(page, hdr, hlen);
+    int rc = pwrite_all(fd, page, hlen, 0);
+    free(page);
+    size_t whole = size - size % IO_PAGE;
+    if (rc == 0) rc = pwrite_all(fd, data, whole, (off_t)hlen);
+    if (rc == 0 && whole < size) {
+        if (cap >= whole + IO_PAGE) {
+            memset(data + size, 0, whole + IO_PAGE - size);
+            rc = pwrite_all(fd, data + whole, IO_PAGE, (off_t)(hlen + whole));
+            if (rc == 0) rc = ftruncate(fd, (off_t)(hlen + size));
+        } else {
+            int fl = fcntl(fd, F_GETFL);
+            rc = fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_DIRECT);
+            if (rc == 0) rc = pwrite_all(fd, data + whole, size - whole, (off_t)(hlen + whole));
+        }
+    }
+    int err = errno;
+    if (close(fd) != 0 && rc == 0) {
+        rc = -1;
+        err = errno;
+    }
+    if (rc == 0) return 1;
+    if (err == EINVAL || err == EOPNOTSUPP) return 0; /* the file system refused: write it ordinarily */
+    errno = err;
+    return -1;
+#else
+    (void)path; (void)hdr; (void)hlen; (void)data; (void)cap; (void)size;
+    return 0;
+#endif
+}
+
+static int write_file_plain(const char *path, const unsigned char *hdr, size_t hlen, const unsigned char *data,
+                            size_t size) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return -1;
+    int rc = pwrite_all(fd, hdr, hlen, 0);
+    if (rc == 0) rc = pwrite_all(fd, data, size, (off_t)hlen);
+    int err = errno;
+    if (close(fd) != 0 && rc == 0) {
+        rc = -1;
+        err = errno;
+    }
+    errno = err;
+    return rc;
+}
+
+static PyObject *stage_write_file(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"tmp", "final", "header", "data", "size", "direct", NULL};
+    PyObject *tmp_o = NULL, *final_o = NULL;
+    Py_buffer hdr, data;
+    Py_ssize_t size;
+    int direct = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&O&y*w*n|p", kwlist, PyUnicode_FSConverter, &tmp_o,
+                                     PyUnicode_FSConverter, &final_o, &hdr, &data, &size, &direct)) {
+        Py_XDECREF(tmp_o);
+        Py_XDECREF(final_o);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (size < 0 || size > data.len) {
+        PyErr_Format(PyExc_ValueError, "write_file: size %zd is outside the buffer's %zd bytes", size, data.len);
+        goto done;
+    }
+    const char *tmp = PyBytes_AS_STRING(tmp_o), *final = PyBytes_AS_STRING(final_o);
+    int used = 0, rc = 0, err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (direct && hdr.len % IO_PAGE == 0 && ((uintptr_t)data.buf % IO_PAGE) == 0)
+        used = write_file_direct(tmp, hdr.buf, (size_t)hdr.len, data.buf, (size_t)data.len, (size_t)size);
+    if (used == 0) rc = write_file_plain(tmp, hdr.buf, (size_t)hdr.len, data.buf, (size_t)size);
+    else if (used < 0) rc = -1;
+    if (rc == 0 && rename(tmp, final) != 0) rc = -1;
+    if (rc != 0) {
+        err = errno;
+        unlink(tmp);
+    }
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        errno = err;
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, tmp);
+        goto done;
+    }
+    result = PyBool_FromLong(used > 0);
+done:
+    PyBuffer_Release(&hdr);
+    PyBuffer_Release(&data);
+    Py_DECREF(tmp_o);
+    Py_DECREF(final_o);
+    return result;
+}
+#endif
+
 static PyMethodDef stage_methods[] = {
+#if HAVE_POSIX_IO
+    {"write_file", (PyCFunction)(void (*)(void))stage_write_file, METH_VARARGS | METH_KEYWORDS,
+     "write_file(tmp, final, header, data, size, direct=True) -> bool: write header + data[:size] to tmp and "
+     "rename it to final, GIL released; True where direct I/O was used"},
+#endif
     {"crc32", (PyCFunction)(void (*)(void))stage_crc32, METH_VARARGS | METH_KEYWORDS,
      "crc32(data, value=0) -> int: zlib.crc32(data, value) of a C-contiguous buffer"},
     {"copy_crc32", (PyCFunction)(void (*)(void))stage_copy_crc32, METH_VARARGS | METH_KEYWORDS,

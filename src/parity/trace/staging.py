@@ -54,7 +54,12 @@ class Arena:
     def __init__(self, capacity: int):
         self.capacity = -(-max(int(capacity), _PAGE) // _PAGE) * _PAGE
         big = self.capacity >= _HUGE
-        self._map = mmap.mmap(-1, self.capacity + (_HUGE if big else 0))
+        size = self.capacity + (_HUGE if big else 0)
+        if hasattr(mmap, "MAP_PRIVATE") and hasattr(mmap, "MAP_ANONYMOUS"):
+            # private anonymous memory (mmap(-1, n) alone is shared memory, which gets no huge pages)
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:  # pragma: no cover - Windows
+            self._map = mmap.mmap(-1, size)
         start = 0
         if big:  # start on a 2 MiB boundary and ask for transparent huge pages: fewer, cheaper faults
             start = -_address(self._map) % _HUGE

@@ -45,12 +45,17 @@ try:
 except ImportError:  # pragma: no cover - Windows: no O_DIRECT either, so never needed
     fcntl = None  # type: ignore[assignment]
 
+try:  # the C module's GIL-free version of _write_data_file + os.replace (POSIX builds)
+    from ._stage import write_file as _stage_write  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - exercised by tests that force the fallback
+    _stage_write = None
+
 try:  # built from _render.c where a C compiler was found; the same text as the Python code below
     from . import _render  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised by tests that force the fallback
     _render = None
 
-__all__ = ["TraceWriter", "PackedStage", "SCHEMA_VERSION", "FORMAT_NAME", "environment_summary"]
+__all__ = ["TraceWriter", "PackedStage", "PackedShard", "SCHEMA_VERSION", "FORMAT_NAME", "environment_summary"]
 
 FORMAT_NAME = "parity-trace"
 SCHEMA_VERSION = 1
@@ -260,6 +265,22 @@ class PackedStage(NamedTuple):
     indices: Mapping[str, object] | None = None
     provenance: Mapping[str, object] | None = None
     units: str | None = None
+    text: str | None = None  # a text stage (dtype "", no bytes) instead of a tensor
+
+
+class PackedShard(NamedTuple):
+    """A data file prepared by :meth:`TraceWriter.pack`, to be written by :meth:`TraceWriter.write_packed`."""
+
+    seq: int
+    rel: str
+    header: bytes
+    data: np.ndarray
+    size: int
+    crc: int | None  # of the whole file; None until every stage's CRC is known
+    stages: list[PackedStage]
+    texts: list[tuple[str, str]]  # each stage's (manifest, journal) text
+    keys: list[str]
+    written: bool = False  # set by write_packed_file
 
 
 class _Pending:
@@ -442,6 +463,8 @@ class TraceWriter:
         self._pending_text_bytes = 0  # rendered entries held in memory (see _queue_texts)
         self._spill: IO[bytes] | None = None
         self._shard = 0
+        self._packed_seq = 0  # data files prepared by pack(), and written by write_packed()
+        self._packed_written = 0
         self._closed = False
         self._started = _dt.datetime.now(_dt.timezone.utc)
         self._prepare_directory()
@@ -519,18 +542,20 @@ class TraceWriter:
             return final
 
     def add_packed(self, stages: Sequence[PackedStage], data: np.ndarray, *, size: int | None = None) -> list[str]:
-        """Record several tensor stages whose bytes already lie back to back in ``data``; return their keys.
+        """Record several stages whose bytes already lie back to back in ``data``; return their keys.
 
         The stages become one data file, written straight from ``data`` (with direct I/O, which
         bypasses the page cache, when ``data`` starts on a page boundary and the file system
         allows it). This is how :func:`parity.torch.capture` streams activations: the hooks copy
-        each tensor into a staging buffer (computing its CRC-32 on the way) and a writer thread
-        hands the full buffer here.
+        each tensor into a staging buffer (computing its CRC-32 on the way); full buffers are
+        prepared with :meth:`pack` on the capturing thread and written with :meth:`write_packed`
+        on a writer thread. ``add_packed`` does both.
 
         Args:
             stages: in execution order, each :class:`PackedStage` at ``offset`` = the sum of the
                 ``nbytes`` before it (the first at 0), ``offset`` a multiple of its itemsize.
-                ``crc`` is the CRC-32 of its bytes, or ``None`` to compute it here.
+                ``crc`` is the CRC-32 of its bytes, or ``None`` to compute it here. A stage with
+                ``text`` is a text stage (``dtype`` ``""``, no bytes).
             data: a 1-D ``uint8`` array holding the stages' bytes from offset 0.
             size: bytes of ``data`` in use (default: the sum of ``nbytes``). Direct I/O writes
                 whole pages, so bytes of ``data`` after ``size`` up to the next 4096-byte
@@ -540,12 +565,33 @@ class TraceWriter:
             StageKeyError, UsageError: a key, dtype, shape or axes is invalid (nothing is written).
             TraceError: the writer is closed, or the stages do not tile ``data``.
         """
+        shard = self.pack(stages, data, size=size)
+        if shard is not None:
+            self.write_packed(shard)
+            return shard.keys
+        return []
+
+    def pack(self, stages: Sequence[PackedStage], data: np.ndarray, *, size: int | None = None) -> PackedShard | None:
+        """Check ``stages``, give them their keys and manifest entries, and prepare their data file.
+
+        Cheap (no disk access unless stages added with :meth:`add` are waiting), so a capturing
+        thread can call it and leave the writing to another thread: :meth:`write_packed` must then
+        be called for every prepared file, in the order :meth:`pack` returned them (until then the
+        stages are not in the trace). Returns ``None`` for no stages. See :meth:`add_packed`.
+        """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
-        entries: list[tuple[str, dict[str, Any], PackedStage, DType]] = []
+        entries: list[tuple[str, dict[str, Any], PackedStage, DType | None]] = []
         offset = 0
         for st in stages:
             base, merged = self._base_key(st.key, st.indices)
+            if st.text is not None:
+                if st.nbytes:
+                    raise TraceError("a text stage holds no bytes.", path=self.path, stage=base)
+                entry = self._entry(base, merged, None, None, None, st.units, st.provenance)
+                entry["text"] = str(st.text)
+                entries.append((base, entry, st, None))
+                continue
             dtype = DTYPES.get(st.dtype)
             if dtype is None:
                 raise UsageError(f"unknown dtype code {st.dtype!r}; expected one of {sorted(DTYPES)}.", stage=base)
@@ -561,14 +607,83 @@ class TraceWriter:
         if size != offset or data.ndim != 1 or data.dtype != np.uint8 or data.nbytes < size:
             raise TraceError(f"the packed stages hold {offset} bytes but the buffer offers {size} of {data.nbytes}.",
                              path=self.path)
+        if not entries:
+            return None
         with self._lock:
             if self._closed:
                 raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
             self._flush()  # keep execution order: stages added before these are journaled first
             finals = [self._assign(base, entry) for base, entry, _, _ in entries]
-            if entries:
-                self._write_packed_shard(finals, entries, data, size)
-            return finals
+            tensors = [(final, st, dtype) for final, (_, _, st, dtype) in zip(finals, entries) if dtype is not None]
+            rel = f"{DATA_DIR}/{self._shard:06d}.safetensors" if tensors else ""
+            if tensors:
+                self._shard += 1
+            seq = self._packed_seq
+            self._packed_seq += 1
+        texts = []
+        encode = _JOURNAL_ENCODER.encode
+        for _, e, _, dtype in entries:
+            if dtype is not None:
+                e["file"] = rel
+            out: list[str] = []
+            _emit(e, 2, out)
+            texts.append(("".join(out), encode({"stage": e})))
+        header = b""
+        crc = None
+        if tensors:
+            parts = ['{"__metadata__":{"format":"' + FORMAT_NAME + '"}']
+            for final, st, dtype in tensors:
+                shape_text = "[" + ",".join(map(str, st.shape)) + "]"
+                parts.append(f'"{final}":{{"dtype":"{dtype.code}","shape":{shape_text},'
+                             f'"data_offsets":[{st.offset},{st.offset + st.nbytes}]}}')
+            raw = (",".join(parts) + "}").encode("ascii")
+            # Pad the header with spaces (safetensors allows it) so the data starts on a page
+            # boundary: it can then go to disk straight from a page-aligned buffer (direct I/O).
+            raw += b" " * (-(8 + len(raw)) % _PAGE)
+            header = struct.pack("<Q", len(raw)) + raw
+            if all(st.crc is not None for _, st, _ in tensors):
+                crc = _file_crc(header, [st for _, st, _ in tensors], data)
+        return PackedShard(seq, rel, header, data, size, crc, [st for _, st, _ in tensors], texts, finals)
+
+    def write_packed(self, shard: PackedShard) -> None:
+        """Write a data file prepared by :meth:`pack` and journal its stages (see there).
+
+        The same as :meth:`commit_packed` of :meth:`write_packed_file`.
+        """
+        self.commit_packed(self.write_packed_file(shard))
+
+    def write_packed_file(self, shard: PackedShard) -> PackedShard:
+        """Write the data file of ``shard`` (under a temporary name, then renamed); return ``shard``
+        with its CRC. Touches nothing else of the writer, so a writer thread can call it while the
+        capturing thread goes on; :meth:`commit_packed` then adds its stages to the trace. With the
+        C module the whole file is written with the GIL released."""
+        if not shard.rel:
+            return shard._replace(written=True)
+        crc = shard.crc if shard.crc is not None else _file_crc(shard.header, shard.stages, shard.data)
+        full = os.path.join(self.path, shard.rel)
+        direct = bool(_O_DIRECT) and shard.size >= _DIRECT_MIN
+        if _stage_write is not None:
+            _stage_write(full + ".tmp", full, shard.header, shard.data, shard.size, direct)
+        else:
+            _write_data_file(full + ".tmp", shard.header, shard.data, shard.size, direct)
+            os.replace(full + ".tmp", full)
+        return shard._replace(crc=crc, written=True)
+
+    def commit_packed(self, shard: PackedShard) -> None:
+        """Journal the stages of a written :meth:`write_packed_file` shard: from now on they are in
+        the trace. Shards must be committed in the order :meth:`pack` prepared them."""
+        with self._lock:
+            if shard.seq != self._packed_written:
+                raise TraceError(f"packed data files must be committed in the order they were prepared: got "
+                                 f"#{shard.seq}, expected #{self._packed_written}.", path=self.path)
+            if not shard.written:
+                raise TraceError("commit_packed() takes the shard write_packed_file() returned.", path=self.path)
+            self._packed_written += 1
+            file = None
+            if shard.rel:
+                file = (shard.rel, {"bytes": len(shard.header) + shard.size, "crc32": crc32_hex(shard.crc)})
+                self._files[shard.rel] = file[1]
+            self._journal_append(shard.texts, file=file)
 
     def _base_key(self, key: str, indices: Mapping[str, object] | None) -> tuple[str, dict[str, object]]:
         """The key without occurrence, with ``indices`` merged into its own; and the merged indices."""
@@ -1188,33 +1303,6 @@ class TraceWriter:
                 e["file"] = rel
         self._journal_append(entries, file=(rel, self._files[rel]))
 
-    def _write_packed_shard(self, finals: list[str], entries: list[tuple[str, dict[str, Any], PackedStage, DType]],
-                            data: np.ndarray, size: int) -> None:
-        rel = f"{DATA_DIR}/{self._shard:06d}.safetensors"
-        self._shard += 1
-        parts = ['{"__metadata__":{"format":"' + FORMAT_NAME + '"}']
-        for final, (_, _, st, dtype) in zip(finals, entries):
-            shape = "[" + ",".join(map(str, st.shape)) + "]"
-            parts.append(f'"{final}":{{"dtype":"{dtype.code}","shape":{shape},'
-                         f'"data_offsets":[{st.offset},{st.offset + st.nbytes}]}}')
-        raw = (",".join(parts) + "}").encode("ascii")
-        # Pad the header with spaces (safetensors allows it) so the data starts on a page boundary:
-        # the data can then go to disk straight from the page-aligned staging buffer (direct I/O).
-        raw += b" " * (-(8 + len(raw)) % _PAGE)
-        header = struct.pack("<Q", len(raw)) + raw
-        c = crc32(header)
-        for _, _, st, _ in entries:
-            part = crc32(data[st.offset:st.offset + st.nbytes]) if st.crc is None else st.crc
-            c = crc32_combine(c, part, st.nbytes)
-        full = os.path.join(self.path, rel)
-        tmp = full + ".tmp"
-        _write_data_file(tmp, header, data, size)
-        os.replace(tmp, full)
-        self._files[rel] = {"bytes": len(header) + size, "crc32": crc32_hex(c)}
-        for _, e, _, _ in entries:
-            e["file"] = rel
-        self._journal_append([e for _, e, _, _ in entries], file=(rel, self._files[rel]))
-
     def _journal_append(self, entries: list[Any], file: tuple[str, dict[str, Any]] | None = None) -> None:
         """Append journal lines for these entries (after the line of their data file), and their
         manifest text to the stage texts. An entry is a dict (rendered here), or the (manifest,
@@ -1276,22 +1364,31 @@ class TraceWriter:
         os.replace(tmp, path)
 
 
+def _file_crc(header: bytes, stages: Sequence[PackedStage], data: np.ndarray) -> int:
+    """CRC-32 of a packed data file: its header, then each stage's bytes (their CRCs combined)."""
+    c = crc32(header)
+    for st in stages:
+        part = crc32(data[st.offset:st.offset + st.nbytes]) if st.crc is None else st.crc
+        c = crc32_combine(c, part, st.nbytes)
+    return c
+
+
 def _write_all(fd: int, view: memoryview, offset: int) -> None:
     while len(view):
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
 
 
-def _write_data_file(path: str, header: bytes, data: np.ndarray, size: int) -> None:
+def _write_data_file(path: str, header: bytes, data: np.ndarray, size: int, direct: bool = True) -> None:
     """Write ``header`` then ``data[:size]`` to a new file ``path``.
 
     With direct I/O (``O_DIRECT``: the disk reads the buffer itself, no copy into the page cache,
     almost no CPU) when ``data`` is page-aligned, the header a whole number of pages, and the file
-    system accepts it; otherwise (another OS, tmpfs, a small file) with ordinary writes. Both give
-    the same bytes. The last partial page goes through ``data`` zero-padded when ``data`` has the
+    system accepts it; otherwise (``direct=False``, another OS, tmpfs) with ordinary writes. Both
+    give the same bytes. (The C module's ``write_file`` does the same with the GIL released.) The last partial page goes through ``data`` zero-padded when ``data`` has the
     room, else through an ordinary write.
     """
-    direct = (_O_DIRECT and size >= _DIRECT_MIN and len(header) % _PAGE == 0 and data.ctypes.data % _PAGE == 0)
+    direct = bool(direct and _O_DIRECT and len(header) % _PAGE == 0 and data.ctypes.data % _PAGE == 0)
     if direct:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT | getattr(os, "O_CLOEXEC", 0), 0o666)
