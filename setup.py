@@ -1,9 +1,10 @@
 """Build script for parity's optional C accelerators.
 
 All project metadata lives in pyproject.toml; this file only declares the fused metrics kernel
-``parity.compare._kernel`` (and, below, the trace-line import accelerators). It is optional: where no
-C compiler is available the build carries on without it and :mod:`parity.compare.metrics` falls back
-to its NumPy implementation.
+``parity.compare._kernel`` (and, below, the trace-line import accelerators and the capture's CRC-32 /
+staging-copy / file-writing module ``parity.trace._stage``). Every one is optional: where no C compiler
+is available the build carries on without them and each caller falls back to its NumPy or pure-Python
+path, with identical results (slower).
 
 ``-ffp-contract=off`` keeps every multiply and add separately rounded (no FMA contraction), so the
 kernel gives the same results as the NumPy path; never add ``-ffast-math`` (NaN tests are part of the

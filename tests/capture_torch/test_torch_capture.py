@@ -377,8 +377,12 @@ def test_capture_add_records_extra_stages_in_order(tmp_path):
         assert cap.add("input_ids", IDS, axes=("batch", "seq")) == "input_ids"
         model(IDS)
         assert cap.add("note", "greedy", step=0) == "note[step=0]"
+        cap.add("temperature", 0.7)
+        cap.add("positions", np.arange(5, dtype=np.int32), axes=("seq",))
     t = parity.load_trace(path)
-    assert t.keys() == ["input_ids", "logits", "note[step=0]"]
+    assert t.keys() == ["input_ids", "logits", "note[step=0]", "temperature", "positions"]
+    assert t.stage("temperature").dtype == "F64" and float(np.asarray(t["temperature"])) == 0.7
+    assert np.array_equal(np.asarray(t["positions"]), np.arange(5)) and t.stage("positions").axes == ("seq",)
     assert np.array_equal(np.asarray(t["input_ids"]), IDS.numpy()) and t.stage("note[step=0]").text == "greedy"
 
 

@@ -189,3 +189,26 @@ def test_pool_bounds_memory_and_reuses_arenas():
         pool.get(10)
     pool.close()
     assert release_spare() >= 16 << 20
+
+
+def test_c_write_file_errors_name_the_file_and_leave_nothing(tmp_path):
+    stage = pytest.importorskip("parity.trace._stage")
+    if not hasattr(stage, "write_file"):
+        pytest.skip("no POSIX I/O in this build")
+    arena = Arena(1 << 20)
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(FileNotFoundError) as e:
+        stage.write_file(str(missing / "a.tmp"), str(missing / "a"), b" " * 4096, arena.array, 10, True)
+    assert e.value.filename == str(missing / "a.tmp")
+    with pytest.raises(ValueError, match="size 2000000 is outside the buffer's 1048576 bytes"):
+        stage.write_file(str(tmp_path / "b.tmp"), str(tmp_path / "b"), b"", arena.array, 2_000_000, True)
+    with pytest.raises(TypeError):  # read-only data: the zero padding of direct I/O needs a writable buffer
+        stage.write_file(str(tmp_path / "c.tmp"), str(tmp_path / "c"), b"", b"abc", 3, False)
+    # rename onto a directory fails: the temporary file is removed
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep")
+    with pytest.raises(OSError):
+        stage.write_file(str(tmp_path / "d.tmp"), str(tmp_path / "d"), b"h", arena.array, 10, False)
+    assert not (tmp_path / "d.tmp").exists() and (tmp_path / "d" / "x").read_text() == "keep"
+    assert stage.write_file(str(tmp_path / "e.tmp"), str(tmp_path / "e"), b"h", arena.array, 10, False) is False
+    assert (tmp_path / "e").read_bytes() == b"h" + bytes(10)

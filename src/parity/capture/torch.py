@@ -261,7 +261,8 @@ class _PackedSink:
             arena.stages.append(PackedStage(key, "", (), offset, 0, 0, None, indices, provenance, text=converted))
             return
         arr, dtype = converted
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
         arena, offset = self._claim(key, arr.nbytes, dtype.itemsize)
         region = arena.array[offset:offset + arr.nbytes]
         crc = copy_crc32(region, arr.reshape(-1).view(np.uint8)) if arr.nbytes else 0
