@@ -54,7 +54,7 @@ def test_show(traces, capsys):
     ref, _, _ = traces
     assert main(["show", ref, "--verify"]) == 0
     out = capsys.readouterr().out
-    assert "2 stages, complete" in out and "F64" in out and "all 1 data files match" in out
+    assert "2 stages, complete" in out and "F64" in out and "all 1 data files match their checksums" in out
 
 
 def test_demo_points_at_injected_stage(tmp_path, capsys):

@@ -163,7 +163,7 @@ def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
             console.print(Text(p, style="red"))
         if problems:
             sys.exit(2)
-        console.print(f"[green]all {len(t.manifest.get('files', {}))} data files match their sha256.[/green]")
+        console.print(f"[green]all {len(t.manifest.get('files', {}))} data files match their checksums.[/green]")
 
 
 @click.command("demo")
