@@ -79,7 +79,7 @@ def tiny_llama(batch: int, seq: int):
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def copy_floor(nbytes: int, repeats: int = 5) -> float:
+def copy_floor(nbytes: int, repeats: int = 11) -> float:
     """Least time to copy ``nbytes`` into an already-used buffer (np.copyto, one thread)."""
     src = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
     dst = np.zeros_like(src)
