@@ -465,3 +465,37 @@ def test_packed_data_files_are_page_aligned_safetensors_with_crc32(tmp_path):
         loaded = load_file(os.path.join(t.path, rel))
         for key, value in loaded.items():
             assert np.array_equal(value, np.asarray(t[key])), key
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_device_copies_are_finished_by_the_writer_in_order(tmp_path, background):
+    """The CUDA path without a GPU: a stage whose bytes arrive later (pinned copy + event) is
+    completed by the writer, and the data files and stages keep the capture's order."""
+    from parity.capture.torch import _PackedSink
+    from parity.trace import TraceWriter
+    from parity.trace.writer import PackedStage
+
+    class Event:
+        waited = 0
+
+        def synchronize(self):
+            Event.waited += 1
+
+    path = tmp_path / "d.trace"
+    w = TraceWriter(path)
+    sink = _PackedSink(w, background=background, arena_bytes=4096, queue_bytes=1 << 20)
+    values = [torch.full((256,), float(i)) for i in range(10)]  # 1 KiB each: 4 per staging buffer
+    for i, v in enumerate(values):
+        if i in (1, 6):  # as a CUDA tensor: the hook leaves a pinned copy and an event
+            arena, offset = sink._claim("x", 1024, 4)
+            arena.pending.append((len(arena.stages), v.clone(), Event()))
+            arena.stages.append(PackedStage("x", "F32", (256,), offset, 1024, None))
+        else:
+            sink.put("x", v, ("n",), None)
+    sink.close()
+    w.close()
+    t = parity.load_trace(path)
+    assert t.keys() == ["x"] + [f"x#{i}" for i in range(1, 10)] and Event.waited == 2
+    for i, key in enumerate(t.keys()):
+        assert np.array_equal(np.asarray(t[key]), values[i].numpy()), key
+    assert t.verify() == [] and len(t.manifest["files"]) == 3

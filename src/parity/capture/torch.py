@@ -181,9 +181,10 @@ class _PackedSink:
     entries, header; cheap) and handed to the writer thread, which only writes it (direct I/O,
     in one C call with the GIL released); the capturing thread journals it at its next seal. So
     the writer thread hardly ever holds the GIL and the forward, which needs it between torch
-    ops, does not wait for it (a writer thread doing Python work made the forward 20-40 % slower). A CUDA tensor is copied
-    into pinned host memory with ``non_blocking=True``; its arena is then prepared by the writer
-    thread after waiting on a CUDA event, so the forward never waits for the device. Other values
+    ops, does not wait for it (a writer thread doing Python work made the forward 20-40 %
+    slower). A CUDA tensor is copied into pinned host memory with ``non_blocking=True``; its
+    arena is then prepared by the writer thread after waiting on a CUDA event, so the forward
+    never waits for the device. Other values
     (NumPy arrays, scalars, text from :meth:`Capture.add`) are packed the same way, in order.
     """
 
