@@ -240,6 +240,22 @@ def test_non_temporal_and_regular_stores_give_the_same_copy():
         _stage._set_nt_min(previous)
 
 
+def test_split_copies_of_small_buffers_give_the_same_copy_and_crc():
+    """_set_split_min: copies split over threads in many small parts (not page multiples)."""
+    src = np.random.default_rng(5).integers(0, 256, 300_001 + 3, dtype=np.uint8)[3:]
+    expected = zlib.crc32(src, 77)
+    previous = _stage._set_split_min(8192)
+    try:
+        for threads in (1, 2, 3):
+            dst = np.zeros(src.nbytes, np.uint8)
+            assert _stage.copy_crc32(dst, src, 77, threads=threads) == expected
+            assert np.array_equal(dst, src)
+        with pytest.raises(ValueError, match=">= 8192"):
+            _stage._set_split_min(100)
+    finally:
+        _stage._set_split_min(previous)
+
+
 @pytest.mark.parametrize(
     "dtype", [np.uint8, np.int16, np.float16, np.float32, np.float64, np.complex64, np.bool_, np.int64]
 )

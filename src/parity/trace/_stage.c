@@ -27,6 +27,9 @@
  *   implementation() -> "vpclmul" | "pclmul" | "table": the code path in use.
  *   _set_implementation(name) -> implementation(): testing hook; ValueError where the CPU lacks it.
  *   _fold_constants() -> dict: the folding and Barrett constants below, for the tests to re-derive.
+ *   _set_split_min(nbytes) -> previous: copy_crc32 splits copies of at least nbytes (default 8 MiB)
+ *       over its threads, in parts of at least half that (tuning hook; on a 2-core box where torch's
+ *       OpenMP worker spins between ops, splitting the capture's 1-6 MiB copies was slower).
  *   _set_nt_min(nbytes) -> previous: copies of at least nbytes (default 8 MiB) use non-temporal
  *       stores (tuning hook for the benchmark).
  *   write_file(tmp, final, header, data, size, direct=True) -> bool
@@ -126,8 +129,8 @@
 
 #define POLY_REFLECTED 0xEDB88320u
 #define GIL_MIN ((size_t)64 << 10)        /* release the GIL from this many bytes */
-#define SPLIT_MIN ((size_t)8 << 20)       /* copy_crc32: split over threads from this many bytes */
-#define PART_MIN ((size_t)4 << 20)        /* ... in parts of at least this many bytes */
+#define SPLIT_MIN_DEFAULT ((size_t)8 << 20) /* copy_crc32: split over threads from this many bytes, */
+static size_t split_min = SPLIT_MIN_DEFAULT;  /* in parts of at least half that (_set_split_min) */
 #define MAX_THREADS 16
 #define NT_MIN_DEFAULT ((size_t)8 << 20) /* copy: non-temporal stores from this many bytes */
 
@@ -507,8 +510,8 @@ static void *job_run(void *arg) {
 static uint32_t copy_crc_parallel(int which, uint32_t value, const unsigned char *s, unsigned char *d, size_t n,
                                   int threads, int nt) {
     size_t workers = 1;
-    if (n >= SPLIT_MIN && threads > 1) {
-        workers = n / PART_MIN;
+    if (n >= split_min && threads > 1) {
+        workers = n / (split_min / 2 > 4096 ? split_min / 2 : 4096);
         if (workers > (size_t)threads) workers = (size_t)threads;
         if (workers > MAX_THREADS) workers = MAX_THREADS;
     }
@@ -647,6 +650,19 @@ static PyObject *stage_set_implementation(PyObject *self, PyObject *arg) {
     }
     PyErr_Format(PyExc_ValueError, "unknown implementation %R (table, pclmul, vpclmul)", arg);
     return NULL;
+}
+
+static PyObject *stage_set_split_min(PyObject *self, PyObject *arg) {
+    (void)self;
+    Py_ssize_t v = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    if (v < 8192) {
+        PyErr_SetString(PyExc_ValueError, "_set_split_min: bytes must be >= 8192");
+        return NULL;
+    }
+    size_t old = split_min;
+    split_min = (size_t)v;
+    return PyLong_FromSize_t(old);
 }
 
 static PyObject *stage_set_nt_min(PyObject *self, PyObject *arg) {
@@ -823,6 +839,8 @@ static PyMethodDef stage_methods[] = {
      "implementation() -> 'vpclmul' | 'pclmul' | 'table': the code path in use"},
     {"_set_implementation", stage_set_implementation, METH_O,
      "_set_implementation(name) -> implementation(); testing hook"},
+    {"_set_split_min", stage_set_split_min, METH_O,
+     "_set_split_min(nbytes) -> previous: copy_crc32 splits copies of at least nbytes over its threads (tuning hook)"},
     {"_set_nt_min", stage_set_nt_min, METH_O,
      "_set_nt_min(nbytes) -> previous: copies of at least nbytes use non-temporal stores (tuning hook)"},
     {"_fold_constants", stage_fold_constants, METH_NOARGS,
