@@ -631,11 +631,8 @@ class TraceWriter:
         header = b""
         crc = None
         if tensors:
-            parts = ['{"__metadata__":{"format":"' + FORMAT_NAME + '"}']
-            for final, st, dtype in tensors:
-                shape_text = "[" + ",".join(map(str, st.shape)) + "]"
-                parts.append(f'"{final}":{{"dtype":"{dtype.code}","shape":{shape_text},'
-                             f'"data_offsets":[{st.offset},{st.offset + st.nbytes}]}}')
+            parts = [_HEADER_START] + [_header_item(final, dtype.code, st.shape, st.offset, st.offset + st.nbytes)
+                                       for final, st, dtype in tensors]
             raw = (",".join(parts) + "}").encode("ascii")
             # Pad the header with spaces (safetensors allows it) so the data starts on a page
             # boundary: it can then go to disk straight from a page-aligned buffer (direct I/O).
@@ -1236,7 +1233,7 @@ class TraceWriter:
         # Widest items first keeps every tensor aligned to its itemsize (as safetensors does); the
         # header is the JSON encode_header() writes, built as text (a shard may hold 100k stages).
         order = sorted(range(len(tensors)), key=lambda i: -tensors[i].dtype.itemsize)
-        parts = ['{"__metadata__":{"format":"' + FORMAT_NAME + '"}']
+        parts = [_HEADER_START]
         offset = 0
         for i in order:
             t = tensors[i]
@@ -1259,8 +1256,7 @@ class TraceWriter:
                     offset = ends[-1]
             else:
                 end = offset + t.array.nbytes
-                shape = "[" + ",".join(map(str, t.array.shape)) + "]"
-                parts.append(f'"{t.key}":{{"dtype":"{t.dtype.code}","shape":{shape},"data_offsets":[{offset},{end}]}}')
+                parts.append(_header_item(t.key, t.dtype.code, t.array.shape, offset, end))
                 offset = end
         raw = (",".join(parts) + "}").encode("ascii")  # keys are ASCII by their grammar
         raw += b" " * (-(8 + len(raw)) % 8)
@@ -1362,6 +1358,14 @@ class TraceWriter:
                 else:
                     f.write(part if type(part) is bytes else part.encode("utf-8"))  # type: ignore[union-attr]
         os.replace(tmp, path)
+
+
+_HEADER_START = '{"__metadata__":{"format":"' + FORMAT_NAME + '"}'
+
+
+def _header_item(key: str, code: str, shape: Sequence[int], begin: int, end: int) -> str:
+    """One tensor of a safetensors header, as the JSON text of ``encode_header``."""
+    return f'"{key}":{{"dtype":"{code}","shape":[{",".join(map(str, shape))}],"data_offsets":[{begin},{end}]}}'
 
 
 def _file_crc(header: bytes, stages: Sequence[PackedStage], data: np.ndarray) -> int:
