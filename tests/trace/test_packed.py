@@ -212,3 +212,21 @@ def test_c_write_file_errors_name_the_file_and_leave_nothing(tmp_path):
     assert not (tmp_path / "d.tmp").exists() and (tmp_path / "d" / "x").read_text() == "keep"
     assert stage.write_file(str(tmp_path / "e.tmp"), str(tmp_path / "e"), b"h", arena.array, 10, False) is False
     assert (tmp_path / "e").read_bytes() == b"h" + bytes(10)
+
+
+from hypothesis import given, settings, strategies as hst  # noqa: E402
+
+_leaf = hst.one_of(hst.text(max_size=5), hst.integers(-3, 3), hst.booleans(), hst.floats(allow_nan=False, allow_infinity=False), hst.none())
+_value = hst.one_of(_leaf, hst.lists(hst.one_of(hst.text(max_size=3), hst.integers(-2, 2), hst.booleans()), max_size=3),
+                    hst.dictionaries(hst.text(max_size=3), _leaf, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hst.lists(hst.dictionaries(hst.sampled_from(["axes", "dtype", "key", "indices", "provenance", "shape", "units"]),
+                                  _value, max_size=6), min_size=1, max_size=4))
+def test_remembered_entry_texts_equal_the_manifest_emitter(entries):
+    """_entry_text caches field texts by value (and type: True is not 1); always _emit's text."""
+    for e in entries + entries:  # the second pass reads the cache
+        out = []
+        writer_mod._emit(e, 2, out)
+        assert writer_mod._entry_text(e) == "".join(out)

@@ -20,6 +20,7 @@ import datetime as _dt
 import errno
 import itertools
 import json
+import math
 import mmap
 import os
 import platform
@@ -123,29 +124,7 @@ def _emit(o: object, level: int, out: list[str]) -> None:
         for k, v in sorted(o.items()):
             out.append(sep if not first else inner)
             first = False
-            if type(k) is str:
-                out.append(_encode_str(k))
-            else:
-                out.append(json.dumps({k: 0}, ensure_ascii=False)[1:-4])  # json's own key conversion
-            # Leaves inline: a manifest is mostly small dicts of strings and ints.
-            tv = type(v)
-            if tv is str:
-                out.append(": " + _encode_str(v))
-            elif tv is int:
-                out.append(": " + int.__repr__(v))
-            elif (tv is list or tv is dict) and v and _flat_leaves(v):
-                # shape lists and provenance/indices dicts: one level of str/int leaves, rendered here
-                pad = "\n" + " " * (level + 2)
-                if tv is list:
-                    body = ",".join(pad + (int.__repr__(x) if type(x) is int else _encode_str(x)) for x in v)
-                    out.append(": [" + body + "\n" + " " * (level + 1) + "]")
-                else:
-                    body = ",".join(pad + _encode_str(a) + ": " + (int.__repr__(x) if type(x) is int else _encode_str(x))
-                                    for a, x in sorted(v.items()))
-                    out.append(": {" + body + "\n" + " " * (level + 1) + "}")
-            else:
-                out.append(": ")
-                _emit(v, level + 1, out)
+            _emit_item(k, v, level, out)
         out.append("\n" + " " * level + "}")
     elif t is _StageTexts:  # the manifest's stages: rendered as they were journaled, kept in a file
         if not o.count:
@@ -184,6 +163,67 @@ def _emit(o: object, level: int, out: list[str]) -> None:
         out.append("null")
     else:  # floats (NaN is refused here as by json.dumps), subclasses, foreign objects
         out.append(json.dumps(o, ensure_ascii=False, allow_nan=False))
+
+
+def _emit_item(k: object, v: object, level: int, out: list[str]) -> None:
+    """One ``key: value`` of a dict at ``level`` (see :func:`_emit`)."""
+    if type(k) is str:
+        out.append(_encode_str(k))
+    else:
+        out.append(json.dumps({k: 0}, ensure_ascii=False)[1:-4])  # json's own key conversion
+    # Leaves inline: a manifest is mostly small dicts of strings and ints.
+    tv = type(v)
+    if tv is str:
+        out.append(": " + _encode_str(v))
+    elif tv is int:
+        out.append(": " + int.__repr__(v))
+    elif (tv is list or tv is dict) and v and _flat_leaves(v):
+        # shape lists and provenance/indices dicts: one level of str/int leaves, rendered here
+        pad = "\n" + " " * (level + 2)
+        if tv is list:
+            body = ",".join(pad + (int.__repr__(x) if type(x) is int else _encode_str(x)) for x in v)
+            out.append(": [" + body + "\n" + " " * (level + 1) + "]")
+        else:
+            body = ",".join(pad + _encode_str(a) + ": " + (int.__repr__(x) if type(x) is int else _encode_str(x))
+                            for a, x in sorted(v.items()))
+            out.append(": {" + body + "\n" + " " * (level + 1) + "}")
+    else:
+        out.append(": ")
+        _emit(v, level + 1, out)
+
+
+_ITEM_TEXTS: dict[tuple[Any, ...], str] = {}  # (level, key, value) -> text of _emit_item, for entries
+
+
+def _entry_text(entry: Mapping[str, Any], level: int = 2) -> str:
+    """``_emit(entry, level)`` as one string; the text of each field is remembered by value, since
+    a capture repeats the same dtypes, axes, provenance and shapes stage after stage."""
+    inner = "\n" + " " * (level + 1)
+    parts = []
+    cache = _ITEM_TEXTS
+    for k, v in sorted(entry.items()):
+        tv = type(v)
+        if tv is str or tv is int:
+            ck: tuple[Any, ...] | None = (level, k, tv, v)
+        elif tv is list and all(type(x) is str or type(x) is int for x in v):
+            ck = (level, k, tv, *((type(x), x) for x in v))
+        elif tv is dict and _plain(v):
+            ck = (level, k, tv, *((a, type(x), x) for a, x in sorted(v.items())))
+        else:
+            ck = None
+        text = cache.get(ck) if ck is not None else None
+        if text is None:
+            out: list[str] = []
+            _emit_item(k, v, level, out)
+            text = "".join(out)
+            if ck is not None:
+                if len(cache) >= 1 << 16:
+                    cache.clear()
+                cache[ck] = text
+        parts.append(text)
+    if not parts:
+        return "{}"
+    return "{" + inner + ("," + inner).join(parts) + "\n" + " " * level + "}"
 
 
 def _flat_leaves(v: list | dict) -> bool:
@@ -596,7 +636,7 @@ class TraceWriter:
             if dtype is None:
                 raise UsageError(f"unknown dtype code {st.dtype!r}; expected one of {sorted(DTYPES)}.", stage=base)
             shape = tuple(int(n) for n in st.shape)
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            count = math.prod(shape)
             if st.offset != offset or st.nbytes != count * dtype.itemsize or offset % dtype.itemsize:
                 raise TraceError(f"packed stage at bytes [{st.offset}, {st.offset + st.nbytes}) does not follow the "
                                  f"previous one at {offset}, or does not hold shape {list(shape)} of {dtype.name}.",
@@ -625,9 +665,7 @@ class TraceWriter:
         for _, e, _, dtype in entries:
             if dtype is not None:
                 e["file"] = rel
-            out: list[str] = []
-            _emit(e, 2, out)
-            texts.append(("".join(out), encode({"stage": e})))
+            texts.append((_entry_text(e), encode({"stage": e})))
         header = b""
         crc = None
         if tensors:
@@ -1317,9 +1355,7 @@ class TraceWriter:
                 self._spill.seek(e.offset)
                 e = (self._spill.read(e.manifest_bytes), self._spill.read(e.journal_bytes), e.count)
             if type(e) is dict:
-                out: list[str] = []
-                _emit(e, 2, out)
-                rendered.append("".join(out))
+                rendered.append(_entry_text(e))
                 write(encode({"stage": e}).encode("utf-8") + b"\n")
             else:
                 rendered.append(e[0], e[2] if len(e) > 2 else 1)
