@@ -5,7 +5,6 @@ model computes: the tests recompute each stage from the previous ones with plain
 """
 
 import os
-import threading
 import warnings
 
 import numpy as np

@@ -1,15 +1,14 @@
 """TraceWriter.add_packed and the staging arenas: data files written from a packed buffer, with
 direct I/O where the file system allows it, and ordinary writes otherwise; same bytes either way."""
 
-import json
 import os
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as hst
 from safetensors.numpy import load_file
 
-import parity
 from parity.errors import TraceError, UsageError
 from parity.trace import TraceWriter, load_trace, writer as writer_mod
 from parity.trace.checksum import crc32
@@ -213,8 +212,6 @@ def test_c_write_file_errors_name_the_file_and_leave_nothing(tmp_path):
     assert stage.write_file(str(tmp_path / "e.tmp"), str(tmp_path / "e"), b"h", arena.array, 10, False) is False
     assert (tmp_path / "e").read_bytes() == b"h" + bytes(10)
 
-
-from hypothesis import given, settings, strategies as hst  # noqa: E402
 
 _leaf = hst.one_of(hst.text(max_size=5), hst.integers(-3, 3), hst.booleans(), hst.floats(allow_nan=False, allow_infinity=False), hst.none())
 _value = hst.one_of(_leaf, hst.lists(hst.one_of(hst.text(max_size=3), hst.integers(-2, 2), hst.booleans()), max_size=3),

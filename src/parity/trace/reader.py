@@ -251,7 +251,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     """Open a trace directory for reading.
 
     Checks the manifest and every data file's header and size (cheap); call
-    :meth:`Trace.verify` to also check the sha256 of every data file.
+    :meth:`Trace.verify` to also check the checksum (CRC-32) of every data file.
 
     Args:
         path: the ``NAME.trace`` directory.
