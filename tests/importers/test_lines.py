@@ -64,6 +64,14 @@ def test_special_values_keep_their_bits():
     assert v[10] == 1e-320  # subnormal
 
 
+def test_hex_looking_words_stay_text():
+    """float.fromhex("beef") is 48879.0: a bare word must not become a number; 0x... still does."""
+    fields = {f.name: f.value for f in parse_lines(["TRACE_C: status=beef", "TRACE_C: op=add",
+                                                     "TRACE_C: h=-0x1.8p+1 0X1P-2", "TRACE_C: w=face 1"], "TRACE_C")}
+    assert fields["status"] == "beef" and fields["op"] == "add" and fields["w"] == "face 1"
+    assert fields["h"].tolist() == [-3.0, 0.25]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(allow_nan=False, width=64), min_size=1, max_size=8), st.sampled_from(["%.17g", "%r", "%.17e", "%a"]))
 def test_printed_doubles_parse_back_bit_exact(values, fmt):

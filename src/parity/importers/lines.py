@@ -134,6 +134,8 @@ def _float_slow(tok: bytes) -> float | None:
             return float(low.replace(b"d", b"e"))
         except ValueError:
             return None
+    if not low.lstrip(b"+-").startswith(b"0x"):
+        return None  # float.fromhex takes "beef" or "add" too: only C99 "%a" text (0x...) is a hex float
     try:
         return float.fromhex(tok.decode("ascii"))
     except (ValueError, UnicodeDecodeError):
