@@ -227,3 +227,53 @@ def test_remembered_entry_texts_equal_the_manifest_emitter(entries):
         out = []
         writer_mod._emit(e, 2, out)
         assert writer_mod._entry_text(e) == "".join(out)
+
+
+_AXES = [None, ("batch", "seq"), ["b", "s"]]
+_PROV = [None, {"module": "model.layers.0.mlp"}, {"module": "m", "line": 3, "ok": True}, {"nested": {"a": [1, 2]}}]
+
+
+@settings(max_examples=60, deadline=None)
+@given(hst.lists(hst.tuples(hst.sampled_from(["x", "layers.0.y", "z[k=1]"]),
+                            hst.sampled_from([(2, 3), (1, 6), (6,)]),
+                            hst.integers(0, len(_AXES) - 1), hst.integers(0, len(_PROV) - 1),
+                            hst.one_of(hst.none(), hst.dictionaries(hst.sampled_from(["step", "layer", "tag"]),
+                                                                    hst.one_of(hst.integers(-2, 40), hst.booleans(),
+                                                                               hst.sampled_from(["a", "b_1"]),
+                                                                               hst.sampled_from([0.5, -2.0])),
+                                                                    max_size=2)),
+                            hst.sampled_from([None, "m/s"]), hst.booleans()),
+                 min_size=1, max_size=12))
+def test_packed_entries_equal_those_of_add(tmp_path_factory, stages):
+    """pack() renders shared fields once per call: its manifest entries and journal lines are
+    still exactly those add() gives for the same stages, in the emitter's layout."""
+    import json
+
+    root = tmp_path_factory.mktemp("eq")
+    arena = Arena(1 << 20)
+    plain = TraceWriter(root / "add.trace", volatile=False)
+    packed = TraceWriter(root / "packed.trace", volatile=False)
+    for i, (key, shape, a, p, idx, units, text) in enumerate(stages):
+        axes = None if _AXES[a] is None or len(_AXES[a]) != len(shape) else _AXES[a]
+        if text:
+            plain.add(key, f"note {i}", units=units, indices=idx, provenance=_PROV[p])
+            arena.stages.append(PackedStage(key, "", (), arena.used, 0, 0, None, idx, _PROV[p], units, text=f"note {i}"))
+            continue
+        v = np.full(shape, i, np.float32)
+        plain.add(key, v, axes=axes, units=units, indices=idx, provenance=_PROV[p])
+        pack(arena, key, v, axes=axes, indices=idx, provenance=_PROV[p], units=units)
+    packed.add_packed(arena.stages, arena.array, size=arena.used)
+    journal = [json.loads(line)["stage"] for line in (root / "packed.trace" / "journal.jsonl").read_text().splitlines()
+               if '"stage"' in line[:12]]
+    plain.close()
+    packed.close()
+    got = {}
+    for name in ("add", "packed"):
+        raw = (root / f"{name}.trace" / "manifest.json").read_bytes()
+        manifest = json.loads(raw)
+        assert writer_mod._dump_fast(manifest) == raw  # the emitter's layout, byte for byte
+        got[name] = [{k: v for k, v in e.items() if k != "file"} for e in manifest["stages"]]
+    assert got["packed"] == got["add"]
+    assert [{k: v for k, v in e.items() if k != "file"} for e in journal] == got["add"]
+    t = load_trace(root / "packed.trace")
+    assert t.verify() == [] and t.keys() == load_trace(root / "add.trace").keys()

@@ -302,6 +302,37 @@ def test_copy_errors():
         _stage.copy_crc32(bytearray(3), b"abc", 0, 2)  # threads is keyword-only
 
 
+@pytest.mark.parametrize("use_c", [True, False])
+def test_copy_from_an_address(monkeypatch, use_c):
+    """copy_crc32_at: bytes by their address (what the capture hooks pass for a tensor), into a
+    region of dst; the C call and the ctypes fallback agree with zlib and copy the same bytes."""
+    from parity.trace import checksum
+
+    if not use_c:
+        monkeypatch.setattr(checksum, "_stage", None)
+    rng = np.random.default_rng(11)
+    src = rng.integers(0, 256, 3 * MiB + 5, dtype=np.uint8)
+    addr = src.ctypes.data
+    for s_off, d_off, n in ((0, 0, 0), (1, 7, 1), (3, 4096, 300), (0, 64, MiB), (5, 0, 3 * MiB)):
+        dst = np.full(3 * MiB + 4096, 0xEE, np.uint8)
+        assert checksum.copy_crc32_at(dst, d_off, addr + s_off, n) == zlib.crc32(src[s_off:s_off + n])
+        assert np.array_equal(dst[d_off:d_off + n], src[s_off:s_off + n])
+        assert (dst[:d_off] == 0xEE).all() and (dst[d_off + n:] == 0xEE).all()
+    dst = np.zeros(100, np.uint8)
+    for off, n in ((-1, 10), (0, 101), (95, 6), (0, -1)):
+        with pytest.raises(ValueError, match="outside dst of 100 bytes"):
+            checksum.copy_crc32_at(dst, off, addr, n)
+    if use_c:
+        with pytest.raises(ValueError, match="outside dst"):
+            _stage.copy_crc32_at(dst, 90, addr, 11)
+        with pytest.raises(ValueError, match="null source address"):
+            _stage.copy_crc32_at(dst, 0, 0, 4)
+        ro = np.zeros(8, np.uint8)
+        ro.flags.writeable = False
+        with pytest.raises((BufferError, TypeError, ValueError)):
+            _stage.copy_crc32_at(ro, 0, addr, 4)
+
+
 def test_overlapping_dst_and_src_behave_like_memmove():
     rng = np.random.default_rng(6)
     base = bytearray(rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes())

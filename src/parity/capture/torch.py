@@ -44,7 +44,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import CaptureError, UsageError
 from ..trace.keys import make_key, validate_key
-from ..trace.checksum import copy_crc32, crc32
+from ..trace.checksum import copy_crc32, copy_crc32_at, crc32
 from ..trace.convert import as_array
 from ..trace.staging import Arena, ArenaPool
 from ..trace.writer import PackedStage, TraceWriter
@@ -240,10 +240,10 @@ class _PackedSink:
         arena, offset = self._claim(key, nbytes, itemsize)
         crc = 0 if not nbytes else None
         if nbytes and t.device.type == "cpu":
-            region = arena.array[offset:offset + nbytes]
-            if t.is_contiguous():
-                crc = copy_crc32(region, _bytes_of(t))
+            if t.is_contiguous():  # straight from the tensor's memory (alive for the call)
+                crc = copy_crc32_at(arena.array, offset, t.data_ptr(), nbytes)
             else:
+                region = arena.array[offset:offset + nbytes]
                 torch.from_numpy(region).view(t.dtype).view(t.shape).copy_(t)
                 crc = crc32(region)
         elif nbytes:  # CUDA: an asynchronous copy to pinned memory; the writer finishes it
@@ -382,27 +382,40 @@ class _AttentionOps(TorchFunctionMode):
         self.mask_used = False
         self.softmax_in: torch.Tensor | None = None
         self.softmax_out: torch.Tensor | None = None
+        self.done = False  # softmax seen: nothing more to find, the remaining ops only pass through
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
+        if self.done:
+            return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        if name == "__get__":  # attribute reads (.shape, .dtype...): neither the mask nor the softmax
+            return func(*args, **kwargs)
         operand = None
         if self.softmax_in is None and self.masked is None:
-            in_place = (name.endswith("_") and not name.startswith("__")) or name.startswith("__i")
-            if self.mask is not None and any(_is_view_of(a, self.mask) for a in args):
-                self.mask_used = True
-                operand = next((a for a in args if isinstance(a, torch.Tensor) and not _is_view_of(a, self.mask)
-                                and a.is_floating_point() and a.dim() >= 2), None)
-            elif self.mask is None and name in ("where", "masked_fill", "masked_fill_"):
+            mask = self.mask
+            if mask is not None:
+                uses_mask = False
+                for a in args:
+                    if a is mask or (isinstance(a, torch.Tensor) and a._base is not None and a._base is mask):
+                        uses_mask = True
+                        break
+                if uses_mask:
+                    self.mask_used = True
+                    operand = next((a for a in args if isinstance(a, torch.Tensor) and not _is_view_of(a, mask)
+                                    and a.is_floating_point() and a.dim() >= 2), None)
+            elif name in ("where", "masked_fill", "masked_fill_"):
                 operand = next((a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()
                                 and a.dim() >= 2), None)
-            if operand is not None and in_place:
-                operand = operand.clone()  # the op is about to overwrite it with the masked scores
+            if operand is not None and ((name.endswith("_") and not name.startswith("__")) or name.startswith("__i")):
+                operand = operand.clone()  # the op is about to overwrite it (in place) with the masked scores
         out = func(*args, **kwargs)
         if operand is not None:
             self.masked = operand
-        if self.softmax_in is None and name in ("softmax", "_softmax") and args and isinstance(args[0], torch.Tensor):
+        if name in ("softmax", "_softmax") and args and isinstance(args[0], torch.Tensor):
             self.softmax_in, self.softmax_out = args[0], out
+            self.done = True
         return out
 
     def scores(self) -> torch.Tensor | None:

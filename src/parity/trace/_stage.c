@@ -616,6 +616,52 @@ done:
     return res;
 }
 
+/* copy_crc32_at(dst, offset, address, nbytes): copy_crc32 from raw memory into dst[offset:offset+nbytes].
+ * For the capture hooks: a tensor's bytes by its data pointer, without making buffer objects for it
+ * (a reshape, a dtype view and a NumPy array per stage cost more than copying a small value). The
+ * caller keeps the memory alive for the call. */
+static PyObject *stage_copy_crc32_at(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *dobj, *aobj;
+    Py_ssize_t offset, nbytes;
+    if (!PyArg_ParseTuple(args, "OnOn:copy_crc32_at", &dobj, &offset, &aobj, &nbytes)) return NULL;
+    void *addr = PyLong_AsVoidPtr(aobj);
+    if (addr == NULL && PyErr_Occurred()) return NULL;
+    Py_buffer db;
+    if (PyObject_GetBuffer(dobj, &db, PyBUF_WRITABLE) < 0) return NULL;
+    PyObject *res = NULL;
+    if (offset < 0 || nbytes < 0 || offset > db.len || nbytes > db.len - offset) {
+        PyErr_Format(PyExc_ValueError, "copy_crc32_at: bytes [%zd, %zd + %zd) are outside dst of %zd bytes",
+                     offset, offset, nbytes, db.len);
+        goto done;
+    }
+    if (nbytes > 0 && addr == NULL) {
+        PyErr_SetString(PyExc_ValueError, "copy_crc32_at: null source address");
+        goto done;
+    }
+    {
+        const unsigned char *s = (const unsigned char *)addr;
+        unsigned char *d = (unsigned char *)db.buf + offset;
+        size_t n = (size_t)nbytes;
+        uintptr_t su = (uintptr_t)s, du = (uintptr_t)d;
+        int overlap = n > 0 && su < du + n && du < su + n;
+        uint32_t crc;
+        int which = impl, nt = n >= nt_min;
+        PyThreadState *ts = n >= GIL_MIN ? PyEval_SaveThread() : NULL;
+        if (!overlap) {
+            crc = copy_crc_parallel(which, 0u, s, d, n, 2, nt);
+        } else {
+            crc = ~crc_engine(which, ~0u, s, NULL, n, 0);
+            if (su != du) memmove(d, s, n);
+        }
+        if (ts != NULL) PyEval_RestoreThread(ts);
+        res = PyLong_FromUnsignedLong((unsigned long)crc);
+    }
+done:
+    PyBuffer_Release(&db);
+    return res;
+}
+
 static PyObject *stage_crc32_combine(PyObject *self, PyObject *args) {
     (void)self;
     unsigned int crc1, crc2;
@@ -833,6 +879,9 @@ static PyMethodDef stage_methods[] = {
     {"copy_crc32", (PyCFunction)(void (*)(void))stage_copy_crc32, METH_VARARGS | METH_KEYWORDS,
      "copy_crc32(dst, src, value=0, *, threads=2) -> int: copy src into dst (same length in bytes), "
      "return zlib.crc32(src, value); src is read once"},
+    {"copy_crc32_at", stage_copy_crc32_at, METH_VARARGS,
+     "copy_crc32_at(dst, offset, address, nbytes) -> int: copy nbytes from raw memory at address into "
+     "dst[offset:offset + nbytes], return their zlib.crc32 (the caller keeps that memory alive)"},
     {"crc32_combine", stage_crc32_combine, METH_VARARGS,
      "crc32_combine(crc1, crc2, len2) -> int: crc32(A + B) from crc32(A), crc32(B) and len(B)"},
     {"implementation", stage_implementation, METH_NOARGS,

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import zlib
 
 import numpy as np
@@ -26,7 +27,7 @@ try:  # built from _stage.c where a C compiler was found
 except ImportError:  # pragma: no cover - exercised by tests that force the fallback
     _stage = None
 
-__all__ = ["crc32", "copy_crc32", "crc32_combine", "crc32_hex", "implementation"]
+__all__ = ["crc32", "copy_crc32", "copy_crc32_at", "crc32_combine", "crc32_hex", "implementation"]
 
 _POLY = 0xEDB88320  # the bit-reflected CRC-32 polynomial
 
@@ -56,6 +57,22 @@ def copy_crc32(dst: np.ndarray, src: object, value: int = 0) -> int:
         raise ValueError(f"copy_crc32: dst holds {d.nbytes} bytes but src {s.nbytes}.")
     np.copyto(d, s)
     return zlib.crc32(d, value)
+
+
+def copy_crc32_at(dst: np.ndarray, offset: int, address: int, nbytes: int) -> int:
+    """Copy ``nbytes`` from raw memory at ``address`` into ``dst[offset:offset + nbytes]`` (a writable
+    ``uint8`` array) and return their CRC-32. For values whose memory the caller holds (a tensor's
+    ``data_ptr()``), without making a buffer object for each: cheaper for small values."""
+    if offset < 0 or nbytes < 0 or offset + nbytes > dst.nbytes:
+        raise ValueError(f"copy_crc32_at: bytes [{offset}, {offset} + {nbytes}) are outside dst of {dst.nbytes} bytes")
+    if _stage is not None:
+        return _stage.copy_crc32_at(dst, offset, address, nbytes)
+    if not nbytes:
+        return 0
+    src = np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.uint8)
+    region = dst[offset:offset + nbytes]
+    np.copyto(region, src)
+    return zlib.crc32(region)
 
 
 def _gf2_mulmod(a: int, b: int) -> int:

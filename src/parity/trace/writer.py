@@ -93,7 +93,6 @@ def _dump(obj: object) -> bytes:
 
 
 _encode_str = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
-_JOURNAL_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
 
 
 def _dump_fast(obj: object) -> bytes:
@@ -195,35 +194,54 @@ def _emit_item(k: object, v: object, level: int, out: list[str]) -> None:
 _ITEM_TEXTS: dict[tuple[Any, ...], str] = {}  # (level, key, value) -> text of _emit_item, for entries
 
 
-def _entry_text(entry: Mapping[str, Any], level: int = 2) -> str:
-    """``_emit(entry, level)`` as one string; the text of each field is remembered by value, since
-    a capture repeats the same dtypes, axes, provenance and shapes stage after stage."""
-    inner = "\n" + " " * (level + 1)
-    parts = []
+def _field_text(k: str, v: object, level: int = 2) -> str:
+    """The text of one ``key: value`` field of a manifest entry at ``level`` (as :func:`_emit_item`
+    renders it), remembered by value, since a capture repeats the same dtypes, axes, provenance and
+    shapes stage after stage."""
+    tv = type(v)
+    if tv is str or tv is int:
+        ck: tuple[Any, ...] | None = (level, k, tv, v)
+    elif tv is list and all(type(x) is str or type(x) is int for x in v):
+        ck = (level, k, tv, *((type(x), x) for x in v))
+    elif tv is dict and _plain(v):
+        ck = (level, k, tv, *((a, type(x), x) for a, x in sorted(v.items())))
+    else:
+        ck = None
     cache = _ITEM_TEXTS
-    for k, v in sorted(entry.items()):
-        tv = type(v)
-        if tv is str or tv is int:
-            ck: tuple[Any, ...] | None = (level, k, tv, v)
-        elif tv is list and all(type(x) is str or type(x) is int for x in v):
-            ck = (level, k, tv, *((type(x), x) for x in v))
-        elif tv is dict and _plain(v):
-            ck = (level, k, tv, *((a, type(x), x) for a, x in sorted(v.items())))
-        else:
-            ck = None
-        text = cache.get(ck) if ck is not None else None
-        if text is None:
-            out: list[str] = []
-            _emit_item(k, v, level, out)
-            text = "".join(out)
-            if ck is not None:
-                if len(cache) >= 1 << 16:
-                    cache.clear()
-                cache[ck] = text
-        parts.append(text)
+    text = cache.get(ck) if ck is not None else None
+    if text is None:
+        out: list[str] = []
+        _emit_item(k, v, level, out)
+        text = "".join(out)
+        if ck is not None:
+            if len(cache) >= 1 << 16:
+                cache.clear()
+            cache[ck] = text
+    return text
+
+
+def _join_fields(parts: list[str], level: int = 2) -> str:
+    """An entry's text from the texts of its fields, in key order (see :func:`_entry_text`)."""
     if not parts:
         return "{}"
+    inner = "\n" + " " * (level + 1)
     return "{" + inner + ("," + inner).join(parts) + "\n" + " " * level + "}"
+
+
+def _entry_text(entry: Mapping[str, Any], level: int = 2) -> str:
+    """``_emit(entry, level)`` as one string, field by field (see :func:`_field_text`)."""
+    return _join_fields([_field_text(k, v, level) for k, v in sorted(entry.items())], level)
+
+
+def _indices_entry(merged: Mapping[str, object]) -> dict[str, Any]:
+    """A stage's indices as its manifest entry holds them (sorted; other types as text)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in sorted(merged.items())}
+
+
+def _journal_text(entry_text: str) -> str:
+    """The journal line (without its newline) of a stage whose manifest text is ``entry_text``: the
+    same JSON on one line (JSON strings hold no raw newline, so only layout is removed)."""
+    return '{"stage": ' + entry_text.replace("\n", "") + "}"
 
 
 def _flat_leaves(v: list | dict) -> bool:
@@ -621,7 +639,12 @@ class TraceWriter:
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
-        entries: list[tuple[str, dict[str, Any], PackedStage, DType | None]] = []
+        # Per stage: (base key, its indices, the stage, its dtype, the entry's field texts). Tensor
+        # stages with the same dtype, shape, axes, units and provenance objects (a capture repeats
+        # them stage after stage) share their checked, rendered fields; only the key, indices,
+        # occurrence and file are rendered per stage.
+        entries: list[tuple[str, dict[str, object], PackedStage, DType | None, Any]] = []
+        fields: dict[tuple[Any, ...], tuple[DType, list[str], list[str]]] = {}
         offset = 0
         for st in stages:
             base, merged = self._base_key(st.key, st.indices)
@@ -630,19 +653,31 @@ class TraceWriter:
                     raise TraceError("a text stage holds no bytes.", path=self.path, stage=base)
                 entry = self._entry(base, merged, None, None, None, st.units, st.provenance)
                 entry["text"] = str(st.text)
-                entries.append((base, entry, st, None))
+                entries.append((base, merged, st, None, entry))
                 continue
-            dtype = DTYPES.get(st.dtype)
-            if dtype is None:
-                raise UsageError(f"unknown dtype code {st.dtype!r}; expected one of {sorted(DTYPES)}.", stage=base)
-            shape = tuple(int(n) for n in st.shape)
+            shape = st.shape if type(st.shape) is tuple else tuple(st.shape)
+            memo = (st.dtype, shape, id(st.axes), id(st.provenance), st.units)
+            known = fields.get(memo)
+            if known is None:
+                dtype = DTYPES.get(st.dtype)
+                if dtype is None:
+                    raise UsageError(f"unknown dtype code {st.dtype!r}; expected one of {sorted(DTYPES)}.", stage=base)
+                ishape = tuple(int(n) for n in shape)
+                entry = self._entry(base, {}, dtype, ishape, st.axes, st.units, st.provenance)
+                # fields in key order around the per-stage ones: axes dtype | file indices key |
+                # kind | occurrence | provenance shape units
+                known = (dtype, [_field_text(k, entry[k]) for k in ("axes", "dtype") if k in entry],
+                         [_field_text(k, entry[k]) for k in ("provenance", "shape", "units") if k in entry])
+                fields[memo] = known
+                shape = ishape
+            dtype = known[0]
             count = math.prod(shape)
             if st.offset != offset or st.nbytes != count * dtype.itemsize or offset % dtype.itemsize:
                 raise TraceError(f"packed stage at bytes [{st.offset}, {st.offset + st.nbytes}) does not follow the "
                                  f"previous one at {offset}, or does not hold shape {list(shape)} of {dtype.name}.",
                                  path=self.path, stage=base)
             offset += st.nbytes
-            entries.append((base, self._entry(base, merged, dtype, shape, st.axes, st.units, st.provenance), st, dtype))
+            entries.append((base, merged, st, dtype, known))
         size = offset if size is None else int(size)
         if size != offset or data.ndim != 1 or data.dtype != np.uint8 or data.nbytes < size:
             raise TraceError(f"the packed stages hold {offset} bytes but the buffer offers {size} of {data.nbytes}.",
@@ -653,19 +688,34 @@ class TraceWriter:
             if self._closed:
                 raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
             self._flush()  # keep execution order: stages added before these are journaled first
-            finals = [self._assign(base, entry) for base, entry, _, _ in entries]
-            tensors = [(final, st, dtype) for final, (_, _, st, dtype) in zip(finals, entries) if dtype is not None]
+            numbered = [self._number(base) for base, *_ in entries]
+            tensors = [(final, st, dtype) for (final, _), (_, _, st, dtype, _) in zip(numbered, entries)
+                       if dtype is not None]
             rel = f"{DATA_DIR}/{self._shard:06d}.safetensors" if tensors else ""
             if tensors:
                 self._shard += 1
             seq = self._packed_seq
             self._packed_seq += 1
         texts = []
-        encode = _JOURNAL_ENCODER.encode
-        for _, e, _, dtype in entries:
-            if dtype is not None:
-                e["file"] = rel
-            texts.append((_entry_text(e), encode({"stage": e})))
+        file_text = _field_text("file", rel)
+        kind_text = _field_text("kind", "tensor")
+        for (final, n), (_, merged, st, dtype, known) in zip(numbered, entries):
+            if dtype is None:  # a text stage
+                entry = known
+                entry["key"] = final
+                if n:
+                    entry["occurrence"] = n
+                text = _entry_text(entry)
+            else:
+                parts = known[1] + [file_text]
+                if merged:
+                    parts.append(_field_text("indices", _indices_entry(merged)))
+                parts += ('"key": ' + _encode_str(final), kind_text)
+                if n:
+                    parts.append('"occurrence": ' + int.__repr__(n))
+                text = _join_fields(parts + known[2])
+            texts.append((text, _journal_text(text)))
+        finals = [final for final, _ in numbered]
         header = b""
         crc = None
         if tensors:
@@ -746,21 +796,26 @@ class TraceWriter:
         if units is not None:
             entry["units"] = str(units)
         if merged:
-            entry["indices"] = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in sorted(merged.items())}
+            entry["indices"] = _indices_entry(merged)
         if provenance:
             prov = dict(provenance)
             entry["provenance"] = prov if _plain(prov) else _jsonable(prov, f'provenance of "{base}"')
         return entry
 
-    def _assign(self, base: str, entry: dict[str, Any]) -> str:
-        """Number the occurrence of ``base`` and complete ``entry``; call with the lock held."""
+    def _number(self, base: str) -> tuple[str, int]:
+        """Number the occurrence of ``base``: (final key, occurrence); call with the lock held."""
         n = self._seen.get(base, 0)
         self._seen[base] = n + 1
         final = f"{base}#{n}" if n else base  # = make_key(name, merged, occurrence=n); base is valid
+        self._keys.append(final)
+        return final, n
+
+    def _assign(self, base: str, entry: dict[str, Any]) -> str:
+        """Number the occurrence of ``base`` and complete ``entry``; call with the lock held."""
+        final, n = self._number(base)
         if n:
             entry["occurrence"] = n
         entry["key"] = final
-        self._keys.append(final)
         return final
 
     def add_batch(
@@ -1346,7 +1401,6 @@ class TraceWriter:
         write = self._journal.write
         if file is not None:
             write(json.dumps({"file": file[0], **file[1]}, sort_keys=True).encode("utf-8") + b"\n")
-        encode = _JOURNAL_ENCODER.encode  # same text as json.dumps(sort_keys=True, ensure_ascii=False)
         rendered = self._rendered
         assert rendered is not None
         for e in entries:
@@ -1355,8 +1409,9 @@ class TraceWriter:
                 self._spill.seek(e.offset)
                 e = (self._spill.read(e.manifest_bytes), self._spill.read(e.journal_bytes), e.count)
             if type(e) is dict:
-                rendered.append(_entry_text(e))
-                write(encode({"stage": e}).encode("utf-8") + b"\n")
+                text = _entry_text(e)
+                rendered.append(text)
+                write(_journal_text(text).encode("utf-8") + b"\n")
             else:
                 rendered.append(e[0], e[2] if len(e) > 2 else 1)
                 write(e[1] if type(e[1]) is bytes else e[1].encode("utf-8"))
