@@ -23,6 +23,9 @@ interposition, set-up and close), one plain memory copy of the captured bytes in
 (what any snapshot costs), the disk alone (direct-I/O writes of the same bytes, nothing else
 running) and the old store's sha256 + write. Target: captured / uncaptured <= 1.10.
 
+Decode steps are measured too: greedy ``generate()`` of 32 tokens by the tiny Llama, uncaptured
+against ``capture(steps=True)`` of every stage of every step, and of the logits only.
+
 ``--threads 1`` leaves one core to the capture's writer thread (torch's own threads otherwise
 fill both cores of a 2-core machine).
 
@@ -251,6 +254,52 @@ def bench(name: str, model, inputs, repeats: int, root: str) -> None:
           f"{s_min / p_min:6.3f}   (default writer; against forwards timed alongside)")
 
 
+def bench_generate(model, repeats: int, root: str, new_tokens: int = 32) -> None:
+    """Decode steps: greedy generate() of ``new_tokens`` tokens from a 16-token prompt, uncaptured
+    against captured with ``steps=True`` (every canonical stage of every step, and the logits only).
+    A decode step is a forward of one token: small tensors, so per-stage costs dominate."""
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (1, 16))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    model.generation_config.pad_token_id = 0
+
+    def generate() -> None:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    def plain() -> float:
+        t = time.perf_counter()
+        generate()
+        return time.perf_counter() - t
+
+    def captured(stages=None) -> float:
+        path = os.path.join(root, "generate.trace")
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        t = time.perf_counter()
+        with parity.torch.capture(model, path, preset="auto", steps=True, stages=stages):
+            generate()
+        return time.perf_counter() - t
+
+    variants = {"generate, no capture": plain, "every stage of every step": captured,
+                "logits of every step": lambda: captured("logits")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in variants.values():
+            f()
+        runs: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(max(3, repeats // 2)):
+            for k, f in variants.items():
+                runs[k].append(f())
+        captured()  # (untimed) for the stage count
+    trace = parity.load_trace(os.path.join(root, "generate.trace"))
+    print(f"tiny-llama generate(): {new_tokens} new tokens after a 16-token prompt: {new_tokens} forwards, "
+          f"{len(trace)} stages with every stage captured (median over {len(runs['generate, no capture'])} runs)")
+    base = statistics.median(runs["generate, no capture"])
+    for k, rs in runs.items():
+        print(f"  {k:<36} {statistics.median(rs) * 1e3:9.2f} {statistics.median(rs) / base:6.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
@@ -266,7 +315,9 @@ def main() -> None:
         print(f"torch {torch.__version__}, transformers {transformers.__version__}, {os.cpu_count()} CPUs, "
               f"torch threads {torch.get_num_threads()}, batch {args.batch} x seq {args.seq}, traces in {root}")
         bench("minilm", *minilm(args.batch, args.seq), args.repeats, root)
-        bench("tiny-llama", *tiny_llama(args.batch, args.seq), args.repeats, root)
+        llama, inputs = tiny_llama(args.batch, args.seq)
+        bench("tiny-llama", llama, inputs, args.repeats, root)
+        bench_generate(llama, args.repeats, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
