@@ -396,12 +396,7 @@ class _AttentionOps(TorchFunctionMode):
         if self.softmax_in is None and self.masked is None:
             mask = self.mask
             if mask is not None:
-                uses_mask = False
-                for a in args:
-                    if a is mask or (isinstance(a, torch.Tensor) and a._base is not None and a._base is mask):
-                        uses_mask = True
-                        break
-                if uses_mask:
+                if any(_is_view_of(a, mask) for a in args):
                     self.mask_used = True
                     operand = next((a for a in args if isinstance(a, torch.Tensor) and not _is_view_of(a, mask)
                                     and a.is_floating_point() and a.dim() >= 2), None)

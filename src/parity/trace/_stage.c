@@ -569,6 +569,24 @@ static PyObject *stage_crc32(PyObject *self, PyObject *args, PyObject *kwargs) {
     return PyLong_FromUnsignedLong((unsigned long)~reg);
 }
 
+/* Copy n bytes from s to d and return their CRC-32 (continuing value); memmove semantics when they
+ * overlap. The GIL is released for large copies. */
+static uint32_t copy_crc_released(const unsigned char *s, unsigned char *d, size_t n, uint32_t value, int threads) {
+    uintptr_t su = (uintptr_t)s, du = (uintptr_t)d;
+    int overlap = n > 0 && su < du + n && du < su + n;
+    uint32_t crc;
+    int which = impl, nt = n >= nt_min;
+    PyThreadState *ts = n >= GIL_MIN ? PyEval_SaveThread() : NULL;
+    if (!overlap) {
+        crc = copy_crc_parallel(which, value, s, d, n, threads, nt);
+    } else { /* checksum first, then move */
+        crc = ~crc_engine(which, ~value, s, NULL, n, 0);
+        if (su != du) memmove(d, s, n);
+    }
+    if (ts != NULL) PyEval_RestoreThread(ts);
+    return crc;
+}
+
 static PyObject *stage_copy_crc32(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"dst", "src", "value", "threads", NULL};
@@ -592,24 +610,8 @@ static PyObject *stage_copy_crc32(PyObject *self, PyObject *args, PyObject *kwar
         PyErr_Format(PyExc_ValueError, "copy_crc32: dst has %zd bytes but src has %zd bytes", db.len, sb.len);
         goto done;
     }
-    {
-        const unsigned char *s = (const unsigned char *)sb.buf;
-        unsigned char *d = (unsigned char *)db.buf;
-        size_t n = (size_t)sb.len;
-        uintptr_t su = (uintptr_t)s, du = (uintptr_t)d;
-        int overlap = n > 0 && su < du + n && du < su + n;
-        uint32_t crc;
-        int which = impl, nt = n >= nt_min;
-        PyThreadState *ts = n >= GIL_MIN ? PyEval_SaveThread() : NULL;
-        if (!overlap) {
-            crc = copy_crc_parallel(which, (uint32_t)value, s, d, n, threads, nt);
-        } else { /* checksum first, then move */
-            crc = ~crc_engine(which, ~(uint32_t)value, s, NULL, n, 0);
-            if (su != du) memmove(d, s, n);
-        }
-        if (ts != NULL) PyEval_RestoreThread(ts);
-        res = PyLong_FromUnsignedLong((unsigned long)crc);
-    }
+    res = PyLong_FromUnsignedLong((unsigned long)copy_crc_released(
+        (const unsigned char *)sb.buf, (unsigned char *)db.buf, (size_t)sb.len, (uint32_t)value, threads));
 done:
     PyBuffer_Release(&sb);
     PyBuffer_Release(&db);
@@ -639,24 +641,8 @@ static PyObject *stage_copy_crc32_at(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "copy_crc32_at: null source address");
         goto done;
     }
-    {
-        const unsigned char *s = (const unsigned char *)addr;
-        unsigned char *d = (unsigned char *)db.buf + offset;
-        size_t n = (size_t)nbytes;
-        uintptr_t su = (uintptr_t)s, du = (uintptr_t)d;
-        int overlap = n > 0 && su < du + n && du < su + n;
-        uint32_t crc;
-        int which = impl, nt = n >= nt_min;
-        PyThreadState *ts = n >= GIL_MIN ? PyEval_SaveThread() : NULL;
-        if (!overlap) {
-            crc = copy_crc_parallel(which, 0u, s, d, n, 2, nt);
-        } else {
-            crc = ~crc_engine(which, ~0u, s, NULL, n, 0);
-            if (su != du) memmove(d, s, n);
-        }
-        if (ts != NULL) PyEval_RestoreThread(ts);
-        res = PyLong_FromUnsignedLong((unsigned long)crc);
-    }
+    res = PyLong_FromUnsignedLong((unsigned long)copy_crc_released(
+        (const unsigned char *)addr, (unsigned char *)db.buf + offset, (size_t)nbytes, 0u, 2));
 done:
     PyBuffer_Release(&db);
     return res;
