@@ -393,7 +393,7 @@ class _AttentionOps(TorchFunctionMode):
         if name == "__get__":  # attribute reads (.shape, .dtype...): neither the mask nor the softmax
             return func(*args, **kwargs)
         operand = None
-        if self.softmax_in is None and self.masked is None:
+        if self.masked is None:  # (the softmax is not seen yet: self.done would have returned)
             mask = self.mask
             if mask is not None:
                 if any(_is_view_of(a, mask) for a in args):

@@ -69,10 +69,8 @@ def copy_crc32_at(dst: np.ndarray, offset: int, address: int, nbytes: int) -> in
         return _stage.copy_crc32_at(dst, offset, address, nbytes)
     if not nbytes:
         return 0
-    src = np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.uint8)
-    region = dst[offset:offset + nbytes]
-    np.copyto(region, src)
-    return zlib.crc32(region)
+    src = np.frombuffer((ctypes.c_char * nbytes).from_address(address), np.uint8)
+    return copy_crc32(dst[offset:offset + nbytes], src)
 
 
 def _gf2_mulmod(a: int, b: int) -> int:

@@ -233,6 +233,14 @@ def _entry_text(entry: Mapping[str, Any], level: int = 2) -> str:
     return _join_fields([_field_text(k, v, level) for k, v in sorted(entry.items())], level)
 
 
+def _keyed(entry: dict[str, Any], final: str, occurrence: int) -> dict[str, Any]:
+    """``entry`` completed with its key (and occurrence, from the second recording on)."""
+    if occurrence:
+        entry["occurrence"] = occurrence
+    entry["key"] = final
+    return entry
+
+
 def _indices_entry(merged: Mapping[str, object]) -> dict[str, Any]:
     """A stage's indices as its manifest entry holds them (sorted; other types as text)."""
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in sorted(merged.items())}
@@ -639,7 +647,8 @@ class TraceWriter:
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
-        # Per stage: (base key, its indices, the stage, its dtype, the entry's field texts). Tensor
+        # Per stage: (base key, its indices, the stage, its dtype, and for a tensor its shared field
+        # texts (dtype, [axes, dtype texts], [provenance, shape, units texts]), for text its entry). Tensor
         # stages with the same dtype, shape, axes, units and provenance objects (a capture repeats
         # them stage after stage) share their checked, rendered fields; only the key, indices,
         # occurrence and file are rendered per stage.
@@ -700,12 +709,8 @@ class TraceWriter:
         file_text = _field_text("file", rel)
         kind_text = _field_text("kind", "tensor")
         for (final, n), (_, merged, st, dtype, known) in zip(numbered, entries):
-            if dtype is None:  # a text stage
-                entry = known
-                entry["key"] = final
-                if n:
-                    entry["occurrence"] = n
-                text = _entry_text(entry)
+            if dtype is None:  # a text stage: its whole entry
+                text = _entry_text(_keyed(known, final, n))
             else:
                 parts = known[1] + [file_text]
                 if merged:
@@ -813,9 +818,7 @@ class TraceWriter:
     def _assign(self, base: str, entry: dict[str, Any]) -> str:
         """Number the occurrence of ``base`` and complete ``entry``; call with the lock held."""
         final, n = self._number(base)
-        if n:
-            entry["occurrence"] = n
-        entry["key"] = final
+        _keyed(entry, final, n)
         return final
 
     def add_batch(
