@@ -23,3 +23,15 @@ def make_trace(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz-long", action="store_true", default=False,
+        help="run the fuzz suite (tests/fuzz) with a long budget instead of CI's small one",
+    )
+
+
+def pytest_configure(config):
+    # tests/fuzz/harness.py reads this to size each hypothesis run.
+    os.environ["PARITY_FUZZ_LONG"] = "1" if config.getoption("--fuzz-long") else os.environ.get("PARITY_FUZZ_LONG", "0")
