@@ -51,7 +51,7 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, h
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
     text results to DIR/NN-diff.{json,md,html,txt}.
 
-    Exit status: 0 parity holds, 1 divergence found, 2 usage or input error.
+    Exit status: 0 parity holds, 1 divergence found, 2 usage or input error, 3 internal error.
     """
     from ..report import render_html, render_markdown, stage_worst
 
