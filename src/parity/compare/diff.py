@@ -24,10 +24,18 @@ from .logits import stage_extra
 from .metrics import StageMetrics, compute_metrics
 from .tolerance import Tolerance
 
-__all__ = ["Diagnosis", "StageDiff", "TraceDiff", "compare_traces", "DIFF_SCHEMA_VERSION", "Status"]
+__all__ = ["Diagnosis", "StageDiff", "TraceDiff", "compare_traces", "DIFF_SCHEMA_VERSION", "Status", "Verdict"]
 
 #: Version of the JSON form of :class:`TraceDiff` (see docs/json-schema.md).
 DIFF_SCHEMA_VERSION = 1
+
+
+class Verdict:
+    """Values of :attr:`TraceDiff.verdict` (the ``verdict`` field of the JSON document)."""
+
+    PARITY = "parity"  #: every compared stage is within tolerance (exit 0)
+    DIVERGENCE = "divergence"  #: at least one stage diverges, or a one-sided stage under ``strict`` (exit 1)
+    NOTHING_COMPARED = "nothing_compared"  #: no stage is present on both sides (exit 1): never parity
 
 
 class Status:
@@ -226,11 +234,24 @@ class TraceDiff:
         return None
 
     @property
+    def nothing_compared(self) -> bool:
+        """True when no stage is present on both sides: nothing was compared, so parity cannot hold."""
+        return not self.compared
+
+    @property
+    def verdict(self) -> str:
+        """``"parity"``, ``"divergence"`` or ``"nothing_compared"`` (see :class:`Verdict`)."""
+        if self.nothing_compared:
+            return Verdict.NOTHING_COMPARED
+        if self.divergent or (self.strict and (self.missing or self.extra)):
+            return Verdict.DIVERGENCE
+        return Verdict.PARITY
+
+    @property
     def passed(self) -> bool:
-        """True when no compared stage diverges (and, if ``strict``, no stage is one-sided)."""
-        if self.divergent:
-            return False
-        return not (self.strict and (self.missing or self.extra))
+        """True when at least one stage was compared, no compared stage diverges and, if
+        ``strict``, no stage is one-sided. Two traces that share no stage never pass."""
+        return self.verdict == Verdict.PARITY
 
     def __bool__(self) -> bool:
         return self.passed
@@ -262,6 +283,7 @@ class TraceDiff:
             "ref": {"path": self.ref_path, "complete": self.ref_complete},
             "cand": {"path": self.cand_path, "complete": self.cand_complete},
             "passed": self.passed,
+            "verdict": self.verdict,
             "strict": self.strict,
             "config": self.config_source,
             "first_divergence": first.key if first else None,

@@ -38,7 +38,7 @@ import numpy as np
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ..trace.dtypes import to_float64
 from ._arrays import AUTO, ProgressCallback, StageArrays, TracePair, detail_stages, resolve_traces
-from .text import dtype_text, format_float, metrics_line, shape_text
+from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
 from .worst import element_errors, worst_elements
 
 __all__ = ["render_html"]
@@ -665,7 +665,7 @@ def render_html(
     pair, note = resolve_traces(diff, traces)
     first = diff.first_divergence
     c = diff.summary()
-    verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
+    verdict = verdict_text(diff)
     details = detail_stages(diff, max_detail)
     anchors = {id(sd): f"stage-{i}" for i, sd in enumerate(diff.stages) if any(sd is d for d in details)}
     body = [f'<h1>parity diff: <span class="{"verdict-pass" if diff.passed else "verdict-fail"}">{verdict}</span></h1>',
@@ -686,6 +686,9 @@ def render_html(
     body.append(f"<tr><td>parity</td><td>{_e(diff.tool_version)}</td></tr></table>")
     if note:
         body.append(f'<p class="note">{_e(note)}</p>')
+    if diff.nothing_compared:
+        body.append('<h2>Nothing compared</h2>')
+        body += [f'<p class="note">{_e(line.strip())}</p>' for line in describe_nothing_compared(diff)]
     body.append("<h2>Error through the pipeline</h2>")
     body.append('<p class="legend"><span><i style="background:#1a7f37"></i>pass</span><span><i style="background:#cf222e">'
                 '</i>fail</span><span><i style="background:#9a6700"></i>expected</span><span>▲▼ off the axis (∞, 0)</span>'

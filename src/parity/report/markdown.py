@@ -11,7 +11,7 @@ from typing import Any
 
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
-from .text import dtype_text, format_float, metrics_line, shape_text
+from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
 from .worst import WorstElement, worst_elements
 
 __all__ = ["render_markdown"]
@@ -132,7 +132,7 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
     pair, note = resolve_traces(diff, traces)
     first = diff.first_divergence
     c = diff.summary()
-    verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
+    verdict = verdict_text(diff)
     out = [f"# parity diff: {verdict}", "", "| | |", "| --- | --- |",
            f"| reference | {_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
            f"| candidate | {_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
@@ -151,6 +151,8 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         later = len(diff.divergent) - 1
         if later > 0:
             out += [f"{later} later stage(s) also diverge; fix this one first, later errors may be propagated from it.", ""]
+    elif diff.nothing_compared:
+        out += ["## Nothing compared", ""] + [_esc(line.strip()) for line in describe_nothing_compared(diff)] + [""]
     elif diff.passed:
         out += ["No compared stage diverges.", ""]
 

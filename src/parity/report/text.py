@@ -9,10 +9,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..compare.diff import StageDiff, Status, TraceDiff
+from ..compare.diff import StageDiff, Status, TraceDiff, Verdict
 from .worst import WorstElement
 
-__all__ = ["render_text", "format_float", "describe_first_divergence"]
+__all__ = ["render_text", "format_float", "describe_first_divergence", "verdict_text", "describe_nothing_compared"]
 
 _STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.EXPECTED: "yellow", Status.MISSING: "magenta",
           Status.EXTRA: "cyan"}
@@ -60,6 +60,42 @@ def dtype_text(sd: StageDiff) -> str:
 
 def _index(w: WorstElement) -> str:
     return "[" + ", ".join(str(i) for i in w.index) + "]"
+
+
+_VERDICT_TEXT = {Verdict.PARITY: "PARITY HOLDS", Verdict.DIVERGENCE: "DIVERGENCE FOUND",
+                 Verdict.NOTHING_COMPARED: "NOTHING COMPARED"}
+
+
+def verdict_text(diff: TraceDiff) -> str:
+    """``PARITY HOLDS``, ``DIVERGENCE FOUND`` or ``NOTHING COMPARED`` (shared by every renderer)."""
+    return _VERDICT_TEXT[diff.verdict]
+
+
+def describe_nothing_compared(diff: TraceDiff) -> list[str]:
+    """Plain-text lines explaining a comparison in which no stage was present on both sides.
+
+    Empty unless :attr:`TraceDiff.nothing_compared`. Shared by the text and Markdown reports.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
+        >>> with parity.record(r):
+        ...     _ = parity.tap("pix0_vector", np.ones(3))
+        >>> with parity.record(c):
+        ...     _ = parity.tap("pix0_vector_meters", np.ones(3))
+        >>> describe_nothing_compared(parity.compare_traces(r, c))[0]
+        'Nothing was compared: no stage is present in both traces (1 only in the reference, 1 only in the candidate).'
+    """
+    if not diff.nothing_compared:
+        return []
+    n_ref, n_cand = len(diff.missing), len(diff.extra)
+    if n_ref == 0 and n_cand == 0:
+        return ["Nothing was compared: both traces are empty" + (" (or every stage is ignored)." if diff.ignored else "."),
+                "  An empty comparison is not parity."]
+    return [f"Nothing was compared: no stage is present in both traces ({n_ref} only in the reference, "
+            f"{n_cand} only in the candidate).",
+            "  An empty comparison is not parity. If the two sides name the same quantities differently, "
+            "`parity align REF CAND` suggests pairs and can write them as [aliases]."]
 
 
 def describe_first_divergence(diff: TraceDiff) -> list[str]:
@@ -177,6 +213,8 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     if not diff.ref_complete or not diff.cand_complete:
         which = [n for n, ok in (("reference", diff.ref_complete), ("candidate", diff.cand_complete)) if not ok]
         console.print(Text(f"warning: the {' and '.join(which)} trace is incomplete (capture interrupted).", style="yellow"))
+    for line in describe_nothing_compared(diff):
+        console.print(Text(line, style="bold red" if line.startswith("Nothing") else None))
     for line in describe_first_divergence(diff):
         console.print(Text(line, style="bold red" if line.startswith("First") else None))
     if worst and first is not None:
@@ -190,7 +228,7 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     for line in describe_logits(diff):
         console.print(line, markup=False)
     c = diff.summary()
-    verdict = "PARITY HOLDS" if diff.passed else "DIVERGENCE FOUND"
+    verdict = verdict_text(diff)
     console.print(Text(f"{verdict}: {c['pass']} pass, {c['fail']} fail, {c['expected']} expected, {c['missing']} only in "
                        f"reference, {c['extra']} only in candidate" + (f", {c['ignored']} ignored" if c["ignored"] else "")
                        + (" (strict)" if diff.strict else ""), style="bold green" if diff.passed else "bold red"))
