@@ -72,6 +72,9 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, h
             click.echo(md, nl=False)
         else:
             render_text(result, _console(), show_all=show_all, worst=first_worst)
+        hint = alignment_hint(result, config)
+        if hint:
+            click.echo("\n".join(hint), err=as_json or md_out == "-")
         for path, text in ((md_out, md), (html_out, page)):
             if path and path != "-":
                 with open(path, "w", encoding="utf-8") as f:
@@ -84,6 +87,24 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, h
             rec.write("html", page)
             rec.write("txt", plain.file.getvalue())
         sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+
+
+def alignment_hint(result, config: str | None, limit: int = 5) -> list[str]:
+    """A few lines proposing counterparts for stages present on one side only (``[]`` if none)."""
+    if not (result.missing and result.extra):
+        return []
+    from ..compare.suggest import suggest_alignment
+
+    suggestions = suggest_alignment(result.ref_path, result.cand_path, config, max_stage_bytes=64 << 20,
+                                    min_confidence=0.6)
+    if not suggestions:
+        return []
+    lines = [f"hint: {len(suggestions)} unmatched stage(s) look like pairs "
+             f"(parity align {result.ref_path} {result.cand_path} --write aliases.toml saves them):"]
+    lines += [f"  {s.describe()}" for s in suggestions[:limit]]
+    if len(suggestions) > limit:
+        lines.append(f"  … and {len(suggestions) - limit} more (parity align lists them all)")
+    return lines
 
 
 def stage_statistics(trace: Trace, stage: Stage, chunk: int = 1 << 20) -> dict[str, float | int]:
