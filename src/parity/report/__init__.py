@@ -6,13 +6,13 @@ the traces named in the diff (``traces=AUTO``) to list each divergent stage's wo
 in HTML, to plot error histograms and heat maps.
 """
 
-from ._arrays import AUTO, stage_worst
+from ._arrays import AUTO, SAVED, stage_worst
 from .html import render_html
-from .json import diff_schema, render_json, validate_diff_document
+from .json import diff_schema, load_result, render_json, validate_diff_document
 from .markdown import render_markdown
 from .progress import progress_bar
 from .text import render_text
 from .worst import WorstElement, worst_elements
 
 __all__ = ["render_text", "render_json", "render_markdown", "render_html", "diff_schema", "validate_diff_document",
-           "worst_elements", "WorstElement", "stage_worst", "progress_bar", "AUTO"]
+           "worst_elements", "WorstElement", "stage_worst", "progress_bar", "AUTO", "SAVED", "load_result"]

@@ -20,7 +20,7 @@ from ..errors import ParityError, UsageError
 from ..trace.dtypes import DType
 from ..trace.reader import Trace, load_trace
 
-__all__ = ["AUTO", "StageArrays", "TracePair", "resolve_traces", "detail_stages", "stage_worst", "ProgressCallback"]
+__all__ = ["AUTO", "SAVED", "StageArrays", "TracePair", "resolve_traces", "detail_stages", "stage_worst", "ProgressCallback"]
 
 #: ``progress(done, total, key)`` after each unit of work (as :func:`parity.compare_traces`).
 ProgressCallback = Callable[[int, int, str], None]
@@ -33,6 +33,16 @@ class _Auto:
 
 #: Reopen the traces named in the diff, when they exist (the renderers' default).
 AUTO: Any = _Auto()
+
+
+class _Saved:
+    def __repr__(self) -> str:
+        return "SAVED"
+
+
+#: The diff was read back from a saved result: show no values, and say that figures needing them
+#: are unavailable (``parity report`` without ``--with-traces``).
+SAVED: Any = _Saved()
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,9 @@ def resolve_traces(diff: TraceDiff, traces: Any) -> tuple[TracePair | None, str 
     """
     if traces is None:
         return None, None
+    if traces is SAVED:
+        return None, ("Re-rendered from a saved result: worst elements, histograms and heat maps need the stage "
+                      "values and are unavailable here (parity report --with-traces reopens the traces).")
     if traces is AUTO:
         paths = (diff.ref_path, diff.cand_path)
         if not all(os.path.isfile(os.path.join(p, "manifest.json")) for p in paths):
@@ -133,7 +146,7 @@ def resolve_traces(diff: TraceDiff, traces: Any) -> tuple[TracePair | None, str 
             return None, f"The traces could not be reopened ({e}), so values are left out."
     if isinstance(traces, (tuple, list)) and len(traces) == 2:
         return TracePair(_open(traces[0]), _open(traces[1]), _transforms(diff)), None
-    raise UsageError(f"traces= must be AUTO, None or a (ref, cand) pair of traces or paths, not {traces!r}.")
+    raise UsageError(f"traces= must be AUTO, SAVED, None or a (ref, cand) pair of traces or paths, not {traces!r}.")
 
 
 def detail_stages(diff: TraceDiff, limit: int) -> list[StageDiff]:

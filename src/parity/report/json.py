@@ -7,13 +7,18 @@ The document is :meth:`TraceDiff.to_dict`; its JSON Schema ships with parity as 
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from typing import Any
 
 from ..compare.diff import TraceDiff
-from ..errors import UsageError
+from ..errors import ParityError, UsageError
+from ..limits import MAX_NESTING
 
-__all__ = ["render_json", "diff_schema", "validate_diff_document", "SCHEMA_RESOURCE"]
+__all__ = ["render_json", "diff_schema", "validate_diff_document", "load_result", "SCHEMA_RESOURCE", "MAX_RESULT_BYTES"]
+
+#: Largest saved result :func:`load_result` reads (a result holds metrics, never arrays).
+MAX_RESULT_BYTES = 1 << 30
 
 #: Where the schema lives inside the installed package.
 SCHEMA_RESOURCE = "schema/parity-diff.schema.json"
@@ -72,3 +77,77 @@ def validate_diff_document(doc: Any) -> None:
         lines = [f"{'/'.join(str(p) for p in err.absolute_path) or '(document)'}: {err.message}" for err in errors[:20]]
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         raise UsageError("the document does not match the parity.diff schema: " + "; ".join(lines) + more + ".")
+
+
+def _depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text, outside strings (iterative: no recursion)."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def load_result(path: str | os.PathLike[str]) -> TraceDiff:
+    """Read a saved ``parity diff --json`` result (any schema version this parity knows).
+
+    Older documents lack later, optional fields (``verdict``...): they are derived from the stages.
+
+    Raises:
+        UsageError: the file is missing, not JSON, too deep, or not a ``parity.diff`` document;
+            the message names the file and the field.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
+        >>> for path in (r, c):
+        ...     with parity.record(path):
+        ...         _ = parity.tap("x", np.ones(2))
+        >>> saved = os.path.join(d, "result.json")
+        >>> with open(saved, "w") as f:
+        ...     _ = f.write(render_json(parity.compare_traces(r, c)))
+        >>> load_result(saved).verdict
+        'parity'
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RESULT_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError("no such result file.", path=path) from None
+    except IsADirectoryError:
+        raise UsageError("is a directory, not a saved result (parity diff --json > result.json).", path=path) from None
+    if len(raw) > MAX_RESULT_BYTES:
+        raise UsageError(f"is larger than {MAX_RESULT_BYTES} bytes; a saved result holds metrics only.", path=path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"is not UTF-8 text (invalid byte at offset {e.start}).", path=path) from None
+    if (text.count("[") + text.count("{")) > MAX_NESTING and _depth(text) > MAX_NESTING:
+        raise UsageError(f"nests JSON deeper than {MAX_NESTING} levels; it is not a parity result.", path=path)
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"is not JSON ({e}); save a result with parity diff --json > FILE.", path=path) from None
+    if not isinstance(doc, dict) or doc.get("schema") != "parity.diff":
+        raise UsageError('is not a parity diff result (expected "schema": "parity.diff").', path=path)
+    try:
+        return TraceDiff.from_dict(doc)
+    except ParityError as e:
+        raise UsageError(e.message, path=path) from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"missing field {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise UsageError(f"is a damaged parity diff result ({what}).", path=path) from None
