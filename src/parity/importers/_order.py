@@ -17,7 +17,11 @@ from collections.abc import Iterable
 from ..errors import ImportFormatError
 from ..trace.keys import make_key, split_key
 
-__all__ = ["CANONICAL_STAGES", "order_key", "sort_stages", "read_order_file", "add_keyed"]
+__all__ = ["CANONICAL_STAGES", "MAX_ORDER_BYTES", "order_key", "sort_stages", "read_order_file", "add_keyed"]
+
+#: The largest order file read (64 MiB: a million long entries).
+MAX_ORDER_BYTES = 64 * 2**20
+_INT = re.compile(r"-?[0-9]{1,20}")
 
 #: Canonical per-layer stages of a transformer, in the order they are computed.
 CANONICAL_STAGES = (
@@ -55,34 +59,55 @@ def sort_stages(keys: Iterable[str]) -> list[str]:
 def read_order_file(path: str, known: Iterable[str]) -> list[str]:
     """Read an order file: one entry (a relative path or a stage key) per line; lines starting with ``#`` are comments.
 
+    The file must be UTF-8 text (decoded strictly) of at most :data:`MAX_ORDER_BYTES` bytes.
+
     Raises:
-        ImportFormatError: an entry names nothing that exists, or is listed twice.
+        ImportFormatError: the file is not UTF-8 text (the line is named), an entry names nothing
+            that exists, or is listed twice.
     """
     known = set(known)
     out: list[str] = []
     seen: set[str] = set()
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ORDER_BYTES + 1)
     except OSError as e:
-        raise ImportFormatError(f"cannot be read ({e.strerror}).", path=path) from e
+        raise ImportFormatError(f"cannot be read ({e.strerror or e}).", path=path) from e
+    if len(raw) > MAX_ORDER_BYTES:
+        raise ImportFormatError(f"is larger than {MAX_ORDER_BYTES} bytes; an order file lists one entry per line "
+                                "and is far smaller.", path=path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ImportFormatError(f"line {line} is not UTF-8 text (invalid byte {raw[e.start:e.start + 1]!r} at "
+                                f"offset {e.start}); an order file lists one relative path or stage key per line.",
+                                path=path) from e
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ImportFormatError(f"line {line} holds a NUL byte; an order file is plain text.", path=path)
+    lines = text.split("\n")  # numbered as an editor numbers them
     for n, line in enumerate(lines, 1):
         entry = line.strip()  # "#" starts a comment only at the start: keys may hold "#1"
         if not entry or entry.startswith("#"):
             continue
         entry = entry.replace(os.sep, "/")
         if entry not in known:
-            raise ImportFormatError(f"line {n} names {entry!r}, which is not among the files found.", path=path)
+            raise ImportFormatError(f"line {n} names {_short(entry)}, which is not among the files found.", path=path)
         if entry in seen:
-            raise ImportFormatError(f"line {n} lists {entry!r} a second time.", path=path)
+            raise ImportFormatError(f"line {n} lists {_short(entry)} a second time.", path=path)
         seen.add(entry)
         out.append(entry)
     return out
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 def add_keyed(writer, key: str, value: object, **kwargs) -> str:
     """``writer.add`` for a key read from a file name: a ``#n`` suffix is dropped (the writer
     numbers repeated keys itself) and integer index values become ints."""
     name, idx, _occ = split_key(key)
-    indices = {k: int(v) if v.lstrip("-").isdigit() else v for k, v in idx.items()}
+    indices = {k: int(v) if _INT.fullmatch(v) else v for k, v in idx.items()}
     return writer.add(make_key(name), value, indices=indices or None, **kwargs)
