@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from .._version import __version__
 from ..errors import UsageError
+from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
 from .align import apply_transforms
 from .config import CompareConfig, load_config
+from .image import ImageMetrics, image_metrics, is_image_stage
 from .logits import stage_extra
 from .metrics import StageMetrics, compute_metrics
 from .tolerance import Tolerance
@@ -369,13 +373,31 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
         problem, message = "cosine", f"cosine similarity {m.cosine:.9g} below the floor {tol.cosine_min}."
     elif tol.sqnr_min_db is not None and not (m.sqnr_db >= tol.sqnr_min_db):
         problem, message = "sqnr", f"SQNR {m.sqnr_db:.4g} dB below the floor {tol.sqnr_min_db} dB."
+    image = _image_metrics(rs, cs, ra, ca, tol, config)
+    if problem is None and image is not None and tol.correlation_min is not None and not (image.pearson >= tol.correlation_min):
+        problem, message = "correlation", f"Pearson correlation {image.pearson:.9g} below the floor {tol.correlation_min}."
     status = Status.PASS if problem is None else Status.FAIL
     diagnoses: tuple[Diagnosis, ...] = ()
     if problem is not None and diagnoser is not None:
         diagnoses = tuple(diagnoser(rs, cs, ra, ca, m))
+    extra = stage_extra(rs.key, ra, ca, rs.dtype_info, cs.dtype_info)
+    if image is not None:
+        extra = {**(extra or {}), "image": image.to_dict()}
     return replace(base, status=status, metrics=m, tolerance=tol, problem=problem, message=message,
-                   notes=tuple(notes), diagnoses=diagnoses,
-                   extra=stage_extra(rs.key, ra, ca, rs.dtype_info, cs.dtype_info))
+                   notes=tuple(notes), diagnoses=diagnoses, extra=extra)
+
+
+def _image_metrics(rs: Stage, cs: Stage, ra: Any, ca: Any, tol: Tolerance, config: CompareConfig) -> ImageMetrics | None:
+    """Image metrics of a 2-D stage that is an image: named image axes, a correlation floor, or ``[images]``."""
+    if len(rs.shape) != 2 or rs.size < 2 or rs.dtype_info is None or cs.dtype_info is None:
+        return None
+    opted = getattr(config, "image_options", None)
+    options = opted(rs.key) if opted is not None else None
+    if not (is_image_stage(rs.shape, rs.axes or cs.axes) or tol.correlation_min is not None or options is not None):
+        return None
+    r = to_float64(np.asarray(ra), rs.dtype_info)
+    c = to_float64(np.asarray(ca), cs.dtype_info)
+    return image_metrics(r, c, **(options or {}))
 
 
 def _trace_diagnoses(results: list[StageDiff], ref: Trace, cand: Trace, config: CompareConfig) -> list[StageDiff]:

@@ -26,12 +26,15 @@ class Tolerance:
         atol: absolute tolerance.
         cosine_min: optional floor on cosine similarity (stage fails below it).
         sqnr_min_db: optional floor on the signal-to-quantization-noise ratio in dB.
+        correlation_min: optional floor on the Pearson correlation of a 2-D stage (an image: see
+            :mod:`parity.compare.image`); setting it makes the stage an image.
     """
 
     rtol: float
     atol: float
     cosine_min: float | None = None
     sqnr_min_db: float | None = None
+    correlation_min: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         d = {"rtol": self.rtol, "atol": self.atol}
@@ -39,6 +42,8 @@ class Tolerance:
             d["cosine_min"] = self.cosine_min
         if self.sqnr_min_db is not None:
             d["sqnr_min_db"] = self.sqnr_min_db
+        if self.correlation_min is not None:
+            d["correlation_min"] = self.correlation_min
         return d
 
 
@@ -57,7 +62,7 @@ def default_tolerance(ref_dtype: str | None, cand_dtype: str | None) -> Toleranc
     """The looser default of the two stored dtypes (exact for integers and bools).
 
     >>> default_tolerance("F32", "BF16")
-    Tolerance(rtol=0.016, atol=1e-05, cosine_min=None, sqnr_min_db=None)
+    Tolerance(rtol=0.016, atol=1e-05, cosine_min=None, sqnr_min_db=None, correlation_min=None)
     """
     pairs = [DEFAULT_TOLERANCES.get(d or "", (0.0, 0.0)) for d in (ref_dtype, cand_dtype)]
     return Tolerance(max(p[0] for p in pairs), max(p[1] for p in pairs))
@@ -74,7 +79,7 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(out) + "$")
 
 
-_FIELDS = {"rtol", "atol", "cosine_min", "sqnr_min_db"}
+_FIELDS = {"rtol", "atol", "cosine_min", "sqnr_min_db", "correlation_min"}
 
 
 def _check_fields(where: str, d: Mapping[str, object]) -> dict[str, float]:

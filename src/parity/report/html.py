@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..compare.diff import StageDiff, Status, TraceDiff
+from ..compare.image import image_of
 from ..trace.dtypes import to_float64
 from ._arrays import AUTO, ProgressCallback, StageArrays, TracePair, detail_stages, resolve_traces
 from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
@@ -513,6 +514,82 @@ def _heatmap_svg(data: StageArrays, sd: StageDiff, uid: str, cells: int, max_ele
     return "".join(out)
 
 
+# -- images: reference, candidate and difference side by side ---------------------------------------
+
+def _pooled(a: np.ndarray, dtype: Any, side: int, max_elements: int) -> np.ndarray:
+    """Max-pool (by |value|, sign kept) a 2-D stage to at most ``side`` pixels a side, in float64."""
+    rows, cols = a.shape
+    if rows * cols > max_elements:  # bound the work: evenly spaced rows and columns first
+        keep = max(side, int(math.sqrt(max_elements)))
+        a = a[np.unique(np.linspace(0, rows - 1, min(rows, keep)).astype(np.int64))][
+            :, np.unique(np.linspace(0, cols - 1, min(cols, keep)).astype(np.int64))]
+    x = to_float64(np.ascontiguousarray(a), dtype)
+    x = np.where(np.isfinite(x), x, np.nan)
+    step = max(1, math.ceil(max(x.shape) / side))
+    if step == 1:
+        return x
+    gr, gc = math.ceil(x.shape[0] / step), math.ceil(x.shape[1] / step)
+    pad = np.full((gr * step, gc * step), np.nan)
+    pad[: x.shape[0], : x.shape[1]] = x
+    blocks = pad.reshape(gr, step, gc, step).transpose(0, 2, 1, 3).reshape(gr, gc, step * step)
+    mag = np.where(np.isnan(blocks), -1.0, np.abs(blocks))
+    pick = np.argmax(mag, axis=2)
+    return np.take_along_axis(blocks, pick[..., None], axis=2)[..., 0]
+
+
+def _diverging(t: np.ndarray) -> np.ndarray:
+    """-1 → blue, 0 → white, +1 → red."""
+    t = np.clip(np.nan_to_num(t), -1, 1)[..., None]
+    blue, white, red = np.array([33, 102, 172.0]), np.array([247, 247, 247.0]), np.array([178, 24, 43.0])
+    return np.where(t < 0, white + (blue - white) * -t, white + (red - white) * t).round().astype(np.uint8)
+
+
+def _image_panels(data: StageArrays, sd: StageDiff, uid: str, max_elements: int) -> str | None:
+    """One SVG with the two images (one linear colour scale, 0.5–99.5 percentile) and their difference."""
+    assert sd.ref is not None
+    if len(sd.ref.shape) != 2:
+        return None
+    image = image_of(sd)
+    r = _pooled(data.ref.reshape(sd.ref.shape), data.ref_dtype, 160, max_elements)
+    c = _pooled(data.cand.reshape(sd.ref.shape), data.cand_dtype, 160, max_elements)
+    both = np.concatenate([r[np.isfinite(r)], c[np.isfinite(c)]])
+    lo, hi = (float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))) if both.size else (0.0, 1.0)
+    if hi <= lo:
+        hi = lo + 1.0
+    d = c - r
+    dmax = float(np.nanmax(np.abs(d))) if np.isfinite(d).any() else 0.0
+    panels = [("reference", _colormap((r - lo) / (hi - lo))), ("candidate", _colormap((c - lo) / (hi - lo))),
+              (f"candidate − reference (±{format_float(dmax)})", _diverging(d / dmax if dmax > 0 else d * 0))]
+    gr, gc = r.shape
+    scale = 220 / max(gr, gc)
+    w, h = max(gc * scale, 24), max(gr * scale, 24)
+    gap, top = 24, 22
+    width, height = int(3 * w + 2 * gap + 8), int(top + h + 30)
+    out = [f'<svg class="plot images" id="img-{uid}" viewBox="0 0 {width} {height}" width="{width}" role="img" '
+           f'aria-label="reference, candidate and difference images">']
+    rows, cols = sd.ref.shape
+    for k, (label, rgb) in enumerate(panels):
+        rgb = rgb.copy()
+        if k < 2:
+            rgb[~np.isfinite(r if k == 0 else c)] = (207, 34, 46)
+        x0 = 4 + k * (w + gap)
+        png = base64.b64encode(_png(rgb)).decode("ascii")
+        out.append(f'<text x="{_n(x0)}" y="14" font-size="11.5" font-weight="600">{_e(label)}</text>')
+        out.append(f'<image x="{_n(x0)}" y="{top}" width="{_n(w)}" height="{_n(h)}" preserveAspectRatio="none" '
+                   f'style="image-rendering: pixelated" href="data:image/png;base64,{png}"/>')
+        out.append(f'<rect x="{_n(x0)}" y="{top}" width="{_n(w)}" height="{_n(h)}" fill="none" stroke="#8a93a3"/>')
+        if image is not None and k < 2:  # circle the unmatched peaks on their own side
+            pts, colour = (image.missing_examples, "#cf222e") if k == 0 else (image.extra_examples, "#0969da")
+            for py, px in pts:
+                cx, cy = x0 + (px + 0.5) / cols * w, top + (py + 0.5) / rows * h
+                out.append(f'<circle cx="{_n(cx)}" cy="{_n(cy)}" r="6" fill="none" stroke="{colour}" stroke-width="1.5">'
+                           f"<title>{'missing' if k == 0 else 'extra'} peak ({py}, {px})</title></circle>")
+    out.append(f'<text x="4" y="{_n(top + h + 18)}" font-size="10.5">colour scale {format_float(lo)} … '
+               f"{format_float(hi)} (both images); {rows}×{cols} pixels"
+               + (", max-pooled" if max(rows, cols) > 160 else "") + "</text></svg>")
+    return "".join(out)
+
+
 # -- page --------------------------------------------------------------------------------------
 
 _STATUS_CLASS = {Status.PASS: "st-pass", Status.FAIL: "st-fail", Status.EXPECTED: "st-expected",
@@ -586,6 +663,9 @@ def _stage_detail(sd: StageDiff, anchor: str, pair: TracePair | None, worst: int
     if sd.tolerance is not None:
         facts.append("tolerance: " + ", ".join(f"{k}={v:g}" for k, v in sd.tolerance.to_dict().items()))
     facts += [f"note: {_e(n)}" for n in sd.notes]
+    image = image_of(sd)
+    if image is not None:
+        facts.append(f"image: {_e(image.summary())}")
     facts += [f"<strong>likely:</strong> {_e(d.summary)}" for d in sd.diagnoses]
     out.append('<ul class="facts">' + "".join(f"<li>{f}</li>" for f in facts) + "</ul>")
     data = pair.arrays(sd) if pair is not None else None
@@ -610,6 +690,11 @@ def _stage_detail(sd: StageDiff, anchor: str, pair: TracePair | None, worst: int
             out.append(f'<figure>{heat}<div class="hm-readout" id="readout-{anchor}"></div>'
                        "<figcaption>Where the error is: hover for the block's rows, columns and value.</figcaption></figure>")
         out.append("</div>")
+        if image_of(sd) is not None:
+            panels = _image_panels(data, sd, anchor, max_heat)
+            if panels is not None:
+                out.append(f'<figure>{panels}<figcaption>The two images and their difference; circles mark peaks '
+                           "found on one side only (red: reference only, blue: candidate only).</figcaption></figure>")
     out.append("</section>")
     return "".join(out)
 
@@ -705,6 +790,19 @@ def render_html(
         left = len(diff.divergent) + len(diff.expected) - len(details)
         if left > 0:
             body.append(f'<p class="muted">{left} more divergent stage(s) appear in the table only.</p>')
+    passing_images = [sd for sd in diff.stages if image_of(sd) is not None and sd.passed]
+    if passing_images:  # divergent image stages are shown above, with their stage details
+        body.append("<h2>Images</h2>")
+        for k, sd in enumerate(passing_images):
+            image = image_of(sd)
+            assert image is not None
+            body.append(f'<section class="stage-detail"><h3><code>{_e(sd.key)}</code></h3>'
+                        f'<ul class="facts"><li>image: {_e(image.summary())}</li></ul>')
+            data = pair.arrays(sd) if pair is not None and k < 4 else None
+            panels = _image_panels(data, sd, f"image-{k}", max_heat_elements) if data is not None else None
+            if panels is not None:
+                body.append(f"<figure>{panels}<figcaption>The two images and their difference.</figcaption></figure>")
+            body.append("</section>")
     body.append(f"<h2>Stages ({len(diff.stages)})</h2>")
     body.append(_stage_table(diff, anchors))
     page_title = title or f"parity diff: {verdict} — {diff.ref_path} vs {diff.cand_path}"

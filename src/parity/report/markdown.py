@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..compare.diff import StageDiff, Status, TraceDiff
+from ..compare.image import image_of
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
 from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
 from .worst import WorstElement, worst_elements
@@ -75,6 +76,12 @@ def _stage_section(sd: StageDiff, pair: TracePair | None, worst: int, heading: s
         lines.append("- tolerance: " + ", ".join(f"{k}={v:g}" for k, v in sd.tolerance.to_dict().items()))
     for note in sd.notes:
         lines.append(f"- note: {_esc(note)}")
+    image = image_of(sd)
+    if image is not None:
+        lines.append(f"- image: {_esc(image.summary())}")
+        for what, pts in (("missing", image.missing_examples), ("extra", image.extra_examples)):
+            if pts:
+                lines.append(f"- {what} peaks (row, col): " + ", ".join(f"({a}, {b})" for a, b in pts))
     for d in sd.diagnoses:
         lines.append(f"- likely: {_esc(d.summary)}")
     if lines[-1] != "":
@@ -165,6 +172,16 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
                                       *_metric_cells(sd)]) + " |")
     out.append("")
 
+    images = [sd for sd in diff.stages if image_of(sd) is not None]
+    if images:
+        out += ["## Images", "", "| stage | Pearson | peaks matched | missing | extra | mean offset (px) |",
+                "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for sd in images:
+            im = image_of(sd)
+            off = f"({im.mean_offset[0]:.3g}, {im.mean_offset[1]:.3g})" if im.mean_offset is not None else "-"
+            out.append(f"| `{sd.key}` | {format_float(im.pearson, 6)} | {im.matched}/{im.ref_peaks} | {im.missing} | "
+                       f"{im.extra} | {off} |")
+        out.append("")
     rest = [sd for sd in details if sd is not first]
     if rest:
         out += ["## Other divergent stages", ""]

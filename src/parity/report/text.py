@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..compare.diff import StageDiff, Status, TraceDiff, Verdict
+from ..compare.image import image_of
 from .worst import WorstElement
 
 __all__ = ["render_text", "format_float", "describe_first_divergence", "verdict_text", "describe_nothing_compared"]
@@ -112,6 +113,9 @@ def describe_first_divergence(diff: TraceDiff) -> list[str]:
                      f"candidate {format_float(m.max_abs_cand, 6)}")
         lines.append(f"  max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
                      f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB")
+    image = image_of(first)
+    if image is not None:
+        lines.append(f"  image: {image.summary()}")
     for d in first.diagnoses:
         lines.append(f"  likely: {d.summary}")
     later = len(diff.divergent) - 1
@@ -201,6 +205,11 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     for cells, style in body:
         table.add_row(*[cells[i] for i in shown], style=style)
     console.print(table)
+    images = [(sd, image_of(sd)) for sd in diff.stages if image_of(sd) is not None and sd is not first]
+    for sd, image in images[:10]:
+        console.print(Text(f"image {sd.key}: {image.summary()}", style=None if sd.passed else "red"))
+    if len(images) > 10:
+        console.print(Text(f"… and {len(images) - 10} more image stages (see the JSON or HTML report)", style="dim"))
     for sd in diff.expected:
         console.print(Text(f"expected divergence {sd.key}: {sd.expected_reason}", style="yellow"))
     missing, extra = diff.missing, diff.extra
