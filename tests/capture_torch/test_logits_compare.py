@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 import parity
 from parity.compare import logits as L
 from parity.compare.diff import TraceDiff
+from parity.errors import UsageError
 from parity.trace.dtypes import DTYPES
 
 
@@ -81,9 +82,9 @@ def test_masked_vocabulary_and_nan():
 
 
 def test_shapes_must_match():
-    with pytest.raises(ValueError, match="logits shapes differ"):
+    with pytest.raises(UsageError, match="logits shapes differ"):
         L.logits_metrics(np.zeros((2, 3)), np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="vocabulary axis"):
+    with pytest.raises(UsageError, match="vocabulary axis"):
         L.logits_metrics(np.float32(1), np.float32(1))
 
 

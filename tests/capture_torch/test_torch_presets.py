@@ -76,9 +76,9 @@ def test_register_preset_refuses_silent_replacement():
         register_preset(p, replace=True)
     finally:
         del PRESETS["unit-test-arch"]
-    with pytest.raises(ValueError, match="source must be one of"):
+    with pytest.raises(UsageError, match="source must be one of"):
         StageSpec("x", "outptu", "", ("batch",))
-    with pytest.raises(ValueError, match="lists stage 'x' twice"):
+    with pytest.raises(UsageError, match="lists stage 'x' twice"):
         Preset("dup", (), "l", (StageSpec("x", "output", "", ("b",)), StageSpec("x", "input", "", ("b",))), ())
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from parity.compare import metrics as M
 from parity.compare.metrics import StageMetrics, compute_metrics
+from parity.errors import UsageError
 from parity.trace.dtypes import DTYPES, dtype_of_array
 
 BACKENDS = ["numpy"] + (["c"] if M.kernel_available() else [])
@@ -545,19 +546,19 @@ def test_all_nan_on_both_sides(backend):
 
 def test_argument_errors():
     a = np.zeros(3)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UsageError, match="shape"):
         compute_metrics(a, np.zeros(4), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="rtol"):
+    with pytest.raises(UsageError, match="rtol"):
         compute_metrics(a, a, rtol=-1, atol=0)
-    with pytest.raises(ValueError, match="atol"):
+    with pytest.raises(UsageError, match="atol"):
         compute_metrics(a, a, rtol=0, atol=math.nan)
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(UsageError, match="backend"):
         compute_metrics(a, a, rtol=0, atol=0, backend="gpu")
-    with pytest.raises(ValueError, match="threads"):
+    with pytest.raises(UsageError, match="threads"):
         compute_metrics(a, a, rtol=0, atol=0, threads=0)
-    with pytest.raises(ValueError, match="chunk_elements"):
+    with pytest.raises(UsageError, match="chunk_elements"):
         compute_metrics(a, a, rtol=0, atol=0, chunk_elements=0)
-    with pytest.raises(ValueError, match="cannot hold"):
+    with pytest.raises(UsageError, match="cannot hold"):
         compute_metrics(a, a, ref_dtype=DTYPES["F32"], rtol=0, atol=0)
     with pytest.raises(TypeError):
         compute_metrics(a.astype(complex), a.astype(complex), rtol=0, atol=0)
@@ -692,7 +693,7 @@ def test_thread_count_does_not_change_anything(rng, monkeypatch):
 def test_backend_c_requires_the_kernel(monkeypatch):
     monkeypatch.setattr(M, "_kernel", None)
     a = np.ones(3)
-    with pytest.raises(RuntimeError, match="not built"):
+    with pytest.raises(UsageError, match="not built"):
         compute_metrics(a, a, rtol=0, atol=0, backend="c")
     assert compute_metrics(a, a, rtol=0, atol=0).passed  # auto falls back to NumPy
     assert not M.kernel_available() and M.kernel_simd() is None
@@ -719,9 +720,9 @@ def test_to_dict_from_dict_round_trip():
     d = m.to_dict()
     assert d["max_abs_err"] == "nan" and d["sqnr_db"] == "nan" and d["max_ulp"] == "inf"
     assert StageMetrics.from_dict(d).max_abs_index == (1,)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         StageMetrics.from_dict({k: v for k, v in d.items() if k != "count"})
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         StageMetrics.from_dict({**d, "cosine": "big"})
     assert hash(StageMetrics.from_dict(d)) == hash(m)
 
@@ -746,7 +747,7 @@ def test_registered_metric_lands_in_extra(rng):
     try:
         M.register_metric("max_signed_err", _MaxSignedErr)
         assert "max_signed_err" in M.registered_metrics()
-        with pytest.raises(ValueError):
+        with pytest.raises(UsageError):
             M.register_metric("max_signed_err", _MaxSignedErr)
         m = compute_metrics(ref, cand, rtol=0, atol=0, chunk_elements=777)
         assert m.extra["max_signed_err"] == float(np.max(cand.astype(np.float64) - ref.astype(np.float64)))
@@ -755,7 +756,7 @@ def test_registered_metric_lands_in_extra(rng):
     finally:
         M.unregister_metric("max_signed_err")
     assert compute_metrics(ref, cand, rtol=0, atol=0).extra == {}
-    with pytest.raises(TypeError):
+    with pytest.raises(UsageError):
         M.register_metric("x", 3)
 
 

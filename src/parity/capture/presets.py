@@ -94,7 +94,7 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"StageSpec {self.name!r}: source must be one of {SOURCES}, not {self.source!r}.")
+            raise UsageError(f"StageSpec {self.name!r}: source must be one of {SOURCES}, not {self.source!r}.")
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class Preset:
         by_name: dict[str, StageSpec] = {}
         for s in (*self.layer_stages, *self.model_stages):
             if s.name in by_name:
-                raise ValueError(f"preset {self.name!r} lists stage {s.name!r} twice.")
+                raise UsageError(f"preset {self.name!r} lists stage {s.name!r} twice.")
             by_name[s.name] = s
         object.__setattr__(self, "_by_name", by_name)
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = ["ImageMetrics", "image_metrics", "find_peaks", "is_image_stage", "image_of", "IMAGE_AXES", "DEFAULT_RADIUS"]
 
 #: Axis names that make a 2-D stage an image without any configuration.
@@ -174,7 +176,7 @@ def image_metrics(ref: np.ndarray, cand: np.ndarray, *, threshold: float | None 
     r = np.asarray(ref, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
     if r.shape != c.shape or r.ndim != 2:
-        raise ValueError(f"image metrics need two 2-D arrays of one shape, got {r.shape} and {c.shape}")
+        raise UsageError(f"image metrics need two 2-D arrays of one shape, got {r.shape} and {c.shape}")
     finite = np.isfinite(r) & np.isfinite(c)
     rf, cf = r[finite], c[finite]
     pearson = float("nan")

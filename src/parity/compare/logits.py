@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..trace.dtypes import DType, is_float, to_float64
 from ..trace.keys import split_key
 
@@ -133,9 +134,9 @@ def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DT
     """
     r_all, c_all = np.asarray(ref), np.asarray(cand)
     if r_all.shape != c_all.shape:
-        raise ValueError(f"logits shapes differ: {r_all.shape} vs {c_all.shape}.")
+        raise UsageError(f"logits shapes differ: {r_all.shape} vs {c_all.shape}.")
     if r_all.ndim == 0 or r_all.shape[-1] == 0:
-        raise ValueError(f"logits need a vocabulary axis; got shape {r_all.shape}.")
+        raise UsageError(f"logits need a vocabulary axis; got shape {r_all.shape}.")
     vocab = r_all.shape[-1]
     lead = r_all.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64)) if lead else 1

@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import UsageError
 from ..trace.dtypes import DType, dtype_of_array, is_float, to_float64
 
 try:  # the optional C accelerator
@@ -118,9 +119,9 @@ def _dec(x: Any) -> float:
     if isinstance(x, str):
         if x in ("nan", "inf", "-inf"):
             return float(x)
-        raise ValueError(f"{x!r} is not a number; only 'nan', 'inf' and '-inf' may be given as strings")
+        raise UsageError(f"{x!r} is not a number; only 'nan', 'inf' and '-inf' may be given as strings")
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{x!r} is not a number")
+        raise UsageError(f"{x!r} is not a number")
     return float(x)
 
 
@@ -240,24 +241,24 @@ class StageMetrics:
             the metrics.
 
         Raises:
-            ValueError: a field is missing or has a value of the wrong kind.
+            UsageError: a field is missing or has a value of the wrong kind.
         """
         kw: dict[str, Any] = {}
         for f in fields(cls):
             if f.name not in d:
                 if f.name == "extra":
                     continue
-                raise ValueError(f"stage metrics lack the field {f.name!r}")
+                raise UsageError(f"stage metrics lack the field {f.name!r}")
             v = d[f.name]
             if f.name in _INDEX_FIELDS:
                 kw[f.name] = None if v is None else tuple(int(i) for i in v)
             elif f.name in _INT_FIELDS:
                 if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValueError(f"stage metrics field {f.name!r} must be an integer, not {v!r}")
+                    raise UsageError(f"stage metrics field {f.name!r} must be an integer, not {v!r}")
                 kw[f.name] = v
             elif f.name == "extra":
                 if not isinstance(v, dict):
-                    raise ValueError(f"stage metrics field 'extra' must be an object, not {v!r}")
+                    raise UsageError(f"stage metrics field 'extra' must be an object, not {v!r}")
                 kw[f.name] = {str(k): _dec(x) for k, x in v.items()}
             elif f.name == "max_ulp" and v is None:
                 kw[f.name] = None
@@ -317,8 +318,8 @@ def register_metric(name: str, factory: Callable[[], Metric]) -> None:
             cand64)`` and ``result() -> float`` (see :class:`Metric`).
 
     Raises:
-        ValueError: ``name`` is empty or already registered.
-        TypeError: ``factory`` is not callable.
+        UsageError: ``name`` is empty or already registered.
+        UsageError: ``factory`` is not callable.
 
     Example::
 
@@ -330,11 +331,11 @@ def register_metric(name: str, factory: Callable[[], Metric]) -> None:
         register_metric("mean_err", MeanErr)
     """
     if not isinstance(name, str) or not name:
-        raise ValueError("a metric name must be a non-empty string")
+        raise UsageError("a metric name must be a non-empty string")
     if name in _REGISTRY:
-        raise ValueError(f"a metric named {name!r} is already registered; unregister_metric() it first")
+        raise UsageError(f"a metric named {name!r} is already registered; unregister_metric() it first")
     if not callable(factory):
-        raise TypeError("factory must be callable (it is called once per stage to make a Metric)")
+        raise UsageError("factory must be callable (it is called once per stage to make a Metric)")
     _REGISTRY[name] = factory
 
 
@@ -359,7 +360,7 @@ class _Side:
         if d is None:
             d = dtype_of_array(arr)
         if not isinstance(d, DType):
-            raise TypeError(f"{what}_dtype must be a parity DType, not {type(d).__name__}")
+            raise UsageError(f"{what}_dtype must be a parity DType, not {type(d).__name__}")
         dt = arr.dtype
         try:
             same = dtype_of_array(arr) == d
@@ -367,7 +368,7 @@ class _Side:
             same = False
         raw_bits = dt.kind == "u" and dt.itemsize == d.itemsize
         if not (same or raw_bits):
-            raise ValueError(f"the {what} array has dtype {dt}, which cannot hold a {d.name} stage "
+            raise UsageError(f"the {what} array has dtype {dt}, which cannot hold a {d.name} stage "
                              f"(give the {d.name} array itself or its raw {np.dtype(d.bits)} bit patterns)")
         self.arr = arr
         self.dtype = d
@@ -593,9 +594,9 @@ def _check_tol(name: str, v: float) -> float:
     try:
         v = float(v)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, not {v!r}") from None
+        raise UsageError(f"{name} must be a number, not {v!r}") from None
     if math.isnan(v) or v < 0:
-        raise ValueError(f"{name} must be >= 0, not {v}")
+        raise UsageError(f"{name} must be >= 0, not {v}")
     return v
 
 
@@ -638,10 +639,10 @@ def compute_metrics(
         the :class:`StageMetrics` of the stage.
 
     Raises:
-        ValueError: the shapes differ, a tolerance is negative or NaN, an array cannot hold its
+        UsageError: the shapes differ, a tolerance is negative or NaN, an array cannot hold its
             declared dtype, or an argument is out of range.
-        TypeError: an array's dtype cannot be stored (complex, object, ...).
-        RuntimeError: ``backend="c"`` but the C kernel is not built.
+        UsageError: an array's dtype cannot be stored (complex, object, ...).
+        UsageError: ``backend="c"`` but the C kernel is not built.
 
     Example:
         >>> import numpy as np
@@ -658,20 +659,20 @@ def compute_metrics(
     if not isinstance(cand, np.ndarray):
         cand = np.asarray(cand)
     if ref.shape != cand.shape:
-        raise ValueError(f"reference shape {ref.shape} and candidate shape {cand.shape} differ")
+        raise UsageError(f"reference shape {ref.shape} and candidate shape {cand.shape} differ")
     rtol = _check_tol("rtol", rtol)
     atol = _check_tol("atol", atol)
     if backend not in ("auto", "c", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'c' or 'numpy', not {backend!r}")
+        raise UsageError(f"backend must be 'auto', 'c' or 'numpy', not {backend!r}")
     if backend == "c" and _kernel is None:
-        raise RuntimeError("the C kernel parity.compare._kernel is not built (reinstall parity with a C "
+        raise UsageError("the C kernel parity.compare._kernel is not built (reinstall parity with a C "
                            "compiler available), use backend='numpy' or 'auto'")
     if threads is None:
         threads = min(2, os.cpu_count() or 1)
     elif not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, not {threads!r}")
+        raise UsageError(f"threads must be a positive integer, not {threads!r}")
     if chunk_elements is not None and (not isinstance(chunk_elements, int) or chunk_elements < 1):
-        raise ValueError(f"chunk_elements must be a positive integer, not {chunk_elements!r}")
+        raise UsageError(f"chunk_elements must be a positive integer, not {chunk_elements!r}")
 
     rs, cs = _Side(ref, ref_dtype, "ref"), _Side(cand, cand_dtype, "cand")
     rd, cd = rs.dtype, cs.dtype
