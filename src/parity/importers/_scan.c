@@ -643,7 +643,7 @@ static int values_reserve(Values *self, Py_ssize_t more) {
  * Returns 1 and sets rows/width, 0 when not in the fast grammar, -1 on error. */
 static int scan_list(Values *self, const unsigned char *p, const unsigned char *end, int semi,
                      Py_ssize_t *rows_out, Py_ssize_t *width_out) {
-    Py_ssize_t rows = 0, width = -1, count = 0;
+    Py_ssize_t rows = 0, width = -1, count = 0, written = 0;
     double *out = self->buf + self->len;
     for (;;) {
         while (p < end && (is_space(*p) || *p == ',')) p++;
@@ -657,12 +657,17 @@ static int scan_list(Values *self, const unsigned char *p, const unsigned char *
             p++;
             continue;
         }
+        if (self->len + written >= self->cap) { /* grow as numbers come (not by the length of the text) */
+            if (values_reserve(self, written + 1) < 0) return -1;
+            out = self->buf + self->len + written;
+        }
         const unsigned char *q = scan_number(p, end, semi, out);
         if (q == NULL) return 0;
         if (q == p) return -1;
         p = q;
         out++;
         count++;
+        written++;
     }
     if (semi && (count > 0 || rows == 0)) { /* a last row, unless it is the empty one after a trailing ';' */
         if (width < 0) width = count;
@@ -683,8 +688,8 @@ static int scan_list(Values *self, const unsigned char *p, const unsigned char *
  * (nothing appended), NULL on error.  New reference. */
 static PyObject *push_value(Values *self, const unsigned char *s, Py_ssize_t n) {
     if (n == 0) Py_RETURN_NONE;
-    /* at most one number per two bytes ("1 2 3", "1,2,3") */
-    if (values_reserve(self, n / 2 + 1) < 0) return NULL;
+    /* at most one number per two bytes ("1 2 3", "1,2,3"); a long value grows the buffer as it goes */
+    if (values_reserve(self, n < 8192 ? n / 2 + 1 : 4096) < 0) return NULL;
     Py_ssize_t rows = 0, width = 0;
     int r;
     int bracket = s[0] == '[';
