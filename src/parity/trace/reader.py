@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StageNotFoundError, TraceFormatError
-from ._safetensors import TensorEntry, read_header
+from ..errors import StageKeyError, StageNotFoundError, TraceFormatError
+from ..safefs import check_inside
+from ._safetensors import BadNumber, TensorEntry, holds_bad_number, is_index, load_json, open_regular, read_header
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, DType, storage_dtype
 from .keys import validate_key
-from .writer import FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
+from .writer import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
 
 __all__ = ["Stage", "Trace", "load_trace"]
 
-_FILE_RE = re.compile(r"^data/[0-9]{6}\.safetensors$")
+_FILE_RE = re.compile(r"data/[0-9]{6}\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ class Trace:
         mm = self._maps.get(stage.file)
         if mm is None:
             full = os.path.join(self.path, stage.file)
-            with open(full, "rb") as f:
+            with os.fdopen(open_regular(full, "data file"), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < data_start + max((e.end for e in entries.values()), default=0):
+                    raise TraceFormatError(f"is now {size} bytes long, shorter than when the trace was opened; "
+                                           "the file was truncated or replaced.", path=full)
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._maps[stage.file] = mm
         dt = storage_dtype(DTYPES[stage.dtype])
@@ -198,116 +203,286 @@ class Trace:
         return problems
 
 
-def _read_manifest(path: str) -> dict[str, Any]:
+# -- reading and checking the manifest and the journal -----------------------------------------------
+
+def _short(v: object, limit: int = 80) -> str:
+    """``repr(v)``, cut to ``limit`` characters (a hostile field may be megabytes long)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 12] + "..." + text[-8:]
+
+
+def _read_file(path: str, what: str) -> bytes:
+    """The bytes of a regular file (never blocks on a FIFO, never reads a device)."""
+    fd = open_regular(path, what)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _read_manifest(path: str, follow_symlinks: bool) -> tuple[dict[str, Any], list[BadNumber]]:
+    """The manifest, its top-level fields checked; and the non-finite numbers it holds (refused by
+    the caller once the fields they sit in are checked, so that the message names the field)."""
     mpath = os.path.join(path, MANIFEST)
     if not os.path.isdir(path):
         if os.path.exists(path):
             raise TraceFormatError("is not a trace directory (a trace is a directory holding manifest.json).", path=path)
         raise TraceFormatError("no such trace directory.", path=path)
+    if os.path.lexists(mpath):
+        check_inside(path, mpath, follow_symlinks=follow_symlinks, what="manifest")
     try:
-        with open(mpath, "rb") as f:
-            raw = f.read()
+        raw = _read_file(mpath, "manifest")
     except FileNotFoundError as e:
         raise TraceFormatError("has no manifest.json; it is not a parity trace.", path=path) from e
-    try:
-        manifest = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TraceFormatError(f"is not valid JSON ({e}); the manifest is corrupt.", path=mpath) from e
+    manifest, bad = load_json(raw, path=mpath, what="manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise TraceFormatError(f'is not a parity trace manifest (expected "format": "{FORMAT_NAME}").', path=mpath)
     version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+    if type(version) is not int or version > SCHEMA_VERSION or version < 1:
         raise TraceFormatError(
-            f"has schema_version {version!r}; this parity reads versions 1 to {SCHEMA_VERSION} (upgrade parity).", path=mpath
+            f"has schema_version {_short(version)}; this parity reads versions 1 to {SCHEMA_VERSION} (upgrade parity).",
+            path=mpath,
         )
-    return manifest
+    for name, types, expected in _TOP_FIELDS:
+        if name in manifest and type(manifest[name]) not in types:
+            raise TraceFormatError(f'"{name}" must be {expected}, got {_short(manifest[name])}.', path=mpath)
+    return manifest, bad
 
 
-def _replay_journal(path: str, manifest: dict[str, Any]) -> None:
-    """Fold the journal of an interrupted capture into ``manifest`` (in place)."""
+_TOP_FIELDS = [
+    ("complete", (bool,), "true or false"),
+    ("stages", (list,), "a list of stage entries"),
+    ("files", (dict,), "an object of data files"),
+    ("meta", (dict,), "an object"),
+    ("incomplete_reason", (str,), "a string"),
+    ("producer", (str,), "a string"),
+    ("tool_version", (str,), "a string"),
+    ("environment", (dict,), "an object"),
+    ("command", (list,), "a list of strings"),
+]
+
+
+def _refuse_bad_numbers(doc: dict[str, Any], path: str, bad: list[BadNumber]) -> None:
+    """Raise naming the first place ``doc`` holds a non-finite number (NaN, Infinity, 1e999)."""
+    for pos, entry in enumerate(doc.get("stages") or ()):
+        if holds_bad_number(entry):
+            raise TraceFormatError(f"{_stage_name(entry, pos)} holds the number {bad[0]!r}; a trace holds only finite "
+                                   "numbers (the manifest is corrupt).", path=path)
+    for name, value in doc.items():
+        if name != "stages" and holds_bad_number(value):
+            raise TraceFormatError(f'"{name}" holds the number {bad[0]!r}; a trace holds only finite numbers '
+                                   "(the manifest is corrupt).", path=path)
+    raise TraceFormatError(f"holds the number {bad[0]!r}; a trace holds only finite numbers (the manifest is corrupt).",
+                           path=path)
+
+
+def _stage_name(entry: object, pos: int) -> str:
+    key = entry.get("key") if type(entry) is dict else None
+    return f"stage {key!r}" if type(key) is str and len(key) <= 200 else f"stage #{pos}"
+
+
+def _check_file_info(info: object, where: str, path: str) -> dict[str, Any]:
+    """A data file's entry: ``{"bytes": N, "crc32": "8 hex digits"}`` (or an older ``"sha256"``)."""
+    if type(info) is not dict:
+        raise TraceFormatError(f"{where}: expected an object with bytes and crc32, got {_short(info)}.", path=path)
+    if "bytes" in info and not is_index(info["bytes"]):
+        raise TraceFormatError(f"{where}: bytes must be a non-negative integer, got {_short(info['bytes'])}.", path=path)
+    if "crc32" in info and not (type(info["crc32"]) is str and _CRC_RE.fullmatch(info["crc32"])):
+        raise TraceFormatError(f"{where}: crc32 must be 8 lowercase hex digits, got {_short(info['crc32'])}.", path=path)
+    if "sha256" in info and not (type(info["sha256"]) is str and _SHA_RE.fullmatch(info["sha256"])):
+        raise TraceFormatError(f"{where}: sha256 must be 64 lowercase hex digits, got {_short(info['sha256'])}.",
+                               path=path)
+    return info
+
+
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_file_name(rel: object, where: str, path: str) -> str:
+    """A data file's name: ``data/NNNNNN.safetensors`` exactly (so never absolute, never ``..``)."""
+    if type(rel) is not str or not _FILE_RE.fullmatch(rel):
+        raise TraceFormatError(f"{where} data file {_short(rel)}; data files must be named data/NNNNNN.safetensors "
+                               "(a plain name inside the trace's data/ folder).", path=path)
+    return rel
+
+
+def _replay_journal(path: str, manifest: dict[str, Any], follow_symlinks: bool
+                    ) -> tuple[list[tuple[str, int]], list[tuple[int, BadNumber]]]:
+    """Fold the journal of an interrupted capture into ``manifest`` (in place).
+
+    Returns the origin (file, line number) of each stage entry replayed from it, in order, and
+    the (line number, number) of the non-finite numbers of those entries. The last line, when it has no newline, is what a writer killed mid-line left and is ignored; any
+    other line must be a whole, well-formed record.
+    """
     jpath = os.path.join(path, JOURNAL)
-    if manifest.get("complete") or not os.path.exists(jpath):
-        return
+    if manifest.get("complete") or not os.path.lexists(jpath):
+        return [], []
+    check_inside(path, jpath, follow_symlinks=follow_symlinks, what="journal")
+    raw = _read_file(jpath, "journal")
     stages, files = list(manifest.get("stages", [])), dict(manifest.get("files", {}))
-    known = {s.get("key") for s in stages}
-    with open(jpath, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # the writer died mid-line; everything before it is whole
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break
-            if "file" in rec and "stage" not in rec:
-                files[rec["file"]] = {k: v for k, v in rec.items() if k != "file"}
-            elif "stage" in rec and rec["stage"].get("key") not in known:
-                stages.append(rec["stage"])
-                known.add(rec["stage"].get("key"))
+    known = {s.get("key") for s in stages if type(s) is dict}
+    origins: list[tuple[str, int]] = []
+    deferred: list[tuple[int, BadNumber]] = []
+    lines = raw.split(b"\n")
+    lines.pop()  # after the last newline: empty, or the line a killed writer left unfinished
+    for number, line in enumerate(lines, 1):
+        where = f"line {number}"
+        rec, bad = load_json(line, path=jpath, what=f"journal's {where}")
+        if type(rec) is not dict:
+            raise TraceFormatError(f"{where}: expected a JSON object (a file or a stage record), got {_short(rec)}.",
+                                   path=jpath)
+        if bad and "stage" not in rec:
+            raise TraceFormatError(f"{where}: holds the number {bad[0]!r}; a trace holds only finite numbers.",
+                                   path=jpath)
+        if "stage" in rec:
+            entry = rec["stage"]
+            if type(entry) is not dict:
+                raise TraceFormatError(f"{where}: \"stage\" must be a stage entry (an object), got {_short(entry)}.",
+                                       path=jpath)
+            key = entry.get("key")
+            if type(key) is not str:
+                raise TraceFormatError(f"{where}: the stage entry has no key (a string), got {_short(key)}.",
+                                       path=jpath)
+            if key not in known:
+                stages.append(entry)
+                origins.append((jpath, number))
+                known.add(key)
+                if bad:  # refused once the entry's fields are checked (naming the field, if it is one)
+                    deferred.append((number, bad[0]))
+        elif "file" in rec:
+            rel = _check_file_name(rec["file"], f"{where} lists", jpath)
+            files[rel] = _check_file_info({k: v for k, v in rec.items() if k != "file"}, f"{where} ({rel})", jpath)
+        else:
+            raise TraceFormatError(f'{where}: expected a "file" or a "stage" record, got keys {_short(sorted(rec))}.',
+                                   path=jpath)
     manifest["stages"], manifest["files"] = stages, files
     manifest.setdefault("incomplete_reason", "capture was interrupted")
+    return origins, deferred
 
 
-def load_trace(path: str | os.PathLike[str]) -> Trace:
+def _is_scalar(v: object) -> bool:
+    return type(v) in (str, int, float, bool)
+
+
+def _stage(raw: object, pos: int, where: str, path: str, headers: dict[str, tuple[dict[str, TensorEntry], int]],
+           seen: set[str]) -> Stage:
+    """Check one stage entry of the manifest (or journal) field by field, and make its :class:`Stage`."""
+    if type(raw) is not dict:
+        raise TraceFormatError(f"{where}stage #{pos}: expected a stage entry (an object), got {_short(raw)}.", path=path)
+    key = raw.get("key")
+    if type(key) is not str:
+        raise TraceFormatError(f"{where}stage #{pos}: key must be a string, got {_short(key)}.", path=path)
+    try:
+        validate_key(key)
+    except (StageKeyError, ValueError) as e:
+        raise TraceFormatError(f"{where}stage #{pos}: {e}", path=path) from e
+    name = f"{where}stage {key!r}"
+
+    def bad(field: str, expected: str) -> TraceFormatError:
+        return TraceFormatError(f"{name}: {field} must be {expected}, got {_short(raw[field])}.", path=path)
+
+    if key in seen:
+        raise TraceFormatError(f"{name} is listed twice.", path=path)
+    seen.add(key)
+    kind = raw.get("kind", "tensor")
+    if kind not in ("tensor", "text"):
+        raise TraceFormatError(f"{name} has unknown kind {_short(kind)}; expected tensor or text.", path=path)
+    axes = raw.get("axes")
+    if axes is not None and (type(axes) is not list or not all(type(a) is str for a in axes)):
+        raise bad("axes", "a list of strings")
+    units = raw.get("units")
+    if units is not None and type(units) is not str:
+        raise bad("units", "a string")
+    indices = raw.get("indices", {})
+    if type(indices) is not dict or not all(_is_scalar(v) for v in indices.values()):
+        raise bad("indices", "an object of strings, numbers and booleans")
+    provenance = raw.get("provenance", {})
+    if type(provenance) is not dict:
+        raise bad("provenance", "an object")
+    occurrence = raw.get("occurrence", 0)
+    if not is_index(occurrence):
+        raise bad("occurrence", "a non-negative integer")
+    common = dict(key=key, kind=kind, axes=tuple(axes) if axes is not None else None, units=units,
+                  indices=dict(indices), provenance=dict(provenance), occurrence=occurrence, position=pos)
+    if kind == "text":
+        if type(raw.get("text")) is not str:
+            raise TraceFormatError(f"{name} is a text stage without text (a string).", path=path)
+        return Stage(dtype=None, shape=(), text=raw["text"], **common)
+    shape = raw.get("shape", [])
+    if type(shape) is not list or not all(is_index(n) for n in shape):
+        raise bad("shape", "a list of non-negative integers")
+    dtype = raw.get("dtype")
+    if type(dtype) is not str or dtype not in DTYPES:
+        raise TraceFormatError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {_short(dtype)}.", path=path)
+    rel = raw.get("file")
+    if type(rel) is not str:
+        raise TraceFormatError(f"{name}: file must be the name of a data file, got {_short(rel)}.", path=path)
+    if rel not in headers:
+        raise TraceFormatError(f"{name} points at data file {_short(rel)}, which the manifest does not list.", path=path)
+    entry = headers[rel][0].get(key)
+    if entry is None:
+        raise TraceFormatError(f"{name} is not in data file {rel}.", path=path)
+    if dtype != entry.dtype or tuple(shape) != entry.shape:
+        raise TraceFormatError(f"{name}: the entry says {dtype} {tuple(shape)} but {rel} holds {entry.dtype} "
+                               f"{entry.shape}.", path=path)
+    if axes is not None and len(axes) != len(shape):
+        raise TraceFormatError(f"{name}: axes {axes} do not match shape {tuple(shape)}.", path=path)
+    return Stage(dtype=entry.dtype, shape=entry.shape, file=rel, **common)
+
+
+def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> Trace:
     """Open a trace directory for reading.
 
     Checks the manifest and every data file's header and size (cheap); call
     :meth:`Trace.verify` to also check the checksum (CRC-32) of every data file.
 
     Args:
-        path: the ``NAME.trace`` directory.
+        path: the ``NAME.trace`` directory (it may itself be a symbolic link).
+        follow_symlinks: also read a manifest, journal, ``data/`` folder or data file that is a
+            symbolic link to somewhere outside the trace directory (refused by default).
 
     Returns:
         A :class:`Trace`; ``trace.complete`` is False for an interrupted capture.
 
     Raises:
-        TraceFormatError: the directory is not a trace, or a file is corrupt, truncated or foreign.
+        TraceFormatError: the directory is not a trace, or a file is corrupt, truncated or foreign
+            (the message names the file, and the stage or journal line at fault).
+        TraceError: a file of the trace is a symbolic link out of the trace directory.
     """
     path = os.fspath(path)
-    manifest = _read_manifest(path)
-    _replay_journal(path, manifest)
+    manifest, bad = _read_manifest(path, follow_symlinks)
+    origins, deferred = _replay_journal(path, manifest, follow_symlinks)
     mpath = os.path.join(path, MANIFEST)
     headers: dict[str, tuple[dict[str, TensorEntry], int]] = {}
     files = manifest.get("files", {})
-    for rel in files:
-        if not isinstance(rel, str) or not _FILE_RE.match(rel):
-            raise TraceFormatError(f"lists data file {rel!r}; data files must be named data/NNNNNN.safetensors.", path=mpath)
-        entries, _meta, start = read_header(os.path.join(path, rel))
+    if files and os.path.lexists(os.path.join(path, DATA_DIR)):
+        check_inside(path, os.path.join(path, DATA_DIR), follow_symlinks=follow_symlinks, what="data directory")
+    for rel, info in files.items():
+        _check_file_name(rel, "lists", mpath)
+        _check_file_info(info, f'data file "{rel}"', mpath)
+        full = os.path.join(path, rel)
+        if os.path.lexists(full):
+            check_inside(path, full, follow_symlinks=follow_symlinks, what="data file")
+        entries, _meta, start = read_header(full)
+        size = info.get("bytes")
+        actual = os.path.getsize(full)
+        if size is not None and size != actual:
+            raise TraceFormatError(f"is {actual} bytes long but the manifest says {size}; the file is truncated or was "
+                                   "changed.", path=full)
         headers[rel] = (entries, start)
     stages: list[Stage] = []
     seen: set[str] = set()
-    for pos, raw in enumerate(manifest.get("stages", [])):
-        try:
-            key = validate_key(raw["key"])
-            kind = raw.get("kind", "tensor")
-        except (KeyError, TypeError) as e:
-            raise TraceFormatError(f"stage #{pos} has no key.", path=mpath) from e
-        except Exception as e:
-            raise TraceFormatError(f"stage #{pos}: {e}", path=mpath) from e
-        if key in seen:
-            raise TraceFormatError("is listed twice.", path=mpath, stage=key)
-        seen.add(key)
-        axes = tuple(raw["axes"]) if raw.get("axes") is not None else None
-        common = dict(key=key, kind=kind, axes=axes, units=raw.get("units"), indices=dict(raw.get("indices", {})),
-                      provenance=dict(raw.get("provenance", {})), occurrence=int(raw.get("occurrence", 0)), position=pos)
-        if kind == "text":
-            if not isinstance(raw.get("text"), str):
-                raise TraceFormatError("is a text stage without text.", path=mpath, stage=key)
-            stages.append(Stage(dtype=None, shape=(), text=raw["text"], **common))
-            continue
-        if kind != "tensor":
-            raise TraceFormatError(f"has unknown kind {kind!r}; expected tensor or text.", path=mpath, stage=key)
-        rel = raw.get("file")
-        if rel not in headers:
-            raise TraceFormatError(f"points at data file {rel!r}, which the manifest does not list.", path=mpath, stage=key)
-        entry = headers[rel][0].get(key)
-        if entry is None:
-            raise TraceFormatError(f"is not in data file {rel}.", path=mpath, stage=key)
-        shape = tuple(int(s) for s in raw.get("shape", []))
-        if raw.get("dtype") != entry.dtype or shape != entry.shape:
-            raise TraceFormatError(
-                f"manifest says {raw.get('dtype')} {shape} but {rel} holds {entry.dtype} {entry.shape}.", path=mpath, stage=key
-            )
-        if axes is not None and len(axes) != len(shape):
-            raise TraceFormatError(f"axes {list(axes)} do not match shape {shape}.", path=mpath, stage=key)
-        stages.append(Stage(dtype=entry.dtype, shape=shape, file=rel, **common))
+    raw_stages = manifest.get("stages", [])
+    first_replayed = len(raw_stages) - len(origins)
+    for pos, raw in enumerate(raw_stages):
+        if pos < first_replayed:
+            stages.append(_stage(raw, pos, "", mpath, headers, seen))
+        else:
+            jpath, line = origins[pos - first_replayed]
+            stages.append(_stage(raw, pos, f"line {line}: ", jpath, headers, seen))
+    if deferred:  # non-finite numbers in no field checked above (provenance...)
+        line, number = deferred[0]
+        raise TraceFormatError(f"line {line}: holds the number {number!r}; a trace holds only finite numbers.",
+                               path=os.path.join(path, JOURNAL))
+    if bad:  # the same in the manifest (provenance, meta...)
+        _refuse_bad_numbers(manifest, mpath, bad)
     return Trace(path, manifest, stages, headers)
