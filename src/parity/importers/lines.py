@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import gc
 import gzip
+import math
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -48,6 +50,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import ImportFormatError, UsageError
+from ..limits import MAX_INT_DIGITS, MAX_NESTING, max_stage_bytes
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
@@ -64,6 +67,9 @@ _INT = re.compile(rb"^[+-]?[0-9]+$")
 _INDEX_NAME = re.compile(rb"^[A-Za-z_][A-Za-z0-9_]*$")
 _MSVC = {b"1.#inf": "inf", b"-1.#inf": "-inf", b"1.#qnan": "nan", b"-1.#qnan": "nan", b"1.#ind": "nan", b"-1.#ind": "nan"}
 _MAX_EXAMPLES = 5
+_MAX_RENAMES = 100  # renamed printed names (and colliding stage names) listed in LineStats
+_MAX_SPELLINGS = 20  # printed names listed per colliding stage name
+_MAX_TRACKED_NAMES = 200_000  # stage names remembered (as printed; under a changed name) for collisions
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,14 @@ class LineStats:
         examples: up to five ``(line number, reason)`` of malformed lines.
         fields: values read (one stage each).
         digits: the most significant digits seen in a printed number (the log's precision).
+        renamed: values stored under a stage name other than the printed one (the printed name
+            had characters a stage key cannot hold, e.g. ``rot[1]`` → ``rot_1``, ``../x`` → ``_x``).
+        renames: for the first 100 distinct printed names that were changed, ``(line, printed
+            name, stored key)`` of their first value.
+        collisions: stage names that more than one distinct printed name became (e.g. ``_x`` from
+            ``../x``, ``．．/x`` and ``.\\x``), each with up to 20 of those printed names, in the
+            order first stored; their values are stored as occurrences ``_x``, ``_x#1``... and keep
+            the printed name in their provenance. At most 100 listed; ``collided`` counts them all.
     """
 
     lines: int = 0
@@ -106,15 +120,76 @@ class LineStats:
     examples: list[tuple[int, str]] = field(default_factory=list)
     fields: int = 0
     digits: int = 0
+    renamed: int = 0
+    renames: list[tuple[int, str, str]] = field(default_factory=list)
+    collisions: dict[str, list[str]] = field(default_factory=dict)
+    collided: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"lines": self.lines, "trace_lines": self.trace_lines, "skipped": self.skipped,
-                "malformed": self.malformed, "fields": self.fields,
-                "malformed_examples": [f"line {n}: {why}" for n, why in self.examples]}
+    def to_dict(self, *, renames: bool = False) -> dict[str, Any]:
+        """The statistics as plain JSON values (what the trace's ``meta["import"]`` stores).
+
+        Args:
+            renames: add :meth:`rename_dict` (for an import summary; the trace's own metadata
+                leaves it out: each renamed stage keeps its printed name in its provenance).
+        """
+        out: dict[str, Any] = {"lines": self.lines, "trace_lines": self.trace_lines, "skipped": self.skipped,
+                               "malformed": self.malformed, "fields": self.fields,
+                               "malformed_examples": [f"line {n}: {why}" for n, why in self.examples]}
+        if renames:
+            out.update(self.rename_dict())
+        return out
+
+    def rename_dict(self) -> dict[str, Any]:
+        """The renamed printed names and the collisions as JSON values; ``{}`` when no name changed.
+
+        Keys: ``renamed`` (values stored under a changed name), ``renames`` (``{"line", "printed",
+        "stored"}`` per listed printed name), ``collided`` and ``collisions`` (``{"stage",
+        "printed": [...]}`` per listed stage name), the last two only when names collided.
+        """
+        out: dict[str, Any] = {}
+        if self.renamed:
+            out["renamed"] = self.renamed
+            out["renames"] = [{"line": n, "printed": printed, "stored": stored} for n, printed, stored in self.renames]
+        if self.collided:
+            out["collided"] = self.collided
+            out["collisions"] = [{"stage": name, "printed": list(printed)} for name, printed in self.collisions.items()]
+        return out
+
+    def rename_lines(self) -> list[str]:
+        """One human-readable line per listed rename and collision (for an import summary)."""
+        out = []
+        if self.renamed:
+            out.append(f"{self.renamed} values stored under a name other than the printed one "
+                       f"({len(self.renames)} printed names listed):")
+        out += [f"line {n}: renamed {printed!r} -> {stored!r}" for n, printed, stored in self.renames]
+        for name, printed in self.collisions.items():
+            out.append(f"collision: {', '.join(repr(p) for p in printed)} all became {name!r} "
+                       f"(stored as occurrences {name!r}, {name + '#1'!r}...)")
+        if self.collided > len(self.collisions):
+            out.append(f"... {self.collided} colliding stage names in all")
+        return out
+
+
+def _numpy_max_ndim() -> int:
+    """The most dimensions an array may have: 64 since NumPy 2, 32 before."""
+    try:
+        np.empty((1,) * 64)
+    except ValueError:
+        return 32
+    return 64
+
+
+_MAX_NDIM = _numpy_max_ndim()
 
 
 class _Malformed(ValueError):
-    pass
+    """A trace line that cannot be parsed: counted as malformed and skipped."""
+
+
+class _Fatal(_Malformed):
+    """A trace line past a hard limit (brackets nested too deep): the import stops with an
+    ImportFormatError naming the file and line. A _Malformed too, so that the fast paths decline
+    the line and leave it to LineParser._parse_body, which raises."""
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -137,8 +212,15 @@ def _float_slow(tok: bytes) -> float | None:
     if not low.lstrip(b"+-").startswith(b"0x"):
         return None  # float.fromhex takes "beef" or "add" too: only C99 "%a" text (0x...) is a hex float
     try:
-        return float.fromhex(tok.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
+        text = tok.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    try:
+        return float.fromhex(text)
+    except OverflowError:
+        # too large for a double once rounded: +-inf, as float() gives for a decimal (1e999)
+        return -math.inf if text.lstrip()[:1] == "-" else math.inf
+    except ValueError:
         return None
 
 
@@ -170,30 +252,37 @@ def _split_tokens(text: bytes) -> list[bytes]:
 
 
 def _nested(text: bytes, where: str) -> np.ndarray | None:
-    """``[[1, 2], [3, 4]]`` → a rectangular array (or ``None`` if an element is not a number)."""
-    tokens = re.findall(rb"\[|\]|[^\s,\[\]]+", text)
-    pos = 0
+    """``[[1, 2], [3, 4]]`` → a rectangular array (or ``None`` if an element is not a number).
 
-    def walk() -> Any:
-        nonlocal pos
-        if tokens[pos] != b"[":
+    Iterative (no recursion), at most :data:`parity.limits.MAX_NESTING` brackets deep.
+    """
+    tokens = re.findall(rb"\[|\]|[^\s,\[\]]+", text)
+    n = len(tokens)
+    if not n:
+        raise _Malformed(f"unbalanced brackets in {where}")
+    tree: Any
+    if tokens[0] != b"[":
+        tree, pos = tokens[0], 1
+    else:
+        tree = []
+        stack: list[list[Any]] = [tree]  # the open lists, outermost first
+        pos = 1
+        while stack:
+            if pos >= n:
+                raise _Malformed(f"unbalanced brackets in {where}")
             tok = tokens[pos]
             pos += 1
-            return tok
-        pos += 1
-        items = []
-        while pos < len(tokens) and tokens[pos] != b"]":
-            items.append(walk())
-        if pos >= len(tokens):
-            raise _Malformed(f"unbalanced brackets in {where}")
-        pos += 1
-        return items
-
-    try:
-        tree = walk()
-    except IndexError:
-        raise _Malformed(f"unbalanced brackets in {where}") from None
-    if pos != len(tokens):
+            if tok == b"[":
+                if len(stack) >= MAX_NESTING:
+                    raise _Fatal(f"{where} nests brackets more than {MAX_NESTING} deep")
+                child: list[Any] = []
+                stack[-1].append(child)
+                stack.append(child)
+            elif tok == b"]":
+                stack.pop()
+            else:
+                stack[-1].append(tok)
+    if pos != n:
         raise _Malformed(f"text after the closing bracket in {where}")
 
     shape: list[int] = []
@@ -203,20 +292,21 @@ def _nested(text: bytes, where: str) -> np.ndarray | None:
         if not node:
             break
         node = node[0]
+    if len(shape) > _MAX_NDIM:
+        raise _Malformed(f"{where} has {len(shape)} dimensions; an array has at most {_MAX_NDIM}")
     flat: list[bytes] = []
-
-    def collect(n: Any, depth: int) -> None:
-        if depth == len(shape):
-            if isinstance(n, list):
+    depth_of_leaves = len(shape)
+    todo: list[tuple[Any, int]] = [(tree, 0)]  # depth first, in order (the same errors as a recursive walk)
+    while todo:
+        item, depth = todo.pop()
+        if depth == depth_of_leaves:
+            if isinstance(item, list):
                 raise _Malformed(f"ragged nested list in {where}")
-            flat.append(n)
-            return
-        if not isinstance(n, list) or len(n) != shape[depth]:
+            flat.append(item)
+            continue
+        if not isinstance(item, list) or len(item) != shape[depth]:
             raise _Malformed(f"ragged nested list in {where} (rows of different lengths)")
-        for x in n:
-            collect(x, depth + 1)
-
-    collect(tree, 0)
+        todo.extend((x, depth + 1) for x in reversed(item))
     values = _floats(flat) if flat else np.empty(0)
     if values is None:
         return None
@@ -234,7 +324,8 @@ def parse_value(text: bytes | str, *, where: str = "value") -> np.ndarray | str:
         A float64 array (shape ``()`` for one number), or the text itself when it is not numeric.
 
     Raises:
-        ImportFormatError: brackets are unbalanced or a matrix is ragged.
+        ImportFormatError: brackets are unbalanced, nest more than
+            :data:`parity.limits.MAX_NESTING` deep, or a matrix is ragged.
 
     Example:
         >>> parse_value(b"[1 2; 3 4]").tolist()
@@ -369,6 +460,8 @@ class LineParser:
             lines that start with it (after optional leading whitespace).
         index_fields: names of ``name=value`` fields that are indices wherever they appear (in an
             indexed family line the first field is always an index).
+        source: the file (or stream) the lines come from, named by the ImportFormatError raised
+            for a line past a hard limit (brackets nested too deep).
 
     Example:
         >>> p = LineParser(["TRACE_C"])
@@ -376,7 +469,8 @@ class LineParser:
         [('e', {'it': 3}, 0.5)]
     """
 
-    def __init__(self, prefixes: Sequence[str], index_fields: Iterable[str] = ()):
+    def __init__(self, prefixes: Sequence[str], index_fields: Iterable[str] = (), *,
+                 source: str | os.PathLike[str] | None = None):
         if isinstance(prefixes, str):
             prefixes = [prefixes]
         if not prefixes or not all(isinstance(p, str) and p.strip() for p in prefixes):
@@ -393,7 +487,14 @@ class LineParser:
         self._index_names: dict[bytes, str] = {}
         self._texts: dict[bytes, str] = {}  # short values that _parse_value() found to be text
         self.stats = LineStats()
+        self.source = os.fspath(source) if source is not None else None
         self._sample_every = 1
+        # What was stored under a changed name (LineStats.renamed, renames, collisions): the printed
+        # names listed; the names stored only as printed; per name stored under a changed name, its
+        # distinct printed spellings stored (up to _MAX_SPELLINGS + 1).
+        self._renames_seen: set[str] = set()
+        self._as_is: set[str] = set()
+        self._spellings: dict[str, list[str]] = {}
         # Parsed fields not yet handed on, as columns (a log makes millions of them): stage name,
         # shape (its numbers are the next ones in _values) or text, indices, line, printed name.
         self._values = _Values()
@@ -446,6 +547,9 @@ class LineParser:
         mark, vmark = len(self._out_names), len(self._values)
         try:
             self._fields(body.strip(), indexed, lineno)
+        except _Fatal as e:
+            self._truncate(mark, vmark)
+            raise ImportFormatError(f"line {lineno}: {e}.", path=self.source) from e
         except _Malformed as e:
             self._truncate(mark, vmark)
             st = self.stats
@@ -468,6 +572,7 @@ class LineParser:
 
     def _drain_fields(self) -> list[ParsedField]:
         names, shapes, indices, lines, originals, values = self._take_columns()
+        self._note_renames(names, originals, lines, names)
         out = []
         pos = 0
         for name, shape, idx, line, original in zip(names, shapes, indices, lines, originals):
@@ -479,6 +584,47 @@ class LineParser:
                 pos += n
             out.append(ParsedField(name, value, dict(idx) if idx else None, line, original))
         return out
+
+    def _note_renames(self, names: list[str], originals: list[str | None], lines: list[int],
+                      stored: Sequence[str]) -> None:
+        """Count and list the fields of a chunk stored under a changed name (``stored``: the keys
+        they were stored under), and the stage names that several printed names became."""
+        renamed = len(originals) - originals.count(None)
+        spellings = self._spellings
+        as_is = self._as_is
+        if not renamed and (not spellings or set(names).isdisjoint(spellings)):
+            # the common case: every name as printed, none ever stored under a changed name
+            if len(as_is) < _MAX_TRACKED_NAMES:
+                as_is.update(names)
+            return
+        st = self.stats
+        st.renamed += renamed
+        seen = self._renames_seen
+        track = len(as_is) < _MAX_TRACKED_NAMES
+        for i, (name, o) in enumerate(zip(names, originals)):
+            known = spellings.get(name)
+            if o is None:
+                if known is None:
+                    if track:
+                        as_is.add(name)
+                    continue
+                printed = name
+            else:
+                printed = o
+                if o not in seen and len(st.renames) < _MAX_RENAMES:
+                    seen.add(o)
+                    st.renames.append((lines[i], o, stored[i]))
+                if known is None:
+                    if len(spellings) >= _MAX_TRACKED_NAMES:
+                        continue
+                    known = spellings[name] = [name] if name in as_is else []
+            if printed in known or len(known) > _MAX_SPELLINGS:
+                continue
+            known.append(printed)
+            if len(known) == 2:
+                st.collided += 1
+            if len(known) >= 2 and (name in st.collisions or len(st.collisions) < _MAX_RENAMES):
+                st.collisions[name] = known[:_MAX_SPELLINGS]
 
     def _value(self, v: bytes, name: str, what: str = "the value of") -> tuple[int, ...] | str:
         """A field's value: its shape (numbers appended to the values) or its text."""
@@ -563,7 +709,10 @@ class LineParser:
 
     def _sample_digits(self, v: bytes) -> None:
         st = self.stats
-        tok = v[:48].lstrip(b"[").split(None, 1)[0].rstrip(b",;]")
+        head = v[:48].lstrip(b"[").split(None, 1)
+        if not head:  # nothing but brackets in the first 48 bytes: no number to sample
+            return
+        tok = head[0].rstrip(b",;]")
         d = _sig_digits(tok)
         if d > st.digits:
             st.digits = d
@@ -710,6 +859,9 @@ class LineParser:
         mark, vmark = len(self._out_names), len(self._values)
         try:
             return self._named_fields(name, v, lineno, None)
+        except _Fatal:  # past a hard limit: _parse_body() raises for it, naming the line
+            self._truncate(mark, vmark)
+            return False
         except _Malformed as e:  # the line is malformed, exactly as _parse_body() would count it
             self._truncate(mark, vmark)
             st = self.stats
@@ -814,22 +966,26 @@ def _first_space(b: bytes) -> int:
 
 def _pairs(body: bytes) -> list[tuple[bytes, bytes]]:
     """``a=1 b=2 3 c=[1, 2]`` → [(a, 1), (b, 2 3), (c, [1, 2])]: a token without ``=`` extends the value."""
-    pairs: list[list[bytes]] = []
+    pairs: list[tuple[bytes, list[bytes]]] = []  # key, the tokens of its value (joined once: linear time)
     depth = 0
     for tok in body.split():
         eq = tok.find(b"=")
         if depth == 0 and eq > 0 and tok[:1] != b"[":
-            pairs.append([tok[:eq], tok[eq + 1:]])
+            pairs.append((tok[:eq], [tok[eq + 1:]]))
         elif pairs:
-            pairs[-1][1] += b" " + tok
+            pairs[-1][1].append(tok)
         else:
             raise _Malformed("a value comes before its key")
         depth += tok.count(b"[") - tok.count(b"]")
-    return [(k, v) for k, v in pairs]
+    return [(k, b" ".join(v)) for k, v in pairs]
 
 
 def _index_value(v: bytes, k: bytes) -> int | str:
     if _INT.match(v):
+        digits = len(v) - (v[:1] in (b"+", b"-"))
+        if digits > MAX_INT_DIGITS:  # checked before int(): no 5000-digit conversions; a bad index, as "it=x/y" is
+            raise _Malformed(f"the index {k.decode('utf-8', 'replace')!r} has {digits} digits; expected an "
+                             f"integer of at most {MAX_INT_DIGITS} digits")
         return int(v)
     text = v.decode("utf-8", "replace")
     if not re.match(r"^[A-Za-z0-9_+\-.:@]+$", text):
@@ -847,45 +1003,93 @@ def _open_log(path: str) -> IO[bytes]:
     return f
 
 
+class _LineTooLong(Exception):
+    """A line grew past :func:`_max_line_bytes` before its newline (the caller names it)."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(size, limit)
+        self.size, self.limit = size, limit
+
+
+def _max_line_bytes() -> int:
+    """The longest line read: 4 × ``PARITY_MAX_STAGE_BYTES`` (a printed number takes at least 2
+    bytes, "1 ", for the 8 of its double, so no line of a stage within that limit is longer)."""
+    return 4 * max_stage_bytes()
+
+
+class _Tail:
+    """The start of a line that continues into the next block: kept as parts and joined once, so
+    a line of any length costs time in proportion to it (not to its square)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = _max_line_bytes()
+
+    def add(self, part: bytes) -> None:
+        if part:
+            self.size += len(part)
+            if self.size > self.limit:
+                raise _LineTooLong(self.size, self.limit)
+            self.parts.append(part)
+
+    def take(self, end: bytes = b"") -> bytes:
+        """The line so far followed by ``end``; empties the tail."""
+        if not self.parts:
+            return end
+        if self.size + len(end) > self.limit:
+            raise _LineTooLong(self.size + len(end), self.limit)
+        self.parts.append(end)
+        line = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        return line
+
+
 def _chunks(stream: IO[bytes], chunk_size: int) -> Iterator[list[bytes]]:
-    """Yield lists of whole lines (without newlines), reading ``chunk_size`` bytes at a time."""
-    tail = b""
+    """Yield lists of whole lines (without newlines), reading ``chunk_size`` bytes at a time.
+
+    Raises _LineTooLong for a line longer than :func:`_max_line_bytes`.
+    """
+    tail = _Tail()
     while True:
         block = stream.read(chunk_size)
         if not block:
             break
+        if b"\n" not in block:
+            tail.add(block)
+            continue
         # Split the block itself (no copy of it joined to the previous tail): the first line
         # continues the tail, the last one is the next tail.
         lines = block.split(b"\n")
-        lines[0] = tail + lines[0]
-        tail = lines.pop()
-        if not lines:
-            continue
+        lines[0] = tail.take(lines[0])
+        tail.add(lines.pop())
         if b"\r" in block or b"\r" in lines[0]:
             lines = [_cr(l) for l in lines]
         yield lines
-    if tail:
-        yield [_cr(tail)]
+    last = tail.take()
+    if last:
+        yield [_cr(last)]
 
 
 def _blocks(stream: IO[bytes], chunk_size: int) -> Iterator[tuple[bytes, bytes, int, int]]:
     """The lines of :func:`_chunks`, unsplit, for the C scanner: ``(head, block, start, stop)`` is
     the line ``head`` then the lines of ``block[start:stop]`` split at newlines (none when
     ``start > stop``); carriage returns are left for the scanner."""
-    tail = b""
+    tail = _Tail()
     while True:
         block = stream.read(chunk_size)
         if not block:
             break
         first = block.find(b"\n")
         if first < 0:
-            tail += block
+            tail.add(block)
             continue
         last = block.rfind(b"\n")
-        yield tail + block[:first], block, first + 1, last
-        tail = block[last + 1:]
-    if tail:
-        yield tail, b"", 1, 0
+        yield tail.take(block[:first]), block, first + 1, last
+        tail.add(block[last + 1:])
+    last_line = tail.take()
+    if last_line:
+        yield last_line, b"", 1, 0
 
 
 def _cr(line: bytes) -> bytes:
@@ -956,7 +1160,13 @@ def import_log(
         The :class:`LineStats` of the import (also stored in the trace's ``meta["import"]``).
 
     Raises:
-        ImportFormatError: the file cannot be read, or holds no trace line with these prefixes.
+        ImportFormatError: the file cannot be read (a corrupt or truncated gzip file too), holds
+            no trace line with these prefixes, or has a line past a hard limit: brackets nested
+            more than :data:`parity.limits.MAX_NESTING` deep, a line longer than 4 ×
+            ``PARITY_MAX_STAGE_BYTES``. The message names the file (and the line). A trace line
+            that cannot be parsed otherwise (an index of more than
+            :data:`parity.limits.MAX_INT_DIGITS` digits, say) is skipped and counted as malformed,
+            with its line number in ``LineStats.examples``.
 
     Example:
         >>> import os, tempfile
@@ -968,7 +1178,9 @@ def import_log(
         ['e', 'e#1']
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
-    parser = LineParser(prefixes, index_fields)
+    if not isinstance(name, str):  # a stream's name may be a file descriptor or bytes
+        name = str(name)
+    parser = LineParser(prefixes, index_fields, source=name)
     own_writer = not isinstance(out, TraceWriter)
     try:
         stream = _open_log(name) if isinstance(source, (str, os.PathLike)) else source
@@ -1044,7 +1256,13 @@ def _pump_lines(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chun
             _write_columns(parser, writer, extra_provenance)
             if progress is not None:
                 progress(_stream_position(stream), total, os.path.basename(name))
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except _LineTooLong as e:
+        raise ImportFormatError(f"line {lineno + 1} is longer than {e.limit} bytes (4 × PARITY_MAX_STAGE_BYTES); "
+                                "expected a text log of trace lines.", path=name) from e
+    except (zlib.error, EOFError, gzip.BadGzipFile) as e:
+        raise ImportFormatError(f"is a corrupt or truncated gzip file: it cannot be read past line {lineno} ({e}).",
+                                path=name) from e
+    except OSError as e:
         raise ImportFormatError(f"cannot be read past line {lineno} ({e}).", path=name) from e
     st.lines = lineno
 
@@ -1060,7 +1278,8 @@ def _write_columns(parser: LineParser, writer: TraceWriter, extra_provenance: di
         provenance[k] = [v] * len(names)
     if originals.count(None) < len(originals):
         provenance["name"] = originals
-    writer.add_batch(names, shapes, values, indices=indices, provenance=provenance)
+    stored = writer.add_batch(names, shapes, values, indices=indices, provenance=provenance)
+    parser._note_renames(names, originals, lines, stored)
 
 
 def sniff_text(path: str, probe: int = 64 * 1024) -> str | None:
@@ -1068,7 +1287,9 @@ def sniff_text(path: str, probe: int = 64 * 1024) -> str | None:
     try:
         with _open_log(path) as f:
             head = f.read(probe)
-    except (OSError, EOFError) as e:
+    except (zlib.error, EOFError, gzip.BadGzipFile) as e:
+        return f"is a corrupt or truncated gzip file ({e})"
+    except OSError as e:
         return f"cannot be read ({e})"
     if b"\x00" in head:
         return "holds NUL bytes, so it is not a text log"
