@@ -1,0 +1,211 @@
+"""Run the outside world for ``parity contract check``: pytest collection (one subprocess for all
+the node ids of a run), and, with ``--run``, the cited tests and commands, each with a timeout."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["CommandResult", "PytestOutcome", "collect_pytest", "run_pytest", "run_command", "argv_of"]
+
+_LINE_BUDGET = 60_000  # characters of node ids per pytest invocation (well under any argv limit)
+_ERROR_COLLECTING = re.compile(r"^(?:ERROR collecting |ERROR )(\S+?\.py)\b", re.M)
+_OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED)\s+(\S+)", re.M)
+_TAIL = 2000
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command did: its exit status (None when it timed out or could not start)."""
+
+    command: str
+    exit: int | None
+    seconds: float
+    timed_out: bool = False
+    error: str | None = None
+    output_tail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "exit": self.exit, "seconds": round(self.seconds, 3),
+                "timed_out": self.timed_out, "error": self.error, "output_tail": self.output_tail}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CommandResult:
+        return cls(d["command"], d.get("exit"), float(d.get("seconds", 0)), bool(d.get("timed_out")), d.get("error"),
+                   d.get("output_tail", ""))
+
+
+@dataclass(frozen=True)
+class PytestOutcome:
+    """Per cited node id: ``"ok"`` or a reason it does not hold (not collected, failed...)."""
+
+    status: dict[str, str]
+    invocations: int
+    seconds: float
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("PYTEST_ADDOPTS", None)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def _batches(ids: list[str]) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    size = 0
+    for i in ids:
+        if out[-1] and size + len(i) > _LINE_BUDGET:
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += len(i) + 1
+    return [b for b in out if b]
+
+
+def _pytest(root: str, args: list[str], timeout: float) -> tuple[int | None, str]:
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={root}", *args]
+    try:
+        p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=_env(),
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return None, out
+    return p.returncode, p.stdout + p.stderr
+
+
+def _covered(cited: str, seen: set[str], prefixes: list[str]) -> bool:
+    if cited in seen:
+        return True
+    return any(s.startswith(cited + "::") or s.startswith(cited + "[") for s in prefixes)
+
+
+def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0) -> PytestOutcome:
+    """Check that each pytest node id collects, with one ``pytest --collect-only`` for them all.
+
+    A node id names a test, a parametrized test without its ``[...]`` part, a class, or a file.
+    Files that do not exist are reported without running pytest; a file that fails to import is
+    reported as such and the rest are collected again without it (so one broken module never
+    hides the others).
+    """
+    t0 = time.perf_counter()
+    want = sorted(set(ids))
+    status: dict[str, str] = {}
+    todo = []
+    for i in want:
+        f = i.split("::", 1)[0]
+        if not os.path.isfile(os.path.join(root, f)):
+            status[i] = f"test file {f} does not exist"
+        else:
+            todo.append(i)
+    invocations = 0
+    broken: dict[str, str] = {}
+    for _attempt in range(3):
+        pending = [i for i in todo if i not in status and i.split("::", 1)[0] not in broken]
+        if not pending:
+            break
+        seen: set[str] = set()
+        retry = False
+        for batch in _batches(pending):
+            invocations += 1
+            code, out = _pytest(root, ["--collect-only", "-q", *batch], timeout)
+            if code is None:
+                for i in batch:
+                    status[i] = f"pytest collection timed out after {timeout:g} s"
+                continue
+            seen.update(line.strip() for line in out.splitlines() if "::" in line and " " not in line.strip())
+            errors = set(_ERROR_COLLECTING.findall(out)) & {i.split("::", 1)[0] for i in batch}
+            if errors:
+                for f in errors:
+                    broken[f] = "fails to collect (an import or syntax error in the test module)"
+                retry = True
+            elif code not in (0, 5) and not seen:
+                for i in batch:
+                    status.setdefault(i, f"pytest --collect-only exited {code}: {out.strip()[-300:]}")
+        prefixes = sorted(seen)
+        for i in pending:
+            if i.split("::", 1)[0] in broken:
+                continue
+            if _covered(i, seen, prefixes):
+                status[i] = "ok"
+            elif not retry:
+                status[i] = "does not collect (no such test)"
+        if not retry:
+            break
+    for i in todo:
+        f = i.split("::", 1)[0]
+        if f in broken:
+            status[i] = f"test file {f} {broken[f]}"
+        status.setdefault(i, "does not collect (no such test)")
+    return PytestOutcome(status, invocations, time.perf_counter() - t0)
+
+
+def run_pytest(root: str, ids: Iterable[str], *, timeout: float = 600.0) -> PytestOutcome:
+    """Run the node ids (one ``pytest -rA`` for them all); each must pass (skips do not count)."""
+    t0 = time.perf_counter()
+    want = sorted(set(ids))
+    status: dict[str, str] = {}
+    invocations = 0
+    for batch in _batches(want):
+        invocations += 1
+        code, out = _pytest(root, ["-q", "-rA", "--no-header", *batch], timeout)
+        if code is None:
+            for i in batch:
+                status[i] = f"pytest timed out after {timeout:g} s"
+            continue
+        results: dict[str, list[str]] = {}
+        for word, node in _OUTCOME.findall(out):
+            results.setdefault(node, []).append(word)
+        for i in batch:
+            words = [w for node, ws in results.items() if node == i or node.startswith(i + "::") or node.startswith(i + "[")
+                     for w in ws]
+            bad = [w for w in words if w not in ("PASSED", "XFAIL")]
+            if words and not bad:
+                status[i] = "ok"
+            elif bad:
+                status[i] = f"{bad[0].lower()} under --run ({len(bad)} of {len(words)} not passing)"
+            else:
+                status[i] = f"did not run (pytest exited {code}; skipped or not collected)"
+    return PytestOutcome(status, invocations, time.perf_counter() - t0)
+
+
+def argv_of(command: str) -> list[str]:
+    """Split a command line like a shell (no shell runs it); a leading ``python`` or ``python3``
+    becomes the running interpreter.
+
+    Example:
+        >>> argv_of("python -m pytest -q 'tests/a b.py'")[1:]
+        ['-m', 'pytest', '-q', 'tests/a b.py']
+    """
+    argv = shlex.split(command)
+    if argv and argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
+
+
+def run_command(root: str, command: str, *, timeout: float, cwd: str | None = None) -> CommandResult:
+    """Run one test command under ``root`` (or ``root/cwd``) with a timeout; never through a shell."""
+    t0 = time.perf_counter()
+    try:
+        argv = argv_of(command)
+    except ValueError as e:
+        return CommandResult(command, None, 0.0, error=f"cannot be split into arguments ({e})")
+    if not argv:
+        return CommandResult(command, None, 0.0, error="empty command")
+    where = os.path.normpath(os.path.join(root, cwd)) if cwd else root
+    try:
+        p = subprocess.run(argv, cwd=where, capture_output=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stdout or b"")[-_TAIL:].decode("utf-8", "replace")
+        return CommandResult(command, None, time.perf_counter() - t0, timed_out=True, output_tail=tail)
+    except OSError as e:
+        return CommandResult(command, None, time.perf_counter() - t0, error=f"cannot start ({e.strerror or e})")
+    out = (p.stdout + p.stderr)[-_TAIL:].decode("utf-8", "replace")
+    return CommandResult(command, p.returncode, time.perf_counter() - t0, output_tail=out)
