@@ -37,6 +37,8 @@ def _console() -> Console:
 @click.option("--rtol", type=float, help="Relative tolerance for every stage (replaces the dtype default).")
 @click.option("--atol", type=float, help="Absolute tolerance for every stage (replaces the dtype default).")
 @click.option("--strict", is_flag=True, default=None, help="Stages present on one side only fail the comparison.")
+@click.option("--tolerances", "tolerances", type=click.Path(dir_okay=False),
+              help="Noise floors from `parity calibrate`: a stage with a floor passes within its margin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON result instead of the table.")
 @click.option("--all", "show_all", is_flag=True, help="Show every passing stage in the table.")
 @click.option("--md", "md_out", metavar="FILE", help="Write the Markdown report to FILE ('-' prints it instead of the table).")
@@ -45,7 +47,7 @@ def _console() -> Console:
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="Worst elements (with indices) listed per divergent stage.")
 @bundle_option
-def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, html_out, worst, bundle_dir):
+def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_all, md_out, html_out, worst, bundle_dir):
     """Compare trace CAND against reference trace REF, stage by stage.
 
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
@@ -59,7 +61,8 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, as_json, show_all, md_out, h
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
     with bundle_command(bundle_dir, "diff") as rec:
         with progress_bar("comparing") as progress:
-            result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict, progress=progress)
+            result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict, progress=progress,
+                                    noise_floor=tolerances)
         md = render_markdown(result, worst=worst) if (md_out or rec) else None
         page = None
         if html_out or rec:

@@ -23,6 +23,7 @@ from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
 from .align import apply_transforms
 from .config import CompareConfig, load_config
+from .floor import NoiseFloor, load_noise_floor, relative_rms
 from .image import ImageMetrics, image_metrics, is_image_stage
 from .logits import stage_extra
 from .metrics import StageMetrics, compute_metrics
@@ -323,7 +324,7 @@ def _fmt(x: float) -> str:
 
 
 def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: CompareConfig,
-                   diagnoser: Diagnoser | None) -> StageDiff:
+                   diagnoser: Diagnoser | None, floor: NoiseFloor | None = None) -> StageDiff:
     ri, ci = SideInfo.of(rs), SideInfo.of(cs)
     base = StageDiff(key=rs.key, status=Status.PASS, ref=ri, cand=ci)
     notes = []
@@ -362,7 +363,20 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     tol = config.tolerance.for_stage(rs.key, rs.dtype, cs.dtype)
     m = compute_metrics(ra, ca, ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info, rtol=tol.rtol, atol=tol.atol)
     problem, message = None, ""
-    if not m.passed:
+    floor_info = None
+    if floor is not None and floor.get(rs.key) is not None:
+        ok, ratio = floor.judge(rs.key, rel_rms=relative_rms(m.sqnr_db), rms=m.rms_err)
+        floor_info = {"rel_rms": floor.stages[rs.key].rel_rms, "rms": floor.stages[rs.key].rms,
+                      "margin": floor.margin, "ratio": ratio if math.isfinite(ratio) else "inf"}
+        notes.append(f"error is {_fmt(ratio)}× the noise floor (allowed {floor.margin:g}×); element-wise rtol/atol not applied")
+        if m.nan_mismatch or m.inf_mismatch:
+            ok = False
+        if not ok:
+            problem = "noise_floor"
+            message = (f"error is {_fmt(ratio)}× the noise floor of this stage (allowed {floor.margin:g}×)"
+                       + (f"; NaN pattern mismatches: {m.nan_mismatch}, Inf mismatches: {m.inf_mismatch}"
+                          if m.nan_mismatch or m.inf_mismatch else "") + ".")
+    elif not m.passed:
         problem = "values"
         message = (f"{m.mismatched} / {m.count} elements ({100 * m.mismatched_fraction:.3g}%) outside tolerance; "
                    f"greatest absolute difference {_fmt(m.max_abs_err)} at index {m.max_abs_index} "
@@ -383,6 +397,8 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     extra = stage_extra(rs.key, ra, ca, rs.dtype_info, cs.dtype_info)
     if image is not None:
         extra = {**(extra or {}), "image": image.to_dict()}
+    if floor_info is not None:
+        extra = {**(extra or {}), "noise_floor": floor_info}
     return replace(base, status=status, metrics=m, tolerance=tol, problem=problem, message=message,
                    notes=tuple(notes), diagnoses=diagnoses, extra=extra)
 
@@ -433,6 +449,7 @@ def compare_traces(
     transforms: Mapping[str, Any] | None = None,
     diagnose: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
+    noise_floor: NoiseFloor | str | os.PathLike[str] | None = None,
 ) -> TraceDiff:
     """Compare a candidate trace against a reference trace, stage by stage.
 
@@ -455,6 +472,9 @@ def compare_traces(
         diagnose: attach diagnoses to divergent stages (per stage, and trace-level ones such as
             the first stage where NaN appears).
         progress: called as ``progress(done, total, key)`` after each stage.
+        noise_floor: per-stage noise floors (a :class:`~parity.compare.floor.NoiseFloor` or the
+            file ``parity calibrate`` wrote): a stage with a floor passes when its relative RMS
+            error is within the floor's margin, instead of the element-wise rtol/atol.
 
     Returns:
         A :class:`TraceDiff`; a numeric mismatch is a result, never an exception.
@@ -477,6 +497,7 @@ def compare_traces(
                      rename=rename, transforms=transforms)
     cfg.check_patterns(rt.keys(), ct.keys())
     diagnoser = _default_diagnoser() if diagnose else None
+    floor = load_noise_floor(noise_floor) if isinstance(noise_floor, (str, os.PathLike)) else noise_floor
 
     cand_by_ref: dict[str, Stage] = {}
     for cs in ct:
@@ -501,7 +522,7 @@ def compare_traces(
                                      message="present in the reference only."))
         else:
             used.add(rs.key)
-            sd = _compare_stage(rt, ct, rs, cs, cfg, diagnoser)
+            sd = _compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor)
             reason = cfg.expected_reason(rs.key)
             if reason is not None and sd.status == Status.FAIL:
                 sd = replace(sd, status=Status.EXPECTED, expected_reason=reason)

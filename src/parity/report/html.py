@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..compare.diff import StageDiff, Status, TraceDiff
+from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from ..trace.dtypes import to_float64
 from ._arrays import AUTO, ProgressCallback, StageArrays, TracePair, detail_stages, resolve_traces
@@ -608,6 +609,9 @@ def _stage_table(diff: TraceDiff, anchors: dict[int, str]) -> str:
     first = diff.first_divergence
     cols = [("#", "num"), ("stage", "text"), ("status", "text"), ("shape", "text"), ("dtype", "text"),
             ("max abs", "num"), ("max rel", "num"), ("cosine", "num"), ("SQNR dB", "num"), ("mismatched", "num")]
+    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
+    if floors:
+        cols.append(("× noise floor", "num"))
     out = ['<div class="controls"><input type="search" id="stage-filter" placeholder="filter stages by name" '
            'aria-label="filter stages"><label><input type="checkbox" id="only-divergent"> only stages that do not pass'
            '</label><span class="muted">click a column to sort</span></div>',
@@ -634,6 +638,9 @@ def _stage_table(diff: TraceDiff, anchors: dict[int, str]) -> str:
             cells.append(f'<td class="num" data-v="{_num_attr(v)}">{_e(format_float(v, digits))}</td>')
         cells.append(f'<td class="num" data-v="{_num_attr(m.mismatched_fraction if m else None)}">'
                      f'{f"{m.mismatched}/{m.count}" if m else "-"}</td>')
+        if floors:
+            ratio = floor_ratio(sd)
+            cells.append(f'<td class="num" data-v="{_num_attr(ratio)}">{_e(format_float(ratio))}</td>')
         cls = ' class="is-first"' if sd is first else ""
         out.append(f'<tr{cls} data-key="{_e(sd.key)}" data-status="{sd.status}">{"".join(cells)}</tr>')
     out.append("</tbody></table>")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..compare.diff import StageDiff, Status, TraceDiff
+from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
 from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
@@ -163,13 +164,17 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
     elif diff.passed:
         out += ["No compared stage diverges.", ""]
 
+    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
     out += ["## Stages", "",
-            "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |",
-            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+            "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |"
+            + (" × noise floor |" if floors else ""),
+            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if floors else "")]
     for sd in diff.stages:
         pos = str(sd.ref.position + 1) if sd.ref else ""
-        out.append("| " + " | ".join([pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd),
-                                      *_metric_cells(sd)]) + " |")
+        cells = [pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd), *_metric_cells(sd)]
+        if floors:
+            cells.append(format_float(floor_ratio(sd)))
+        out.append("| " + " | ".join(cells) + " |")
     out.append("")
 
     images = [sd for sd in diff.stages if image_of(sd) is not None]

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..compare.diff import StageDiff, Status, TraceDiff, Verdict
+from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from .worst import WorstElement
 
@@ -205,6 +206,14 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     for cells, style in body:
         table.add_row(*[cells[i] for i in shown], style=style)
     console.print(table)
+    floored = sorted(((floor_ratio(sd), sd) for sd in diff.stages if floor_ratio(sd) is not None), key=lambda t: -t[0])
+    if floored:
+        above = [(r, sd) for r, sd in floored if r > 1]
+        console.print(Text(f"noise floor: {len(floored)} stage(s) judged against it; "
+                           + (f"{len(above)} above 1× the floor: " + ", ".join(f"{sd.key} {format_float(r)}×"
+                                                                              for r, sd in above[:8])
+                              + (" …" if len(above) > 8 else "") if above else "all within 1× the floor"),
+                           style=None))
     images = [(sd, image_of(sd)) for sd in diff.stages if image_of(sd) is not None and sd is not first]
     for sd, image in images[:10]:
         console.print(Text(f"image {sd.key}: {image.summary()}", style=None if sd.passed else "red"))
