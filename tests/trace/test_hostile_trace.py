@@ -470,3 +470,115 @@ def test_data_file_link_to_a_device_is_refused_even_when_following(one):
     _raises(one, "000000.safetensors", "symbolic link", error=TraceError)
     with pytest.raises(TraceFormatError, match="not a regular file"):
         load_trace(one, follow_symlinks=True)
+
+
+# -- 6. the writer never writes through a link ---------------------------------------------------------
+
+@pytest.fixture
+def outside(tmp_path):
+    """A directory outside the trace, with a file whose content must never change."""
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "keep.txt").write_text("keep")
+    return d
+
+
+def _untouched(outside):
+    assert sorted(os.listdir(outside)) == ["keep.txt"] and (outside / "keep.txt").read_text() == "keep"
+
+
+def test_recording_onto_a_trace_whose_data_dir_is_a_link_is_refused(trace, outside):
+    import shutil
+    shutil.rmtree(os.path.join(trace, "data"))
+    os.symlink(outside, os.path.join(trace, "data"))
+    with pytest.raises(TraceError, match="symbolic link") as e:
+        with parity.record(trace):
+            parity.tap("x", np.arange(3.0))
+    assert e.value.path == os.path.join(trace, "data")
+    _untouched(outside)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "journal.jsonl", "run.json"])
+def test_recording_onto_a_trace_whose_file_is_a_link_is_refused(trace, outside, name):
+    full = os.path.join(trace, name)
+    if os.path.exists(full):
+        os.remove(full)
+    os.symlink(outside / "keep.txt", full)
+    with pytest.raises(TraceError, match="symbolic link") as e:
+        TraceWriter(trace)
+    assert e.value.path == full
+    _untouched(outside)
+
+
+def _plant(trace, outside, names):
+    for name in names:
+        os.symlink(outside / "keep.txt", os.path.join(trace, name))
+
+
+OLD_FIXED_NAMES = ["manifest.json.tmp", "run.json.tmp", "stages.json.tmp", "pending.json.tmp",
+                   "data/000000.safetensors.tmp", "data/000001.safetensors.tmp", "data/000002.safetensors.tmp"]
+
+
+def test_links_planted_at_temporary_names_are_never_written_through(tmp_path, outside, monkeypatch):
+    from parity.trace import writer as writer_mod
+    monkeypatch.setattr(writer_mod, "_SPILL_BYTES", 0)  # spill rendered entries to their file too
+    path = str(tmp_path / "w.trace")
+    w = TraceWriter(path, buffer_bytes=1 << 20)
+    _plant(path, outside, OLD_FIXED_NAMES)
+    w.add("a", np.arange(3.0))  # buffered
+    w.add_batch(["b", "c"], [(2,), (1,)], np.arange(3.0))
+    w.add("big", np.zeros(1 << 18))  # a shard of its own
+    w.close()
+    _untouched(outside)
+    t = load_trace(path)
+    assert t.keys() == ["a", "b", "c", "big"] and t.verify() == [] and t["b"].tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("impl", ["c", "python"])
+def test_packed_files_never_write_through_a_planted_link(tmp_path, outside, monkeypatch, impl):
+    from parity.trace import writer as writer_mod
+    from parity.trace.checksum import crc32
+    from parity.trace.staging import Arena
+    from parity.trace.writer import PackedStage
+    if impl == "c" and writer_mod._stage_write is None:
+        pytest.skip("the C module parity.trace._stage is not built")
+    if impl == "python":
+        monkeypatch.setattr(writer_mod, "_stage_write", None)
+    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    path = str(tmp_path / "p.trace")
+    w = TraceWriter(path)
+    _plant(path, outside, OLD_FIXED_NAMES)
+    arena = Arena(1 << 20)
+    v = np.arange(1001, dtype=np.float32)
+    arena.array[:v.nbytes] = v.view(np.uint8)
+    stage = PackedStage("v", "F32", v.shape, 0, v.nbytes, crc32(arena.array[:v.nbytes]))
+    w.add_packed([stage], arena.array, size=v.nbytes)
+    w.close()
+    _untouched(outside)
+    t = load_trace(path)
+    assert t.verify() == [] and np.array_equal(t["v"], v)
+
+
+def test_c_write_file_refuses_an_existing_temporary_file(tmp_path):
+    stage = pytest.importorskip("parity.trace._stage")
+    if not hasattr(stage, "write_file"):
+        pytest.skip("no POSIX I/O in this build")
+    from parity.trace.staging import Arena
+    arena = Arena(1 << 20)
+    (tmp_path / "x.tmp").write_text("keep")
+    with pytest.raises(FileExistsError):
+        stage.write_file(str(tmp_path / "x.tmp"), str(tmp_path / "x"), b"h", arena.array, 10, False)
+    assert (tmp_path / "x.tmp").read_text() == "keep" and not (tmp_path / "x").exists()
+
+
+def test_scratch_files_have_unguessable_names(tmp_path):
+    path = str(tmp_path / "k.trace")
+    w = TraceWriter(path, buffer_bytes=1)
+    w.add("a", np.arange(3.0))
+    names = os.listdir(path)
+    assert "stages.json.tmp" not in names
+    scratch = [n for n in names if n.endswith(".tmp")]
+    assert len(scratch) == 1 and len(scratch[0]) > len(".stages.json.tmp..tmp") + 8
+    w.close()
+    assert not [n for n in os.listdir(path) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(os.path.join(path, "data")) if n.endswith(".tmp")]

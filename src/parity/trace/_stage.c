@@ -33,7 +33,9 @@
  *   _set_nt_min(nbytes) -> previous: copies of at least nbytes (default 8 MiB) use non-temporal
  *       stores (tuning hook for the benchmark).
  *   write_file(tmp, final, header, data, size, direct=True) -> bool
- *       write header then data[:size] to a new file tmp, then rename it to final, all with the GIL
+ *       write header then data[:size] to a new file tmp (created O_EXCL | O_NOFOLLOW: an existing file
+ *       or link there is an error, FileExistsError or OSError(ELOOP), and is left alone), then rename it
+ *       to final, all with the GIL
  *       released (a writer thread then never makes the capturing thread wait for the GIL between
  *       system calls).  With direct I/O (O_DIRECT: the disk reads the buffer itself, no copy into the
  *       page cache) when direct is true, data starts on a 4096-byte boundary and len(header) is a
@@ -750,15 +752,21 @@ static int pwrite_all(int fd, const unsigned char *p, size_t n, off_t off) {
     return 0;
 }
 
-/* 1: written with direct I/O; 0: written ordinarily; -1: error (errno set). */
-static int write_file_direct(const char *path, const unsigned char *hdr, size_t hlen, unsigned char *data,
-                             size_t cap, size_t size) {
+#ifndef O_NOFOLLOW
+#define O_NOFOLLOW 0
+#endif
+
+/* Write to fd (a new, empty file) with direct I/O, switched on with fcntl.
+ * 1: written with direct I/O; 0: nothing written, the file is empty again and direct I/O off (the
+ * file system refused it): the caller writes ordinarily; -1: error (errno set). */
+static int write_file_direct(int fd, const unsigned char *hdr, size_t hlen, unsigned char *data, size_t cap,
+                             size_t size) {
 #ifdef O_DIRECT
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0666);
-    if (fd < 0) return 0; /* e.g. tmpfs: no direct I/O; the caller writes ordinarily */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -1;
+    if (fcntl(fd, F_SETFL, fl | O_DIRECT) != 0) return 0; /* e.g. tmpfs: no direct I/O */
     void *page = NULL;
     if (posix_memalign(&page, IO_PAGE, hlen) != 0) {
-        close(fd);
         errno = ENOMEM;
         return -1;
     }
@@ -773,38 +781,28 @@ static int write_file_direct(const char *path, const unsigned char *hdr, size_t 
             rc = pwrite_all(fd, data + whole, IO_PAGE, (off_t)(hlen + whole));
             if (rc == 0) rc = ftruncate(fd, (off_t)(hlen + size));
         } else {
-            int fl = fcntl(fd, F_GETFL);
-            rc = fl < 0 ? -1 : fcntl(fd, F_SETFL, fl & ~O_DIRECT);
+            rc = fcntl(fd, F_SETFL, fl);
             if (rc == 0) rc = pwrite_all(fd, data + whole, size - whole, (off_t)(hlen + whole));
         }
     }
-    int err = errno;
-    if (close(fd) != 0 && rc == 0) {
-        rc = -1;
-        err = errno;
-    }
     if (rc == 0) return 1;
-    if (err == EINVAL || err == EOPNOTSUPP) return 0; /* the file system refused: write it ordinarily */
+    int err = errno;
+    if (err == EINVAL || err == EOPNOTSUPP) { /* the file system refused: start again, ordinarily */
+        if (fcntl(fd, F_SETFL, fl) != 0 || ftruncate(fd, 0) != 0) return -1;
+        return 0;
+    }
     errno = err;
     return -1;
 #else
-    (void)path; (void)hdr; (void)hlen; (void)data; (void)cap; (void)size;
+    (void)fd; (void)hdr; (void)hlen; (void)data; (void)cap; (void)size;
     return 0;
 #endif
 }
 
-static int write_file_plain(const char *path, const unsigned char *hdr, size_t hlen, const unsigned char *data,
+static int write_file_plain(int fd, const unsigned char *hdr, size_t hlen, const unsigned char *data,
                             size_t size) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) return -1;
     int rc = pwrite_all(fd, hdr, hlen, 0);
     if (rc == 0) rc = pwrite_all(fd, data, size, (off_t)hlen);
-    int err = errno;
-    if (close(fd) != 0 && rc == 0) {
-        rc = -1;
-        err = errno;
-    }
-    errno = err;
     return rc;
 }
 
@@ -829,14 +827,26 @@ static PyObject *stage_write_file(PyObject *self, PyObject *args, PyObject *kwar
     const char *tmp = PyBytes_AS_STRING(tmp_o), *final = PyBytes_AS_STRING(final_o);
     int used = 0, rc = 0, err = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (direct && hdr.len % IO_PAGE == 0 && ((uintptr_t)data.buf % IO_PAGE) == 0)
-        used = write_file_direct(tmp, hdr.buf, (size_t)hdr.len, data.buf, (size_t)data.len, (size_t)size);
-    if (used == 0) rc = write_file_plain(tmp, hdr.buf, (size_t)hdr.len, data.buf, (size_t)size);
-    else if (used < 0) rc = -1;
-    if (rc == 0 && rename(tmp, final) != 0) rc = -1;
-    if (rc != 0) {
+    /* a new file, never one (or a link) already there: the caller gives an unguessable name */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        rc = -1;
         err = errno;
-        unlink(tmp);
+    } else {
+        if (direct && hdr.len % IO_PAGE == 0 && ((uintptr_t)data.buf % IO_PAGE) == 0)
+            used = write_file_direct(fd, hdr.buf, (size_t)hdr.len, data.buf, (size_t)data.len, (size_t)size);
+        if (used == 0) rc = write_file_plain(fd, hdr.buf, (size_t)hdr.len, data.buf, (size_t)size);
+        else if (used < 0) rc = -1;
+        if (rc != 0) err = errno;
+        if (close(fd) != 0 && rc == 0) {
+            rc = -1;
+            err = errno;
+        }
+        if (rc == 0 && rename(tmp, final) != 0) {
+            rc = -1;
+            err = errno;
+        }
+        if (rc != 0) unlink(tmp); /* ours: created above */
     }
     Py_END_ALLOW_THREADS
     if (rc != 0) {

@@ -36,6 +36,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import StageKeyError, TraceError, UsageError
+from ..safefs import NOFOLLOW, atomic_file, atomic_write, open_new, refuse_symlink, temp_name
 from .checksum import crc32, crc32_combine, crc32_hex
 from .convert import as_array
 from .dtypes import DTYPES, DType
@@ -267,11 +268,12 @@ def _plain(d: Mapping[str, Any]) -> bool:
     return True
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _open_scratch(path: str) -> tuple[IO[bytes], str]:
+    """A new scratch file for reading and writing, and its name: an unguessable name beside
+    ``path``, created ``O_EXCL | O_NOFOLLOW`` (never a file or link planted there)."""
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    return os.fdopen(fd, "w+b"), tmp
 
 
 def _jsonable(value: Any, what: str) -> Any:
@@ -297,8 +299,7 @@ class _StageTexts:
     manifest on close. ``count`` entries written so far."""
 
     def __init__(self, path: str):
-        self.path = path
-        self.file = open(path, "w+b")
+        self.file, self.path = _open_scratch(path)
         self.count = 0
 
     def append(self, text: str | bytes, entries: int = 1) -> None:
@@ -528,13 +529,14 @@ class TraceWriter:
         self._pending_bytes = 0
         self._pending_text_bytes = 0  # rendered entries held in memory (see _queue_texts)
         self._spill: IO[bytes] | None = None
+        self._spill_path = ""
         self._shard = 0
         self._packed_seq = 0  # data files prepared by pack(), and written by write_packed()
         self._packed_written = 0
         self._closed = False
         self._started = _dt.datetime.now(_dt.timezone.utc)
         self._prepare_directory()
-        self._journal = open(os.path.join(self.path, JOURNAL), "wb")
+        self._journal = os.fdopen(open_new(os.path.join(self.path, JOURNAL), 0o666), "wb")
         self._rendered = _StageTexts(os.path.join(self.path, STAGE_TEXTS))
         self._write_manifest(complete=False)
 
@@ -551,13 +553,17 @@ class TraceWriter:
                     "(choose a new path or empty it yourself).",
                     path=p,
                 )
+            for name in (DATA_DIR, MANIFEST, JOURNAL, VOLATILE):  # never write through a planted link
+                if name in entries:
+                    refuse_symlink(os.path.join(p, name), what="data directory" if name == DATA_DIR else "file")
             for name in entries:  # only our own files: manifest, journal, run.json, data/
                 full = os.path.join(p, name)
-                if name == DATA_DIR and os.path.isdir(full) and not os.path.islink(full):
+                if name == DATA_DIR and os.path.isdir(full):
                     shutil.rmtree(full)
                 elif name in (MANIFEST, JOURNAL, VOLATILE) or name.endswith(".tmp"):
                     os.remove(full)
         os.makedirs(os.path.join(p, DATA_DIR), exist_ok=True)
+        refuse_symlink(os.path.join(p, DATA_DIR), what="data directory")  # planted since the check above
 
     # -- public API ---------------------------------------------------------------------------
     def add(
@@ -751,12 +757,20 @@ class TraceWriter:
             return shard._replace(written=True)
         crc = shard.crc if shard.crc is not None else _file_crc(shard.header, shard.stages, shard.data)
         full = os.path.join(self.path, shard.rel)
+        tmp = temp_name(full)  # created O_EXCL | O_NOFOLLOW, by the C module or _write_data_file
         direct = bool(_O_DIRECT) and shard.size >= _DIRECT_MIN
         if _stage_write is not None:
-            _stage_write(full + ".tmp", full, shard.header, shard.data, shard.size, direct)
+            _stage_write(tmp, full, shard.header, shard.data, shard.size, direct)
         else:
-            _write_data_file(full + ".tmp", shard.header, shard.data, shard.size, direct)
-            os.replace(full + ".tmp", full)
+            try:
+                _write_data_file(tmp, shard.header, shard.data, shard.size, direct)
+                os.replace(tmp, full)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
         return shard._replace(crc=crc, written=True)
 
     def commit_packed(self, shard: PackedShard) -> None:
@@ -923,10 +937,10 @@ class TraceWriter:
                 self._rendered.close()
             if self._spill is not None:
                 self._spill.close()
-                os.remove(os.path.join(self.path, SPILL))
+                os.remove(self._spill_path)
             if self._volatile:
                 now = _dt.datetime.now(_dt.timezone.utc)
-                _atomic_write(
+                atomic_write(
                     os.path.join(self.path, VOLATILE),
                     _dump({"started_utc": self._started.isoformat(), "finished_utc": now.isoformat(),
                            "host": platform.node(), "pid": os.getpid()}),
@@ -1296,7 +1310,7 @@ class TraceWriter:
             self._pending_entries.append((block_m, block_j, count))
             return
         if self._spill is None:
-            self._spill = open(os.path.join(self.path, SPILL), "w+b")
+            self._spill, self._spill_path = _open_scratch(os.path.join(self.path, SPILL))
         self._spill.seek(0, os.SEEK_END)
         self._pending_entries.append(_Spilled(self._spill.tell(), len(block_m), len(block_j), count))
         self._spill.write(block_m)
@@ -1358,9 +1372,8 @@ class TraceWriter:
         raw += b" " * (-(8 + len(raw)) % 8)
         header = struct.pack("<Q", len(raw)) + raw
         full = os.path.join(self.path, rel)
-        tmp = full + ".tmp"
         h = crc32(header)
-        with open(tmp, "wb") as f:
+        with atomic_file(full) as f:
             f.write(header)
             small: list[bytes] = []  # many tiny stages (scalars from a log): one write per ~1 MiB
             held = 0
@@ -1388,7 +1401,6 @@ class TraceWriter:
                 block = b"".join(small)
                 f.write(block)
                 h = crc32(block, h)
-        os.replace(tmp, full)
         self._files[rel] = {"bytes": len(header) + offset, "crc32": crc32_hex(h)}
         for e in entries:
             if type(e) is dict and e["kind"] == "tensor":
@@ -1443,15 +1455,12 @@ class TraceWriter:
         out: list[str | bytes] = []
         _emit(manifest, 0, out)  # type: ignore[arg-type]
         out.append("\n")
-        path = os.path.join(self.path, MANIFEST)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_file(os.path.join(self.path, MANIFEST)) as f:
             for part in out:
                 if type(part) is _StageTexts:
                     part.copy_to(f)
                 else:
                     f.write(part if type(part) is bytes else part.encode("utf-8"))  # type: ignore[union-attr]
-        os.replace(tmp, path)
 
 
 _HEADER_START = '{"__metadata__":{"format":"' + FORMAT_NAME + '"}'
@@ -1478,47 +1487,55 @@ def _write_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def _write_data_file(path: str, header: bytes, data: np.ndarray, size: int, direct: bool = True) -> None:
-    """Write ``header`` then ``data[:size]`` to a new file ``path``.
+    """Write ``header`` then ``data[:size]`` to a new file ``path``, created ``O_EXCL | O_NOFOLLOW``
+    (never a file or link that was already there).
 
     With direct I/O (``O_DIRECT``: the disk reads the buffer itself, no copy into the page cache,
     almost no CPU) when ``data`` is page-aligned, the header a whole number of pages, and the file
     system accepts it; otherwise (``direct=False``, another OS, tmpfs) with ordinary writes. Both
-    give the same bytes. (The C module's ``write_file`` does the same with the GIL released.) The last partial page goes through ``data`` zero-padded when ``data`` has the
-    room, else through an ordinary write.
+    give the same bytes. (The C module's ``write_file`` does the same with the GIL released.) The
+    file is opened once; direct I/O is switched on with ``fcntl`` (and off again for an ordinary
+    write). The last partial page goes through ``data`` zero-padded when ``data`` has the room,
+    else through an ordinary write.
     """
-    direct = bool(direct and _O_DIRECT and len(header) % _PAGE == 0 and data.ctypes.data % _PAGE == 0)
-    if direct:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        except OSError:
-            direct = False
-    if direct:
-        try:
-            page = mmap.mmap(-1, len(header))  # page-aligned, as direct I/O needs
-            page.write(header)
-            _write_all(fd, memoryview(page), 0)
-            del page  # unmapped when no view of it is left (a traceback may still hold one)
-            whole = size - size % _PAGE
-            view = memoryview(data)
-            _write_all(fd, view[:whole], len(header))
-            if whole < size:
-                if data.nbytes >= whole + _PAGE:
-                    data[size:whole + _PAGE] = 0
-                    _write_all(fd, view[whole:whole + _PAGE], len(header) + whole)
-                    os.ftruncate(fd, len(header) + size)
-                else:
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-                    _write_all(fd, view[whole:size], len(header) + whole)
-            return
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise
+    direct = bool(direct and _O_DIRECT and fcntl is not None and len(header) % _PAGE == 0
+                  and data.ctypes.data % _PAGE == 0)
+    fd = open_new(path, 0o666)
+    try:
+        if direct:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+            except OSError:  # the file system has no direct I/O
+                direct = False
+        if direct:
+            try:
+                page = mmap.mmap(-1, len(header))  # page-aligned, as direct I/O needs
+                page.write(header)
+                _write_all(fd, memoryview(page), 0)
+                del page  # unmapped when no view of it is left (a traceback may still hold one)
+                whole = size - size % _PAGE
+                view = memoryview(data)
+                _write_all(fd, view[:whole], len(header))
+                if whole < size:
+                    if data.nbytes >= whole + _PAGE:
+                        data[size:whole + _PAGE] = 0
+                        _write_all(fd, view[whole:whole + _PAGE], len(header) + whole)
+                        os.ftruncate(fd, len(header) + size)
+                    else:
+                        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+                        _write_all(fd, view[whole:size], len(header) + whole)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise
             # the file system refused direct I/O after all: write it again, ordinarily
-        finally:
-            os.close(fd)
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(memoryview(data)[:size])
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            os.ftruncate(fd, 0)
+        _write_all(fd, memoryview(header), 0)
+        _write_all(fd, memoryview(data)[:size], len(header))
+    finally:
+        os.close(fd)
 
 
 def _byte_chunks(arr: np.ndarray):
