@@ -479,7 +479,7 @@ def compare_events(
     a = load_events(ref, skip_malformed=skip_malformed)
     b = load_events(cand, skip_malformed=skip_malformed)
     used_preset = _resolve_preset(preset, cfg, a, b, notes)
-    rules: RuleSet = preset_rules(used_preset) + cfg.rules
+    rules: RuleSet = cfg.rules + preset_rules(used_preset)  # the config's rules come first and win
     if min_score is None:
         min_score = cfg.min_score
     if min_score is not None and not 0 <= min_score <= 1:

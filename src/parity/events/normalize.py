@@ -388,6 +388,12 @@ class Normalizer:
             self._cache[key] = got
         return got
 
+    def _hit(self, idx: tuple[int, ...], action: str) -> None:
+        """Count a use of every matching rule of ``action`` (a rule shadowed by an earlier one counts too)."""
+        for i in idx:
+            if self.rules[i].action == action:
+                self.hits[i] = self.hits.get(i, 0) + 1
+
     def normalize(self, record: Mapping[str, Any]) -> Normalized:
         """Normalize one record (a parsed JSON object with ``kind``)."""
         self._kind = str(record.get("kind", ""))
@@ -405,19 +411,19 @@ class Normalizer:
             r = self.rules[i]
             a = r.action
             if a == "ignore":
-                hits[i] = hits.get(i, 0) + 1
+                self._hit(idx, a)
                 return _DROP
             if a == "placeholder":
-                hits[i] = hits.get(i, 0) + 1
+                self._hit(idx, a)
                 return r.value
             if a == "numbered" and type(v) in (str, int):
-                hits[i] = hits.get(i, 0) + 1
+                self._hit(idx, a)
                 table = self._numbers.setdefault(r.value, {})  # type: ignore[arg-type]
                 n = table.setdefault(str(v), len(table) + 1)
                 self._marked = True
                 return NumberedId(r.value, n, v)  # type: ignore[arg-type]
             if a == "tolerance" and type(v) in (int, float):
-                hits[i] = hits.get(i, 0) + 1
+                self._hit(idx, a)
                 self._marked = True
                 return TolerantNumber(v, r.tolerance)  # type: ignore[arg-type]
             if a == "unordered" and type(v) is list:

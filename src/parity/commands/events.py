@@ -1,0 +1,148 @@
+"""``parity events import|diff|diff-dirs|export``: event traces (agent sessions, JSONL event logs)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from ..errors import UsageError
+from ..events.presets import PRESETS
+
+EXIT_OK, EXIT_DIVERGENCE, EXIT_ERROR = 0, 1, 2
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _write(path: str | None, text: str | None) -> None:
+    if path and path != "-" and text is not None:
+        from ..safefs import atomic_write
+
+        atomic_write(path, text.encode("utf-8"))
+
+
+@click.group("events")
+def events_group() -> None:
+    """Event traces: import JSONL event logs (agent sessions) and compare them event by event."""
+
+
+@events_group.command("import")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The event trace to write.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Normalization preset recorded for later diffs.")
+@click.option("--config", type=click.Path(dir_okay=False), help="TOML config; its [events] preset is used.")
+@click.option("--skip-malformed", is_flag=True,
+              help="Import past malformed lines (warned, counted and kept in the trace's metadata).")
+def import_cmd(src, out, preset, config, skip_malformed):
+    """Import the JSONL event log SRC: each record becomes a text stage holding its exact line.
+
+    Exit status: 0 imported, 2 malformed lines (without --skip-malformed) or unreadable input.
+    """
+    from ..events import import_events
+
+    s = import_events(src, out, preset=preset, config=config, skip_malformed=skip_malformed)
+    kinds = ", ".join(f"{k} {n}" for k, n in s.kinds.items())
+    click.echo(f"{s.path}: {s.events} events ({kinds})" + (f", preset {s.preset}" if s.preset else ""))
+    for m in s.malformed:
+        click.echo(f"warning: {src}: malformed line {m.line} left out ({m.reason})", err=True)
+    if s.malformed:
+        click.echo(f"warning: {len(s.malformed)} malformed line(s) skipped; kept verbatim in the trace's metadata.",
+                   err=True)
+
+
+@events_group.command("export")
+@click.argument("trace", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The JSONL file to write.")
+def export_cmd(trace, out):
+    """Write event trace TRACE back as the JSONL log it came from, byte for byte."""
+    from ..events import export_events
+
+    n = export_events(trace, out)
+    click.echo(f"wrote {out} ({n} bytes)")
+
+
+def _gate_options(f):
+    f = click.option("--html", "html_out", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="Write a self-contained HTML report to FILE.")(f)
+    f = click.option("--md", "md_out", metavar="FILE", help="Write the Markdown report to FILE ('-' prints it).")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the JSON result instead of the report.")(f)
+    f = click.option("--skip-malformed", is_flag=True,
+                     help="JSONL inputs: leave malformed lines out (reported) instead of refusing the log.")(f)
+    f = click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+                     help="Pass when the similarity score reaches this (default: no divergent event).")(f)
+    f = click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Normalization preset (default: as imported).")(f)
+    f = click.option("--config", type=click.Path(dir_okay=False), help="TOML config with an [events] table.")(f)
+    return f
+
+
+@events_group.command("diff")
+@click.argument("ref", type=click.Path(exists=True))
+@click.argument("cand", type=click.Path(exists=True))
+@_gate_options
+def diff_cmd(ref, cand, config, preset, min_score, skip_malformed, as_json, md_out, html_out):
+    """Compare event log CAND against reference REF (event traces or JSONL files).
+
+    Events are aligned by edit distance over (kind, turn, normalized content): a missing or extra
+    event shows as a deletion or insertion and the rest still line up.
+
+    Exit status: 0 parity holds, 1 divergence (or score below --min-score), 2 usage or input error.
+    """
+    from ..events import compare_events, render_event_html, render_event_json, render_event_markdown, render_event_text
+
+    if as_json and md_out == "-":
+        raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    d = compare_events(ref, cand, config, preset=preset, min_score=min_score, skip_malformed=skip_malformed)
+    md = render_event_markdown(d) if md_out else None
+    if as_json:
+        click.echo(render_event_json(d))
+    elif md_out == "-":
+        click.echo(md, nl=False)
+    else:
+        render_event_text(d, _console())
+    _write(md_out, md)
+    _write(html_out, render_event_html(d) if html_out else None)
+    sys.exit(EXIT_OK if d.passed else EXIT_DIVERGENCE)
+
+
+@events_group.command("diff-dirs")
+@click.argument("ref_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("cand_dir", type=click.Path(exists=True, file_okay=False))
+@_gate_options
+@click.option("--min-mean", type=click.FloatRange(0, 1), default=None, help="Also require this mean score.")
+def diff_dirs_cmd(ref_dir, cand_dir, config, preset, min_score, skip_malformed, as_json, md_out, html_out, min_mean):
+    """Compare each candidate session in CAND_DIR with the reference fixture of the same name in REF_DIR.
+
+    Sessions are NAME.jsonl files, NAME.trace event traces or NAME/ folders holding one .jsonl.
+    Reports each fixture's score and the mean over fixtures (a missing candidate scores 0).
+
+    Exit status: 0 every fixture passes, 1 one diverges or is missing, 2 a session cannot be read.
+    """
+    from ..events import (compare_event_dirs, render_event_dirs_html, render_event_dirs_json,
+                          render_event_dirs_markdown, render_event_dirs_text)
+
+    if as_json and md_out == "-":
+        raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    r = compare_event_dirs(ref_dir, cand_dir, config, preset=preset, min_score=min_score, min_mean=min_mean,
+                           skip_malformed=skip_malformed)
+    if not r.fixtures:
+        raise UsageError("holds no sessions (NAME.jsonl, NAME.trace or NAME/*.jsonl).", path=ref_dir)
+    md = render_event_dirs_markdown(r) if md_out else None
+    if as_json:
+        click.echo(render_event_dirs_json(r))
+    elif md_out == "-":
+        click.echo(md, nl=False)
+    else:
+        render_event_dirs_text(r, _console())
+    _write(md_out, md)
+    _write(html_out, render_event_dirs_html(r) if html_out else None)
+    for f in r.errors:
+        Console(stderr=True, highlight=False).print(Text(f"error: {f.name}: {f.error}", style="red"))
+    sys.exit(EXIT_ERROR if r.errors else EXIT_OK if r.passed else EXIT_DIVERGENCE)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(events_group)
