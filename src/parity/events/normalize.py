@@ -400,11 +400,41 @@ class Normalizer:
         self._marked = False
         value = self._walk(record, ()) if self.rules else record
         turn = record.get("turn")
-        identity = self._kind + "\x00" + (json.dumps(turn) if turn is not None else "") + "\x00" + canonical(value)
+        tt = type(turn)
+        turn_text = "" if turn is None else str(turn) if tt is int else repr(turn) if tt is str else json.dumps(turn)
+        identity = self._kind + "\x00" + turn_text + "\x00" + canonical(value)
         return Normalized(value, identity, self._marked)
 
-    def _walk(self, v: Any, path: tuple[str | int, ...]) -> Any:
-        idx = self._matching(path) if path else ()
+    def _children(self, v: dict | list, path: tuple[str | int, ...], unordered: bool = False) -> dict | list:
+        """A container with its children normalized; a child no rule matches (the usual case) is
+        copied without a call, or walked as a container."""
+        cache, kind = self._cache, self._kind
+        items = v.items() if type(v) is dict else enumerate(v)
+        out: list[tuple[Any, Any]] = []
+        for k, x in items:
+            p = path + (k,)
+            idx = cache.get((kind, p))
+            if idx is None:
+                idx = self._matching(p)
+            if idx:
+                x = self._walk(x, p, idx)
+                if x is _DROP:
+                    continue
+            else:
+                tx = type(x)
+                if tx is dict or tx is list:
+                    x = self._children(x, p)
+            out.append((k, x))
+        if type(v) is dict:
+            return dict(out)
+        values = [x for _, x in out]
+        if unordered:
+            values.sort(key=canonical)
+        return values
+
+    def _walk(self, v: Any, path: tuple[str | int, ...], idx: tuple[int, ...] | None = None) -> Any:
+        if idx is None:
+            idx = self._matching(path) if path else ()
         unordered = False
         hits = self.hits
         for i in idx:
@@ -430,18 +460,8 @@ class Normalizer:
                 hits[i] = hits.get(i, 0) + 1
                 unordered = True
         t = type(v)
-        if t is dict:
-            out = {}
-            for k, x in v.items():
-                y = self._walk(x, path + (k,))
-                if y is not _DROP:
-                    out[k] = y
-            return out
-        if t is list:
-            items = [y for y in (self._walk(x, path + (j,)) for j, x in enumerate(v)) if y is not _DROP]
-            if unordered:
-                items.sort(key=canonical)
-            return items
+        if t is dict or t is list:
+            return self._children(v, path, unordered)
         if t is str and self._has_replace:
             for i in idx:
                 r = self.rules[i]
