@@ -42,6 +42,12 @@ def import_cmd(src, out, preset, config, skip_malformed):
 
     Exit status: 0 imported, 2 malformed lines (without --skip-malformed) or unreadable input.
     """
+    do_import(src, out, preset=preset, config=config, skip_malformed=skip_malformed)
+
+
+def do_import(src: str, out: str, *, preset: str | None = None, config: str | None = None,
+              skip_malformed: bool = False) -> None:
+    """Import one JSONL event log and print the summary (also used by ``parity import --format events``)."""
     from ..events import import_events
 
     s = import_events(src, out, preset=preset, config=config, skip_malformed=skip_malformed)
@@ -91,6 +97,15 @@ def diff_cmd(ref, cand, config, preset, min_score, skip_malformed, as_json, md_o
 
     Exit status: 0 parity holds, 1 divergence (or score below --min-score), 2 usage or input error.
     """
+    do_diff(ref, cand, config=config, preset=preset, min_score=min_score, skip_malformed=skip_malformed,
+            as_json=as_json, md_out=md_out, html_out=html_out)
+
+
+def do_diff(ref: str, cand: str, *, config: str | None = None, preset: str | None = None,
+            min_score: float | None = None, skip_malformed: bool = False, as_json: bool = False,
+            md_out: str | None = None, html_out: str | None = None) -> None:
+    """Compare two event logs, print the report, write --md/--html files and exit 0 or 1
+    (also used by ``parity diff`` when both traces are event traces)."""
     from ..events import compare_events, render_event_html, render_event_json, render_event_markdown, render_event_text
 
     if as_json and md_out == "-":

@@ -30,7 +30,7 @@ from ..errors import ParityError, UsageError
 from ..trace.reader import Trace
 from .align import diff_sequences, refine_block
 from .config import EventsConfig, load_events_config
-from .jsonl import Event, EventLog, load_events
+from .jsonl import Event, EventLog, gc_paused, load_events
 from .normalize import Normalized, Normalizer, NumberedId, RuleSet, TolerantNumber, format_path, unmark
 from .presets import preset_rules
 
@@ -474,6 +474,11 @@ def compare_events(
     >>> diff.passed, diff.first_divergence.ref.index, diff.first_divergence.fields[0].path
     (False, 1, 'content[0].input.command')
     """
+    with gc_paused():
+        return _compare_events(ref, cand, config, preset, min_score, skip_malformed, max_detail)
+
+
+def _compare_events(ref, cand, config, preset, min_score, skip_malformed, max_detail) -> EventDiff:
     cfg = load_events_config(config)
     notes: list[str] = []
     a = load_events(ref, skip_malformed=skip_malformed)
