@@ -224,7 +224,6 @@ def refine_block(na: int, nb: int, kind_a: Callable[[int], str], kind_b: Callabl
         return [(i, None) for i in range(na)] + [(None, j) for j in range(nb)]
     if na * nb > max_cells:
         return _greedy(na, nb, kind_a, kind_b)
-    inf = float("inf")
     ka = [kind_a(i) for i in range(na)]
     kb = [kind_b(j) for j in range(nb)]
     # cost[i][j]: aligning a[:i] with b[:j]
@@ -265,7 +264,6 @@ def refine_block(na: int, nb: int, kind_a: Callable[[int], str], kind_b: Callabl
             out.append((None, j - 1))
             j -= 1
     out.reverse()
-    del inf
     return out
 
 

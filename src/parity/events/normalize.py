@@ -90,7 +90,6 @@ class PathPattern:
         if sep and "." not in head and "[" not in head:
             kind_glob, body = head, rest
         tokens: list[str] = []
-        pos = 0
         for part in body.split("."):
             if part == "":
                 raise ConfigError(f"{where}field path {text!r} has an empty segment (two dots, or a leading/"
@@ -106,7 +105,6 @@ class PathPattern:
                 else:
                     tokens.append(m.group(2))
                 p = m.end()
-            pos += 1
         # each token renders as "\x01name" (keys) or "\x02N" (indices); ** spans any run of them
         rx: list[str] = []
         for t in tokens:
