@@ -20,10 +20,15 @@ _PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@()+,-]*(?: [A-Za-z0-9_./@()+,=-]+
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
+def _quote(s: str) -> str:
+    text = json.dumps(s, ensure_ascii=False)
+    return "".join(c if c.isprintable() else f"\\U{ord(c):08x}" for c in text)
+
+
 def _str(s: str) -> str:
     if _PLAIN.match(s) and isinstance(_scalar(s, True), str) and s not in ("yes", "no", "on", "off", "y", "n"):
         return s
-    return json.dumps(s, ensure_ascii=False)
+    return _quote(s)
 
 
 def _scalar_text(v: Any) -> str:
@@ -47,13 +52,13 @@ def _scalar_text(v: Any) -> str:
 
 def _flow_text(v: Any) -> str:
     if isinstance(v, str) and any(c in v for c in ",[]{}"):
-        return json.dumps(v, ensure_ascii=False)
+        return _quote(v)
     return _scalar_text(v)
 
 
 def _key(k: Any) -> str:
     k = str(k)
-    return k if _KEY.match(k) and isinstance(_scalar(k, True), str) else json.dumps(k, ensure_ascii=False)
+    return k if _KEY.match(k) and isinstance(_scalar(k, True), str) else _quote(k)
 
 
 def _flow_ok(items: list[Any]) -> bool:
@@ -120,5 +125,7 @@ def dump_yaml(data: dict[str, Any], *, width: int = 100, header: str | None = No
     out: list[str] = []
     if header:
         out += [f"# {line}".rstrip() for line in header.splitlines()]
+    if isinstance(data, dict) and not data:
+        out.append("{}")
     _emit(data, 0, out, width)
     return "\n".join(out) + "\n"
