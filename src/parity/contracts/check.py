@@ -237,7 +237,7 @@ class _Checker:
             if missing:
                 msg += f" ({', '.join(missing)} does not exist{self.moved_hint(missing[0])})"
             lang = language_of(files[0]) if files else None
-            elsewhere = [w for w in self.where(name, lang) if w[0] not in files]
+            elsewhere = [w for w in self.where(name.rsplit("::", 1)[-1], lang) if w[0] not in files]
             if elsewhere:
                 msg += "; it is now defined in " + ", ".join(f"{f}:{ln} as {q}" for f, q, ln in elsewhere[:3])
                 if len(elsewhere) > 3:
@@ -522,9 +522,7 @@ def _missing(claimed: str, supported: str, findings: list[Finding]) -> str:
     need = {"algorithm": "no test evidence (tests.pytest or tests.commands)",
             "functional": "no verified bundle or trace from a live run",
             "discharged": "no trace diff within tolerance (parity: ref + cand, or a bundle's passing diff)"}
-    for lvl in ("discharged", "functional", "algorithm"):
-        if rank(lvl) <= rank(claimed) and rank(lvl) > rank(supported):
-            wanted = lvl
+    wanted = claimed
     notes = [f.message for f in findings if f.outcome in (ABSENT, FAILED) and rank(f.supports or "proposed") >= rank(wanted)]
     base = f"{claimed} needs evidence this claim lacks: {need[wanted]}"
     return base + (f" ({'; '.join(notes[:2])})" if notes else "")
@@ -533,6 +531,11 @@ def _missing(claimed: str, supported: str, findings: list[Finding]) -> str:
 def _summary(findings: list[Finding]) -> str:
     if not findings:
         return "no evidence cited"
+    best = max((f for f in findings if f.outcome == OK and f.supports in LEVELS), key=lambda f: rank(f.supports),
+               default=None)
+    if best is not None:
+        others = sum(1 for f in findings if f.outcome == OK) - 1
+        return best.message + (f" (+{others} more verified)" if others else "")
     kinds: dict[str, int] = {}
     for f in findings:
         if f.outcome == OK:
@@ -556,7 +559,7 @@ def check_loaded(loaded: LoadResult, *, root: str = ".", run: bool = False, coll
         for claim in contract.claims:
             results.append(c.claim(contract, claim))
     return CheckReport(tuple(results), root, tuple(loaded.warnings), run, len(loaded.files), len(loaded.contracts),
-                       time.perf_counter() - t0, c.pytest_invocations)
+                       round(time.perf_counter() - t0, 3), c.pytest_invocations)
 
 
 def check_contracts(paths: Iterable[str | os.PathLike[str]], *, root: str = ".", run: bool = False,

@@ -90,60 +90,50 @@ def _covered(cited: str, seen: set[str], prefixes: list[str]) -> bool:
 def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0) -> PytestOutcome:
     """Check that each pytest node id collects, with one ``pytest --collect-only`` for them all.
 
-    A node id names a test, a parametrized test without its ``[...]`` part, a class, or a file.
-    Files that do not exist are reported without running pytest; a file that fails to import is
-    reported as such and the rest are collected again without it (so one broken module never
-    hides the others).
+    The files the ids name are collected whole (``--continue-on-collection-errors``, so a module
+    that fails to import is reported and never hides the others), and each id must name a
+    collected test, a parametrized test without its ``[...]`` part, a class, or the file.
+    Files that do not exist are reported without running pytest.
     """
     t0 = time.perf_counter()
     want = sorted(set(ids))
     status: dict[str, str] = {}
-    todo = []
+    files: list[str] = []
     for i in want:
         f = i.split("::", 1)[0]
         if not os.path.isfile(os.path.join(root, f)):
             status[i] = f"test file {f} does not exist"
-        else:
-            todo.append(i)
+        elif f not in files:
+            files.append(f)
     invocations = 0
+    seen: set[str] = set()
     broken: dict[str, str] = {}
-    for _attempt in range(3):
-        pending = [i for i in todo if i not in status and i.split("::", 1)[0] not in broken]
-        if not pending:
-            break
-        seen: set[str] = set()
-        retry = False
-        for batch in _batches(pending):
-            invocations += 1
-            code, out = _pytest(root, ["--collect-only", "-q", *batch], timeout)
-            if code is None:
-                for i in batch:
-                    status[i] = f"pytest collection timed out after {timeout:g} s"
-                continue
-            seen.update(line.strip() for line in out.splitlines() if "::" in line and " " not in line.strip())
-            errors = set(_ERROR_COLLECTING.findall(out)) & {i.split("::", 1)[0] for i in batch}
-            if errors:
-                for f in errors:
-                    broken[f] = "fails to collect (an import or syntax error in the test module)"
-                retry = True
-            elif code not in (0, 5) and not seen:
-                for i in batch:
-                    status.setdefault(i, f"pytest --collect-only exited {code}: {out.strip()[-300:]}")
-        prefixes = sorted(seen)
-        for i in pending:
-            if i.split("::", 1)[0] in broken:
-                continue
-            if _covered(i, seen, prefixes):
-                status[i] = "ok"
-            elif not retry:
-                status[i] = "does not collect (no such test)"
-        if not retry:
-            break
-    for i in todo:
+    for batch in _batches(files):
+        invocations += 1
+        code, out = _pytest(root, ["--collect-only", "-q", "--continue-on-collection-errors", *batch], timeout)
+        if code is None:
+            for f in batch:
+                broken[f] = f"could not be collected: pytest timed out after {timeout:g} s"
+            continue
+        seen.update(line.strip() for line in out.splitlines() if "::" in line and " " not in line.strip())
+        for f in set(_ERROR_COLLECTING.findall(out)) & set(batch):
+            broken[f] = "fails to collect (an import or syntax error in the test module)"
+        if code not in (0, 1, 5) and not seen:
+            for f in batch:
+                broken.setdefault(f, f"could not be collected: pytest --collect-only exited {code}: {out.strip()[-300:]}")
+    prefixes = sorted(seen)
+    for i in want:
+        if i in status:
+            continue
         f = i.split("::", 1)[0]
         if f in broken:
             status[i] = f"test file {f} {broken[f]}"
-        status.setdefault(i, "does not collect (no such test)")
+        elif "::" not in i and any(s.startswith(f + "::") for s in prefixes):
+            status[i] = "ok"
+        elif _covered(i, seen, prefixes):
+            status[i] = "ok"
+        else:
+            status[i] = "does not collect (no such test)"
     return PytestOutcome(status, invocations, time.perf_counter() - t0)
 
 
