@@ -26,7 +26,7 @@ def _quote(s: str) -> str:
 
 
 def _str(s: str) -> str:
-    if _PLAIN.match(s) and isinstance(_scalar(s, True), str) and s not in ("yes", "no", "on", "off", "y", "n"):
+    if _PLAIN.fullmatch(s) and isinstance(_scalar(s, True), str) and s not in ("yes", "no", "on", "off", "y", "n"):
         return s
     return _quote(s)
 
@@ -58,7 +58,7 @@ def _flow_text(v: Any) -> str:
 
 def _key(k: Any) -> str:
     k = str(k)
-    return k if _KEY.match(k) and isinstance(_scalar(k, True), str) else _quote(k)
+    return k if _KEY.fullmatch(k) and isinstance(_scalar(k, True), str) else _quote(k)
 
 
 def _flow_ok(items: list[Any]) -> bool:
