@@ -104,6 +104,9 @@ def _write_out(out: str | None, text: str, force: bool) -> None:
         raise UsageError(f"{out} already exists; pass --force to replace it.")
     from ..safefs import atomic_write
 
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{out}: the folder {parent} does not exist.")
     atomic_write(out, text.encode("utf-8"))
     click.echo(f"wrote {out}", err=True)
 
