@@ -29,16 +29,20 @@ Example ``parity.toml``::
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, StageKeyError
-from ..trace.keys import split_key
+from ..limits import MAX_NESTING
+from ..trace.keys import _NAME_RE, split_key
 from .align import StageTransform, apply_renames, parse_renames, parse_transforms
+from .tolerance import _FIELDS as _TOLERANCE_FIELDS
 from .tolerance import ToleranceRules, glob_to_regex
 
 __all__ = ["CompareConfig", "load_config"]
@@ -76,53 +80,82 @@ class CompareConfig:
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> CompareConfig:
         """Build a config from a parsed TOML document (or an equivalent dict).
 
+        Every field is checked here, when the config is loaded, not when it is used: numbers must
+        be finite (tolerances non-negative), names and patterns strings, and every ``[rename]``
+        pattern must compile and its replacement refer only to groups the pattern has.
+
         Raises:
-            ConfigError: unknown sections or fields, or values of the wrong type.
+            ConfigError: unknown sections or fields, or values of the wrong type; the message names
+                ``source`` (the file), the section and key, and what was expected.
         """
-        where = f"{source}: " if source else ""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a comparison config is a table of sections, not {_describe(data)}.", path=source)
         unknown = set(data) - _SECTIONS - {"strict"}
         if unknown:
-            raise ConfigError(f"{where}unknown section(s) {sorted(unknown)}; expected some of {sorted(_SECTIONS)}.")
-        tol = dict(data.get("tolerance", {}))
+            raise ConfigError(f"unknown section(s) {sorted(map(str, unknown))}; expected some of {sorted(_SECTIONS)}.",
+                              path=source)
+        tol = data.get("tolerance", {})
+        if not isinstance(tol, Mapping):
+            raise ConfigError(f"[tolerance] must be a table like {{ rtol = 1e-5 }}, not {_describe(tol)}.", path=source)
+        tol = dict(tol)
         stages = tol.pop("stages", {})
-        try:
-            rules = ToleranceRules.build(tol, stages)
-        except ConfigError as e:
-            raise ConfigError(where + e.message) from None
-        aliases = data.get("aliases", {})
-        if not isinstance(aliases, Mapping) or not all(isinstance(v, str) for v in aliases.values()):
-            raise ConfigError(f'{where}[aliases] maps candidate names to reference names, e.g. attn_weights = "attn_probs".')
+        rules = _build_tolerance(tol, stages, source)
+        aliases = _check_aliases(data.get("aliases", {}), source)
         ignore = data.get("ignore", {})
-        patterns = ignore.get("stages", []) if isinstance(ignore, Mapping) else ignore
+        if isinstance(ignore, Mapping):
+            extra = set(ignore) - {"stages"}
+            if extra:
+                raise ConfigError(f"[ignore] has unknown key(s) {sorted(map(str, extra))}; expected stages = [...].",
+                                  path=source)
+            patterns = ignore.get("stages", [])
+        else:
+            patterns = ignore
         if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ConfigError(f'{where}[ignore] stages must be a list of glob patterns, e.g. stages = ["timing.*"].')
+            raise ConfigError('[ignore] stages must be a list of glob patterns, e.g. stages = ["timing.*"], '
+                              f"not {_describe(patterns)}.", path=source)
         expected = data.get("expected", {})
-        if not isinstance(expected, Mapping) or not all(isinstance(v, str) for v in expected.values()):
-            raise ConfigError(f'{where}[expected] maps stage patterns to reasons, e.g. "logits" = "known bf16 drift".')
+        if not isinstance(expected, Mapping):
+            raise ConfigError('[expected] maps stage patterns to reasons, e.g. "logits" = "known bf16 drift", '
+                              f"not {_describe(expected)}.", path=source)
+        for pattern, reason in expected.items():
+            if not isinstance(pattern, str) or not isinstance(reason, str):
+                raise ConfigError(f"[expected] {_show_key(pattern)}: expected a reason (a string), got {_describe(reason)}.",
+                                  path=source)
         strict = data.get("strict", False)
         if not isinstance(strict, bool):
-            raise ConfigError(f"{where}strict must be true or false.")
-        renames = parse_renames(data.get("rename", {}), where)
-        transforms = parse_transforms(data.get("transforms", {}), where)
+            raise ConfigError(f"strict: expected true or false, got {_describe(strict)}.", path=source)
+        renames = _parse_renames(data.get("rename", {}), source)
+        transforms = _parse_transforms(data.get("transforms", {}), source)
         return cls(rules, dict(aliases), tuple(patterns), dict(expected), strict, source, renames, transforms)
 
     def merged(self, **overrides: Any) -> CompareConfig:
         """A copy with keyword overrides (``rtol``, ``atol``, ``stages``, ``aliases``, ``strict``, ``rename``,
-        ``transforms``: the last two shaped like their TOML tables)."""
+        ``transforms``: the last two shaped like their TOML tables).
+
+        Raises:
+            ConfigError: an override has the wrong type or value (checked as :meth:`from_dict` checks).
+        """
         tol_over = dict(self.tolerance.overrides)
         for k in ("rtol", "atol", "cosine_min", "sqnr_min_db"):
             if overrides.get(k) is not None:
                 tol_over[k] = overrides[k]
         stage_rules = dict(self.tolerance.stages)
-        stage_rules.update(overrides.get("stages") or {})
-        aliases = {**self.aliases, **(overrides.get("aliases") or {})}
+        extra_stages = overrides.get("stages") or {}
+        if not isinstance(extra_stages, Mapping):
+            raise ConfigError(f"stages maps stage patterns to tolerance tables, not {_describe(extra_stages)}.")
+        stage_rules.update(extra_stages)
+        aliases = {**self.aliases, **_check_aliases(overrides.get("aliases") or {}, None)}
         ignore = self.ignore + tuple(overrides.get("ignore") or ())
+        if not all(isinstance(p, str) for p in ignore):
+            raise ConfigError("ignore must be a list of glob patterns (strings).")
         expected = {**self.expected, **(overrides.get("expected") or {})}
+        if not all(isinstance(p, str) and isinstance(r, str) for p, r in expected.items()):
+            raise ConfigError("expected maps stage patterns to reasons (strings).")
         strict = self.strict if overrides.get("strict") is None else bool(overrides["strict"])
-        renames = self.renames + parse_renames(overrides.get("rename") or {})
-        transforms = self.transforms + parse_transforms(overrides.get("transforms") or {})
-        return CompareConfig(ToleranceRules.build(tol_over, stage_rules), aliases, ignore, expected, strict, self.source,
-                             renames, transforms)
+        renames = self.renames + _parse_renames(overrides.get("rename") or {}, None)
+        transforms = self.transforms + _parse_transforms(overrides.get("transforms") or {}, None)
+        return CompareConfig(_build_tolerance(tol_over, stage_rules, None), aliases, ignore, expected, strict,
+                             self.source, renames, transforms)
 
     # -- application ----------------------------------------------------------------------------
     def rename_candidate(self, key: str) -> str:
@@ -137,9 +170,8 @@ class CompareConfig:
                 try:
                     split_key(renamed)
                 except StageKeyError:
-                    where = f"{self.source}: " if self.source else ""
-                    raise ConfigError(f'{where}[rename] turns candidate stage "{key}" into "{renamed}", '
-                                      "which is not a valid stage key.") from None
+                    raise ConfigError(f'[rename] turns candidate stage "{key}" into "{renamed}", '
+                                      "which is not a valid stage key.", path=self.source) from None
                 key = renamed
         if not self.aliases:
             return key
@@ -166,42 +198,311 @@ class CompareConfig:
     def check_patterns(self, ref_keys: Iterable[str], cand_keys: Iterable[str]) -> None:
         """Raise :class:`ConfigError` for any pattern or alias that matches no stage."""
         ref_keys, cand_keys = list(ref_keys), list(cand_keys)
-        where = f"{self.source}: " if self.source else ""
+        src = self.source
         try:
             self.tolerance.check_patterns(ref_keys)
         except ConfigError as e:
-            raise ConfigError(where + e.message) from None
+            raise ConfigError(e.message, path=src) from None
         for kind, patterns in (("ignore", self.ignore), ("expected", list(self.expected))):
             for p in patterns:
                 rx = glob_to_regex(p)
                 if not any(rx.match(k) for k in ref_keys + cand_keys):
-                    raise ConfigError(f'{where}[{kind}] pattern "{p}" matches no stage.')
+                    raise ConfigError(f'[{kind}] pattern "{p}" matches no stage.', path=src)
         for pattern, _ in self.renames:
             rx = re.compile(pattern)
             if not any(rx.search(k) for k in cand_keys):
-                raise ConfigError(f'{where}[rename] "{pattern}" matches no candidate stage.')
+                raise ConfigError(f'[rename] "{pattern}" matches no candidate stage.', path=src)
         renamed = [apply_renames(k, self.renames) for k in cand_keys] if self.renames else cand_keys
         for alias in self.aliases:
             if not any(split_key(k)[0] == alias or split_key(k)[0].endswith("." + alias) for k in renamed):
-                raise ConfigError(f'{where}[aliases] "{alias}" matches no candidate stage.')
+                raise ConfigError(f'[aliases] "{alias}" matches no candidate stage.', path=src)
         for t in self.transforms:
             rx = glob_to_regex(t.pattern)
             if not any(rx.match(k) for k in ref_keys):
-                raise ConfigError(f'{where}[transforms] pattern "{t.pattern}" matches no reference stage.')
+                raise ConfigError(f'[transforms] pattern "{t.pattern}" matches no reference stage.', path=src)
+
+
+_MAX_CONFIG_BYTES = 16 * 2**20  # a comparison config is a few kilobytes; more is not a config
+_MAX_NUMBER_CHARS = 256  # longest run of digits outside strings (tomllib's int() refuses > 4300 digits)
+
+
+def _describe(value: object) -> str:
+    """A short description of a TOML value for error messages (never a recursive repr)."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return f"{text!r} (a string)"
+    if isinstance(value, (int, float)):
+        text = repr(value) if not isinstance(value, int) or value.bit_length() < 200 else "a huge integer"
+        return f"{text} (a number)"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _show_key(key: object) -> str:
+    text = str(key)
+    return '"' + (text if len(text) <= 80 else text[:77] + "...") + '"'
+
+
+def _check_number(where: str, key: str, value: object, source: str | None) -> float:
+    """``value`` as a float when it is a finite number (non-negative for ``rtol`` and ``atol``)."""
+    nonneg = key in ("rtol", "atol")
+    wanted = "a finite non-negative number" if nonneg else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: {key} must be a number ({wanted}, e.g. {key} = 1e-5), not {_describe(value)}.",
+                          path=source)
+    if isinstance(value, int) and value.bit_length() > 1000:
+        raise ConfigError(f"{where}: {key} must be {wanted}; this integer is too large.", path=source)
+    f = float(value)
+    if not math.isfinite(f) or (nonneg and f < 0):
+        raise ConfigError(f"{where}: {key} must be {wanted}, not {value!r}.", path=source)
+    return f
+
+
+def _build_tolerance(overrides: Mapping[str, object], stages: object, source: str | None) -> ToleranceRules:
+    """Check every tolerance field (type, finiteness, sign), then build the rules."""
+    for k, v in overrides.items():
+        if k in _TOLERANCE_FIELDS:
+            _check_number("[tolerance]", k, v, source)
+    if not isinstance(stages, Mapping):
+        raise ConfigError(f'[tolerance.stages] maps stage patterns to tables like "logits" = {{ rtol = 1e-3 }}, '
+                          f"not {_describe(stages)}.", path=source)
+    for pattern, fields in stages.items():
+        where = f"[tolerance.stages] {_show_key(pattern)}"
+        if not isinstance(pattern, str):
+            raise ConfigError(f"{where}: a stage pattern must be a string.", path=source)
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{where} must be a table like {{ rtol = 1e-3 }}, not {_describe(fields)}.", path=source)
+        for k, v in fields.items():
+            if k in _TOLERANCE_FIELDS:
+                _check_number(where, k, v, source)
+    try:
+        return ToleranceRules.build(overrides, stages)
+    except ConfigError as e:
+        raise ConfigError(e.message, path=source) from None
+
+
+def _check_aliases(aliases: object, source: str | None) -> dict[str, str]:
+    """``[aliases]`` checked: stage names (dotted segments) on both sides."""
+    if not isinstance(aliases, Mapping):
+        raise ConfigError('[aliases] maps candidate names to reference names, e.g. attn_weights = "attn_probs", '
+                          f"not {_describe(aliases)}.", path=source)
+    for name, target in aliases.items():
+        if not isinstance(target, str):
+            raise ConfigError(f"[aliases] {_show_key(name)}: expected a reference stage name (a string), got "
+                              f"{_describe(target)}.", path=source)
+        for what, text in (("candidate name", name), ("reference name", target)):
+            if not isinstance(text, str) or not _NAME_RE.match(text):
+                raise ConfigError(f"[aliases] {_show_key(name)}: the {what} {_show_key(text)} is not a stage name "
+                                  "(dot-separated segments of letters, digits and _+-:@).", path=source)
+    return dict(aliases)
+
+
+def _group_depth(pattern: str) -> int:
+    """The deepest nesting of groups in a regular expression (escapes and [classes] skipped)."""
+    depth = deepest = 0
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            if pattern.startswith("]", i + 1) or pattern.startswith("^]", i + 1):
+                i += 2 if pattern[i + 1] == "]" else 3
+                continue
+        elif c == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ")":
+            depth = max(depth - 1, 0)
+        i += 1
+    return deepest
+
+
+def _check_rename(pattern: str, repl: str, source: str | None) -> None:
+    """Compile a ``[rename]`` pattern and expand its replacement once on a synthetic match, so
+    that a bad group reference (``\\2`` for a pattern with one group, ``\\g<nope>``) or a bad
+    escape fails when the config is loaded, not in the middle of a comparison."""
+    entry = f"[rename] {_show_key(pattern)}"
+    if _group_depth(pattern) > MAX_NESTING:
+        raise ConfigError(f"{entry} is not a valid regular expression (groups nest deeper than {MAX_NESTING} levels).",
+                          path=source)
+    try:
+        rx = re.compile(pattern)
+    except (re.error, OverflowError) as e:
+        raise ConfigError(f"{entry} is not a valid regular expression ({e}).", path=source) from e
+    names = {index: name for name, index in rx.groupindex.items()}
+    dummy = re.compile("".join(f"(?P<{names[i]}>)" if i in names else "()" for i in range(1, rx.groups + 1)))
+    match = dummy.match("")
+    assert match is not None
+    try:
+        match.expand(repl)
+    except (re.error, IndexError) as e:
+        refs = (f"\\1 to \\{rx.groups}" if rx.groups else "no groups") + (
+            ", " + ", ".join(f"\\g<{n}>" for n in rx.groupindex) if rx.groupindex else "")
+        raise ConfigError(f"{entry} = {_show_key(repl)}: the replacement is not valid for this pattern ({e}); "
+                          f"it may refer to {refs}.", path=source) from e
+
+
+def _parse_renames(data: object, source: str | None) -> tuple[tuple[str, str], ...]:
+    """``[rename]`` checked entry by entry (see :func:`_check_rename`), then parsed."""
+    if isinstance(data, Mapping):
+        for pattern, repl in data.items():
+            if isinstance(pattern, str) and isinstance(repl, str):
+                _check_rename(pattern, repl, source)
+    try:
+        return parse_renames(data)
+    except ConfigError as e:
+        raise ConfigError(e.message, path=source) from None
+
+
+def _parse_transforms(data: object, source: str | None) -> tuple[StageTransform, ...]:
+    """``[transforms]`` parsed entry by entry, so that an error names its entry."""
+    if not isinstance(data, Mapping):
+        try:
+            return parse_transforms(data)  # type: ignore[arg-type]  # raises the shape message
+        except ConfigError as e:
+            raise ConfigError(e.message, path=source) from None
+    out: list[StageTransform] = []
+    for pattern, spec in data.items():
+        try:
+            out.extend(parse_transforms({pattern: spec}))
+        except ConfigError as e:
+            raise ConfigError(e.message, path=source) from None
+        except (TypeError, ValueError, OverflowError) as e:  # a value parse_transforms does not expect
+            raise ConfigError(f"[transforms] {_show_key(pattern)}: a step has a value of the wrong type or size ({e}).",
+                              path=source) from e
+    return tuple(out)
+
+
+def _read_config(path: str) -> bytes:
+    """The bytes of the config file (a regular file of at most 16 MiB)."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError("is not a regular file; expected a TOML comparison config.", path=path)
+            if st.st_size > _MAX_CONFIG_BYTES:
+                raise ConfigError(f"is {st.st_size} bytes; a comparison config is at most {_MAX_CONFIG_BYTES}.",
+                                  path=path)
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError("config file not found.", path=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot be read ({e.strerror or e}).", path=path) from e
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"is larger than {_MAX_CONFIG_BYTES} bytes; a comparison config is a small TOML file.",
+                          path=path)
+    return raw
+
+
+def _decode(raw: bytes, path: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"line {line}: is not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                          "a TOML config is UTF-8 text.", path=path) from e
+
+
+def _scan_toml(text: str, path: str) -> None:
+    """Check, without recursion, that arrays and inline tables nest at most MAX_NESTING deep and
+    that no number outside strings has more than _MAX_NUMBER_CHARS digits, before tomllib (which
+    recurses, and converts integers with ``int()``) parses the text."""
+    depth = 0
+    line = 1
+    run = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "0123456789_":
+            run += 1
+            if run > _MAX_NUMBER_CHARS:
+                raise ConfigError(f"line {line}: a number has more than {_MAX_NUMBER_CHARS} digits.", path=path)
+            i += 1
+            continue
+        run = 0
+        if c == "\n":
+            line += 1
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(f"line {line}: arrays and inline tables nest deeper than {MAX_NESTING} levels.",
+                                  path=path)
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            triple = text.startswith(c * 3, i)
+            i += 3 if triple else 1
+            while i < n:  # to the end of the string
+                d = text[i]
+                if d == "\\" and c == '"':
+                    if i + 1 < n and text[i + 1] == "\n":
+                        line += 1
+                    i += 2
+                    continue
+                if d == "\n":
+                    line += 1
+                    if not triple:  # an unterminated one-line string: tomllib reports it
+                        break
+                if d == c and (not triple or text.startswith(c * 3, i)):
+                    i += 1 if not triple else 3
+                    extra = 0
+                    while triple and extra < 2 and i < n and text[i] == c:  # """a"""" ends in a quote
+                        i += 1
+                        extra += 1
+                    break
+                i += 1
+            else:
+                break
+            continue
+        i += 1
+
+
+def _check_depth(data: object, path: str) -> None:
+    """Check, without recursion, that the parsed document (dotted keys make tables too) nests at
+    most MAX_NESTING deep."""
+    todo: list[tuple[object, int]] = [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if depth > MAX_NESTING:
+            raise ConfigError(f"tables and arrays nest deeper than {MAX_NESTING} levels.", path=path)
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
 
 
 def load_config(path: str | os.PathLike[str]) -> CompareConfig:
-    """Read a TOML comparison config.
+    """Read a TOML comparison config and check every field of it.
 
     Raises:
-        ConfigError: the file is missing, is not TOML, or has unknown sections or bad values.
+        ConfigError: the file is missing or unreadable, is not UTF-8 or not TOML, nests deeper
+            than :data:`parity.limits.MAX_NESTING`, or has unknown sections, values of the wrong
+            type or range, or a ``[rename]`` pattern or replacement that is not valid. The message
+            names the file, and the line or the section and key.
     """
     path = os.fspath(path)
+    text = _decode(_read_config(path), path)
+    _scan_toml(text, path)
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError("config file not found.", path=path) from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"is not valid TOML ({e}).", path=path) from None
+        raise ConfigError(f"is not valid TOML ({e}).", path=path) from e
+    except (ValueError, RecursionError) as e:  # tomllib's own int() and recursion, past the checks above
+        raise ConfigError(f"is not a TOML file parity can read ({type(e).__name__}: {e}).", path=path) from e
+    _check_depth(data, path)
     return CompareConfig.from_dict(data, source=path)
