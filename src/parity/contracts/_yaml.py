@@ -24,7 +24,6 @@ from .errors import ContractError, MissingDependencyError, Problem
 __all__ = ["Node", "load_yaml", "parse_yaml", "require_yaml"]
 
 _STD = "tag:yaml.org,2002:"
-_IMPLICIT = {_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp", "value", "merge", "binary", "yaml")}
 _NULL = {"", "~", "null", "Null", "NULL"}
 _TRUE, _FALSE = {"true", "True", "TRUE"}, {"false", "False", "FALSE"}
 _INT = re.compile(r"^[-+]?[0-9]+$")
@@ -135,42 +134,79 @@ def _scalar(raw: str, plain: bool) -> Any:
     return raw
 
 
-def _convert(ynode: Any, path: str, problems: list[Problem], seen: set[int]) -> Node:
-    import yaml
+def _compose_events(events: Any, path: str, problems: list[Problem]) -> list[Node | None]:
+    """Build :class:`Node` trees straight from the parser's events (no PyYAML node graph)."""
+    docs: list[Node | None] = []
+    stack: list[tuple[Node, list[Any]]] = []  # (container node, [pending key node or None])
+    root: Node | None = None
 
-    line, col = ynode.start_mark.line + 1, ynode.start_mark.column + 1
-    if id(ynode) in seen:
-        problems.append(Problem(path, line, col, "anchors and aliases (&name / *name) are not allowed in a contract"))
-        return Node("scalar", None, line, col, path)
-    seen.add(id(ynode))
-    tag = ynode.tag or ""
-    if isinstance(ynode, yaml.ScalarNode):
-        if tag not in _IMPLICIT:
-            problems.append(Problem(path, line, col, f"YAML tag {tag!r} is not allowed in a contract (plain data only)"))
-        return Node("scalar", _scalar(ynode.value, not ynode.style), line, col, path)
-    if isinstance(ynode, yaml.SequenceNode):
-        if tag != _STD + "seq":
-            problems.append(Problem(path, line, col, f"YAML tag {tag!r} is not allowed in a contract (plain data only)"))
-        return Node("seq", [_convert(c, path, problems, seen) for c in ynode.value], line, col, path)
-    if tag != _STD + "map":
-        problems.append(Problem(path, line, col, f"YAML tag {tag!r} is not allowed in a contract (plain data only)"))
-    out: dict[str, tuple[Node, Node]] = {}
-    for kn, vn in ynode.value:
-        kl, kc = kn.start_mark.line + 1, kn.start_mark.column + 1
-        if not isinstance(kn, yaml.ScalarNode):
-            problems.append(Problem(path, kl, kc, "a mapping key must be a scalar (a name), not a list or mapping"))
-            continue
-        key = kn.value
-        if kn.tag == _STD + "merge" or (not kn.style and key == "<<"):
-            problems.append(Problem(path, kl, kc, "merge keys (<<) are not allowed in a contract; write the keys out"))
-            continue
-        value = _convert(vn, path, problems, seen)
-        if key in out:
-            problems.append(Problem(path, kl, kc, f"duplicate key {key!r} (first at line {out[key][0].line}); "
-                                                  "each key may appear once"))
-            continue
-        out[key] = (Node("scalar", key, kl, kc, path), value)
-    return Node("map", out, line, col, path)
+    def refuse(ev: Any, what: str) -> None:
+        m = ev.start_mark
+        problems.append(Problem(path, m.line + 1, m.column + 1, what))
+
+    def attach(node: Node) -> None:
+        nonlocal root
+        if not stack:
+            root = node
+            return
+        parent, pending = stack[-1]
+        if parent.kind == "seq":
+            parent.value.append(node)
+            return
+        if pending[0] is None:  # this node is a key
+            if node.kind != "scalar":
+                problems.append(node.problem("a mapping key must be a scalar (a name), not a list or mapping"))
+                pending[0] = False
+            else:
+                pending[0] = node
+            return
+        key = pending[0]
+        pending[0] = None
+        if key is False:
+            return
+        name = key.value
+        if name in parent.value:
+            problems.append(key.problem(f"duplicate key {name!r} (first at line {parent.value[name][0].line}); "
+                                        "each key may appear once"))
+            return
+        parent.value[name] = (key, node)
+
+    for ev in events:
+        name = type(ev).__name__
+        if name == "ScalarEvent":
+            m = ev.start_mark
+            if ev.anchor is not None:
+                refuse(ev, "anchors and aliases (&name / *name) are not allowed in a contract")
+            if ev.tag is not None and ev.tag not in ("!", _STD + "str"):
+                refuse(ev, f"YAML tag {ev.tag!r} is not allowed in a contract (plain data only)")
+            plain = not ev.style
+            is_key = bool(stack) and stack[-1][0].kind == "map" and stack[-1][1][0] is None
+            if is_key:
+                if plain and ev.value == "<<":
+                    refuse(ev, "merge keys (<<) are not allowed in a contract; write the keys out")
+                value: Any = ev.value
+            else:
+                value = _scalar(ev.value, plain and ev.tag is None)
+            attach(Node("scalar", value, m.line + 1, m.column + 1, path))
+        elif name in ("MappingStartEvent", "SequenceStartEvent"):
+            m = ev.start_mark
+            if ev.anchor is not None:
+                refuse(ev, "anchors and aliases (&name / *name) are not allowed in a contract")
+            if ev.tag is not None and ev.tag not in ("!", _STD + ("map" if name[0] == "M" else "seq")):
+                refuse(ev, f"YAML tag {ev.tag!r} is not allowed in a contract (plain data only)")
+            node = Node("map" if name[0] == "M" else "seq", {} if name[0] == "M" else [], m.line + 1, m.column + 1, path)
+            attach(node)
+            stack.append((node, [None]))
+        elif name in ("MappingEndEvent", "SequenceEndEvent"):
+            stack.pop()
+        elif name == "AliasEvent":
+            refuse(ev, "anchors and aliases (&name / *name) are not allowed in a contract")
+            attach(Node("scalar", None, ev.start_mark.line + 1, ev.start_mark.column + 1, path))
+        elif name == "DocumentStartEvent":
+            root = None
+        elif name == "DocumentEndEvent":
+            docs.append(root)
+    return docs
 
 
 def parse_yaml(text: str, path: str = "<string>") -> Node:
@@ -186,9 +222,12 @@ def parse_yaml(text: str, path: str = "<string>") -> Node:
         parity.contracts.errors.ContractError: c.yaml:2:1: duplicate key 'id' (first at line 1); each key may appear once
     """
     yaml = require_yaml()
-    loader = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+    # The parser's event stream (the C one when libyaml is present): no tag is resolved and
+    # nothing is ever constructed; plain scalars are typed here (YAML 1.2 core).
+    loader = getattr(yaml, "CBaseLoader", None) or yaml.BaseLoader
+    problems: list[Problem] = []
     try:
-        docs = list(yaml.compose_all(text, Loader=loader))
+        docs = _compose_events(yaml.parse(text, Loader=loader), path, problems)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -197,11 +236,9 @@ def parse_yaml(text: str, path: str = "<string>") -> Node:
         raise ContractError([Problem(path, 1, 1, f"not valid YAML: {e}")]) from None
     if len(docs) != 1 or docs[0] is None:
         raise ContractError([Problem(path, 1, 1, f"a contract file holds exactly one YAML document, found {len(docs)}")])
-    problems: list[Problem] = []
-    node = _convert(docs[0], path, problems, set())
     if problems:
         raise ContractError(problems)
-    return node
+    return docs[0]
 
 
 def load_yaml(path: str) -> Node:

@@ -34,7 +34,7 @@ from .._version import __version__
 from .errors import Problem
 from .load import LoadResult, load_contracts
 from .model import LEVELS, Claim, CodeRef, Contract, ParityRef, rank, split_symbol
-from .runner import CommandResult, collect_pytest, run_command, run_pytest
+from .runner import CommandResult, WarmPytest, collect_pytest, run_command, run_pytest
 from .symbols import SourceIndex, language_of
 
 __all__ = ["Finding", "ClaimResult", "CheckReport", "check_contracts", "check_loaded", "REPORT_SCHEMA_VERSION"]
@@ -191,6 +191,7 @@ class _Checker:
         self.diff_cache: dict[tuple, Any] = {}
         self.bundle_cache: dict[str, Any] = {}
         self.command_cache: dict[tuple, CommandResult] = {}
+        self.symbol_cache: dict[tuple[tuple[str, ...], str], tuple[str, str, str]] = {}
         self.where_cache: dict[tuple[str, str | None], list[tuple[str, str, int]]] = {}
 
     # paths
@@ -215,41 +216,49 @@ class _Checker:
             elif not ref.symbols:
                 out.append(Finding("file", f, OK, f"{f} exists", line=line))
         for sym in ref.symbols:
-            path, name, _note = split_symbol(sym)
-            files = [path] if path else list(ref.files)
-            target = f"{path}::{name}" if path else (f"{files[0]}::{name}" if len(files) == 1 else name)
-            found = None
-            for f in files:
-                if not self.rel_ok(f):
-                    continue
-                d = self.index.get(f)
-                q = d.lookup(name) if d is not None else None
-                if q is not None:
-                    found = (f, q, d.names.get(q, 0), d.method)
-                    break
-            if found:
-                f, q, ln, method = found
-                out.append(Finding("code", target, OK, f"{f}:{ln} defines {q} ({method})", line=line))
-                continue
-            where = ", ".join(files) or "(no file cited)"
-            msg = f"{name} is not defined in {where}"
-            missing = [f for f in files if self.index.get(f) is None]
-            if missing:
-                msg += f" ({', '.join(missing)} does not exist{self.moved_hint(missing[0])})"
-            lang = language_of(files[0]) if files else None
-            elsewhere = [w for w in self.where(name.rsplit("::", 1)[-1], lang) if w[0] not in files]
-            if elsewhere:
-                msg += "; it is now defined in " + ", ".join(f"{f}:{ln} as {q}" for f, q, ln in elsewhere[:3])
-                if len(elsewhere) > 3:
-                    msg += f" and {len(elsewhere) - 3} more places"
-            else:
-                close = [c for f in files if (d := self.index.get(f)) is not None for c in d.close_matches(name)]
-                if close:
-                    msg += f"; it is found nowhere else in the repository; closest names there: {', '.join(close[:3])} (renamed?)"
-                else:
-                    msg += "; it is found nowhere in the repository"
-            out.append(Finding("code", target, BROKEN, msg + origin, line=line))
+            key = (ref.files, sym)
+            cached = self.symbol_cache.get(key)
+            if cached is None:
+                cached = self.symbol_cache[key] = self.symbol(ref.files, sym)
+            target, outcome, msg = cached
+            out.append(Finding("code", target, outcome, msg + (origin if outcome == BROKEN else ""), line=line))
         return out
+
+    def symbol(self, ref_files: tuple[str, ...], sym: str) -> tuple[str, str, str]:
+        """``(target, outcome, message)`` for one cited symbol (cached per run)."""
+        path, name, _note = split_symbol(sym)
+        files = [path] if path else list(ref_files)
+        target = f"{path}::{name}" if path else (f"{files[0]}::{name}" if len(files) == 1 else name)
+        found = None
+        for f in files:
+            if not self.rel_ok(f):
+                continue
+            d = self.index.get(f)
+            q = d.lookup(name) if d is not None else None
+            if q is not None:
+                found = (f, q, d.names.get(q, 0), d.method)
+                break
+        if found:
+            f, q, ln, method = found
+            return target, OK, f"{f}:{ln} defines {q} ({method})"
+        where = ", ".join(files) or "(no file cited)"
+        msg = f"{name} is not defined in {where}"
+        missing = [f for f in files if self.index.get(f) is None]
+        if missing:
+            msg += f" ({', '.join(missing)} does not exist{self.moved_hint(missing[0])})"
+        lang = language_of(files[0]) if files else None
+        elsewhere = [w for w in self.where(name.rsplit("::", 1)[-1], lang) if w[0] not in files]
+        if elsewhere:
+            msg += "; it is now defined in " + ", ".join(f"{f}:{ln} as {q}" for f, q, ln in elsewhere[:3])
+            if len(elsewhere) > 3:
+                msg += f" and {len(elsewhere) - 3} more places"
+        else:
+            close = [c for f in files if (d := self.index.get(f)) is not None for c in d.close_matches(name)]
+            if close:
+                msg += f"; it is found nowhere else in the repository; closest names there: {', '.join(close[:3])} (renamed?)"
+            else:
+                msg += "; it is found nowhere in the repository"
+        return target, BROKEN, msg
 
     def moved_hint(self, rel: str) -> str:
         same = [p for p in self.index.files_named(os.path.basename(rel)) if p != rel]
@@ -274,7 +283,7 @@ class _Checker:
             return f"{name} is not defined in {f}{hint}"
         return None
 
-    def prepare_tests(self, contracts: list[Contract]) -> None:
+    def prepare_tests(self, contracts: list[Contract], warm=None) -> None:
         ids = sorted({t for c in contracts for cl in c.claims for t, _ in cl.evidence.pytest})
         good = []
         for i in ids:
@@ -284,7 +293,7 @@ class _Checker:
             else:
                 self.pytest_status[i] = why
         if good and (self.collect or self.run):
-            outcome = collect_pytest(self.root, good, timeout=self.timeout)
+            outcome = collect_pytest(self.root, good, timeout=self.timeout, warm=warm)
             self.pytest_invocations += outcome.invocations
             for i, s in outcome.status.items():
                 self.pytest_status[i] = s
@@ -544,12 +553,17 @@ def _summary(findings: list[Finding]) -> str:
 
 
 def check_loaded(loaded: LoadResult, *, root: str = ".", run: bool = False, collect: bool = True,
-                 timeout: float = 120.0, use_tree_sitter: bool = True) -> CheckReport:
+                 timeout: float = 120.0, use_tree_sitter: bool = True, _warm: WarmPytest | None = None,
+                 _t0: float | None = None) -> CheckReport:
     """Check contracts already read by :func:`~parity.contracts.load_contracts` (errors raised first)."""
-    t0 = time.perf_counter()
-    loaded.raise_errors()
-    c = _Checker(root, run, collect, timeout, use_tree_sitter)
-    c.prepare_tests(loaded.contracts)
+    t0 = time.perf_counter() if _t0 is None else _t0
+    try:
+        loaded.raise_errors()
+        c = _Checker(root, run, collect, timeout, use_tree_sitter)
+        c.prepare_tests(loaded.contracts, _warm)
+    finally:
+        if _warm is not None:
+            _warm.close()
     results: list[ClaimResult] = []
     for contract in loaded.contracts:
         for i, o in enumerate(contract.obligations):
@@ -598,5 +612,14 @@ def check_contracts(paths: Iterable[str | os.PathLike[str]], *, root: str = ".",
         >>> r.passed, r.results[0].supported, r.results[0].reason
         (False, 'proposed', 'shift is not defined in lib.py; it is found nowhere in the repository')
     """
-    loaded = load_contracts(paths, root=root)
-    return check_loaded(loaded, root=root, run=run, collect=collect, timeout=timeout, use_tree_sitter=use_tree_sitter)
+    t0 = time.perf_counter()
+    # pytest and its plugins import while the contracts are read (on another core)
+    warm = WarmPytest(os.path.abspath(root)) if (collect or run) and os.path.isdir(root) else None
+    try:
+        loaded = load_contracts(paths, root=root)
+    except BaseException:
+        if warm is not None:
+            warm.close()
+        raise
+    return check_loaded(loaded, root=root, run=run, collect=collect, timeout=timeout, use_tree_sitter=use_tree_sitter,
+                        _warm=warm, _t0=t0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ def looks_like_path(segment: str) -> bool:
     return "/" in segment or segment.lower().endswith(SOURCE_EXTENSIONS)
 
 
+@functools.lru_cache(maxsize=65536)
 def split_symbol(text: str) -> tuple[str | None, str, str | None]:
     """Split a cited symbol into ``(path or None, name, note or None)``.
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["CommandResult", "PytestOutcome", "collect_pytest", "run_pytest", "run_command", "argv_of"]
+__all__ = ["WarmPytest", "CommandResult", "PytestOutcome", "collect_pytest", "run_pytest", "run_command", "argv_of"]
 
 _LINE_BUDGET = 60_000  # characters of node ids per pytest invocation (well under any argv limit)
 _ERROR_COLLECTING = re.compile(r"^(?:ERROR collecting |ERROR )(\S+?\.py)\b", re.M)
@@ -70,8 +70,65 @@ def _batches(ids: list[str]) -> list[list[str]]:
     return [b for b in out if b]
 
 
-def _pytest(root: str, args: list[str], timeout: float) -> tuple[int | None, str]:
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--rootdir={root}", *args]
+_WARM = """\
+import os, sys
+if not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+    try:
+        from importlib.metadata import entry_points
+        for ep in entry_points(group="pytest11"):
+            try:
+                ep.load()
+            except Exception:
+                pass
+    except Exception:
+        pass
+import pytest
+args = [a for a in sys.stdin.read().split("\\0") if a]
+sys.exit(pytest.main(args) if args else 0)
+"""
+
+
+class WarmPytest:
+    """A pytest process started early, so that importing pytest and its plugins (often seconds)
+    overlaps the reading of the contracts; it runs one ``pytest.main(args)`` once the node ids are
+    known (:meth:`run`), or exits without running anything (:meth:`close`)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        try:
+            self.proc: subprocess.Popen[str] | None = subprocess.Popen(
+                [sys.executable, "-c", _WARM], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, env=_env())
+        except OSError:
+            self.proc = None
+
+    def run(self, args: list[str], timeout: float) -> tuple[int | None, str]:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return _pytest_cold(self.root, args, timeout)
+        try:
+            out, _ = proc.communicate("\0".join(args), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            return None, out or ""
+        return proc.returncode, out or ""
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate()
+
+
+def _pytest(root: str, args: list[str], timeout: float, warm: WarmPytest | None = None) -> tuple[int | None, str]:
+    if warm is not None and warm.proc is not None:
+        return warm.run(["-p", "no:cacheprovider", f"--rootdir={root}", *args], timeout)
+    return _pytest_cold(root, ["-p", "no:cacheprovider", f"--rootdir={root}", *args], timeout)
+
+
+def _pytest_cold(root: str, args: list[str], timeout: float) -> tuple[int | None, str]:
+    cmd = [sys.executable, "-m", "pytest", *args]
     try:
         p = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=_env(),
                            stdin=subprocess.DEVNULL)
@@ -87,13 +144,15 @@ def _covered(cited: str, seen: set[str], prefixes: list[str]) -> bool:
     return any(s.startswith(cited + "::") or s.startswith(cited + "[") for s in prefixes)
 
 
-def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0) -> PytestOutcome:
+def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0,
+                   warm: WarmPytest | None = None) -> PytestOutcome:
     """Check that each pytest node id collects, with one ``pytest --collect-only`` for them all.
 
     The files the ids name are collected whole (``--continue-on-collection-errors``, so a module
     that fails to import is reported and never hides the others), and each id must name a
     collected test, a parametrized test without its ``[...]`` part, a class, or the file.
-    Files that do not exist are reported without running pytest.
+    Files that do not exist are reported without running pytest. ``warm`` (a :class:`WarmPytest`
+    started earlier) runs the first batch.
     """
     t0 = time.perf_counter()
     want = sorted(set(ids))
@@ -110,7 +169,7 @@ def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0) -> 
     broken: dict[str, str] = {}
     for batch in _batches(files):
         invocations += 1
-        code, out = _pytest(root, ["--collect-only", "-q", "--continue-on-collection-errors", *batch], timeout)
+        code, out = _pytest(root, ["--collect-only", "-q", "--continue-on-collection-errors", *batch], timeout, warm)
         if code is None:
             for f in batch:
                 broken[f] = f"could not be collected: pytest timed out after {timeout:g} s"

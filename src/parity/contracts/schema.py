@@ -74,8 +74,23 @@ def _type_word(t: str | list[str]) -> str:
 class _Validator:
     def __init__(self) -> None:
         self.root = schema()
+        self.simple: set[int] = set()
+
+        def scan(x: Any) -> None:
+            if isinstance(x, dict):
+                if "type" in x and set(x) <= {"type", "description"}:
+                    self.simple.add(id(x))
+                for v in x.values():
+                    scan(v)
+            elif isinstance(x, list):
+                for v in x:
+                    scan(v)
+
+        scan(self.root)
 
     def resolve(self, s: dict[str, Any], context: str) -> tuple[dict[str, Any], str]:
+        if "$ref" not in s:
+            return s, context
         while "$ref" in s:
             name = s["$ref"].rsplit("/", 1)[-1]
             context = _DEF_WORDS.get(name, context)
@@ -84,6 +99,10 @@ class _Validator:
 
     def check(self, node: Node, s: dict[str, Any], where: str, context: str, out: list[Problem]) -> None:
         s, context = self.resolve(s, context)
+        if node.kind == "scalar" and id(s) in self.simple:  # {"type": ...} only: the common case
+            if not _matches_type(node, s["type"]):
+                out.append(node.problem(f"{where} must be {_type_word(s['type'])}, not {_TYPE_WORDS[node.type_name]}"))
+            return
         if "oneOf" in s:
             branches = [b for b in (self.resolve(b, context)[0] for b in s["oneOf"])
                         if "type" not in b or _matches_type(node, b["type"])]
