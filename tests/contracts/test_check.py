@@ -3,7 +3,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 import parity
@@ -11,7 +10,7 @@ from parity.bundle import bundle_command, close_bundle, invocation, new_bundle
 from parity.contracts import check_contracts
 from parity.contracts.symbols import tree_sitter_languages
 
-from contract_fixtures import record, write
+from contract_fixtures import write
 
 HEAD = "parity_contract: 1\nid: fx\nclaims:\n"
 

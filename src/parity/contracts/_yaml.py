@@ -1,7 +1,7 @@
 """Strict YAML loading that keeps the line and column of every node.
 
-PyYAML's safe composer (the C one when libyaml is present) builds the node graph; nothing is ever
-*constructed* from tags, so no YAML tag can run code. On top of it:
+The tree is built straight from PyYAML's parser events (libyaml's parser when present): no tag is
+resolved and nothing is ever *constructed*, so no YAML tag can run code. On top of it:
 
 * every mapping key must be a plain or quoted scalar, and a key may appear once per mapping
   (PyYAML silently keeps the last duplicate; here it is an error naming both lines);
