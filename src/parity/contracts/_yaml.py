@@ -110,8 +110,13 @@ class Node:
         return self.value
 
 
+_WORDS = _NULL | _TRUE | _FALSE
+
+
 def _scalar(raw: str, plain: bool) -> Any:
     if not plain:
+        return raw
+    if raw and (raw[0].isalpha() or raw[0] == "_") and raw not in _WORDS:  # the common case: a word
         return raw
     if raw in _NULL:
         return None
@@ -171,8 +176,12 @@ def _compose_events(events: Any, path: str, problems: list[Problem]) -> list[Nod
             return
         parent.value[name] = (key, node)
 
+    names: dict[type, str] = {}
     for ev in events:
-        name = type(ev).__name__
+        cls = type(ev)
+        name = names.get(cls)
+        if name is None:
+            name = names[cls] = cls.__name__
         if name == "ScalarEvent":
             m = ev.start_mark
             if ev.anchor is not None:

@@ -472,10 +472,14 @@ class _Checker:
         return out
 
     # claims
-    def claim(self, contract: Contract, claim: Claim) -> ClaimResult:
+    def code_findings(self, claim: Claim) -> list[Finding]:
         findings: list[Finding] = []
         for ref in claim.evidence.code:
             findings += self.code(ref, ref.line or claim.line)
+        return findings
+
+    def claim(self, contract: Contract, claim: Claim, code: list[Finding] | None = None) -> ClaimResult:
+        findings = list(self.code_findings(claim) if code is None else code)
         findings += self.tests(claim)
         findings += self.parity(claim)
         supported, why = _derive(findings)
@@ -557,10 +561,17 @@ def check_loaded(loaded: LoadResult, *, root: str = ".", run: bool = False, coll
                  _t0: float | None = None) -> CheckReport:
     """Check contracts already read by :func:`~parity.contracts.load_contracts` (errors raised first)."""
     t0 = time.perf_counter() if _t0 is None else _t0
+    from concurrent.futures import ThreadPoolExecutor
+
     try:
         loaded.raise_errors()
         c = _Checker(root, run, collect, timeout, use_tree_sitter)
-        c.prepare_tests(loaded.contracts, _warm)
+        # pytest collects (a subprocess) while the code evidence is checked here
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tests_done = pool.submit(c.prepare_tests, loaded.contracts, _warm)
+            code = {(id(contract), claim.id): c.code_findings(claim)
+                    for contract in loaded.contracts for claim in contract.claims}
+            tests_done.result()
     finally:
         if _warm is not None:
             _warm.close()
@@ -571,7 +582,7 @@ def check_loaded(loaded: LoadResult, *, root: str = ".", run: bool = False, coll
             if r is not None:
                 results.append(r)
         for claim in contract.claims:
-            results.append(c.claim(contract, claim))
+            results.append(c.claim(contract, claim, code[(id(contract), claim.id)]))
     return CheckReport(tuple(results), root, tuple(loaded.warnings), run, len(loaded.files), len(loaded.contracts),
                        round(time.perf_counter() - t0, 3), c.pytest_invocations)
 

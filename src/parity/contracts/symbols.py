@@ -104,12 +104,14 @@ class FileDefs:
             return sym if self.text is not None and re.search(rf"(?<!\w){re.escape(sym.split('::')[-1])}(?!\w)", self.text) else None
         if sym in self.names:
             return sym
-        if self._by_last is None:
-            self._by_last = {}
+        by_last = self._by_last
+        if by_last is None:  # built whole, then published (lookups may run on two threads)
+            by_last = {}
             for q in self.names:
-                self._by_last.setdefault(q.rsplit("::", 1)[-1], []).append(q)
+                by_last.setdefault(q.rsplit("::", 1)[-1], []).append(q)
+            self._by_last = by_last
         last = sym.rsplit("::", 1)[-1]
-        for q in sorted(self._by_last.get(last, ()), key=lambda q: (q.count("::"), q)):
+        for q in sorted(by_last.get(last, ()), key=lambda q: (q.count("::"), q)):
             if q == sym or q.endswith("::" + sym):
                 return q
         return None
