@@ -21,6 +21,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,24 +74,25 @@ class BadNumber:
         return self.text if len(self.text) <= 40 else self.text[:20] + "..." + self.text[-8:]
 
 
-class _Numbers:
-    """The parse hooks of one :func:`load_json` call: non-finite numbers become :class:`BadNumber`."""
+_found = threading.local()  # the BadNumbers made by the current load_json call of this thread
 
-    __slots__ = ("bad",)
 
-    def __init__(self) -> None:
-        self.bad: list[BadNumber] = []
+def _bad_constant(text: str) -> BadNumber:  # NaN, Infinity, -Infinity
+    b = BadNumber(text)
+    _found.bad.append(b)
+    return b
 
-    def constant(self, text: str) -> BadNumber:  # NaN, Infinity, -Infinity
-        b = BadNumber(text)
-        self.bad.append(b)
-        return b
 
-    def float(self, text: str) -> float | BadNumber:
-        value = float(text)
-        if value - value == 0.0:  # finite
-            return value
-        return self.constant(text)
+def _checked_float(text: str) -> float | BadNumber:
+    value = float(text)
+    if value - value == 0.0:  # finite
+        return value
+    return _bad_constant(text)
+
+
+# one decoder for every call (json.loads with hooks would build a new one each time: a journal has
+# a line per stage)
+_DECODER = json.JSONDecoder(parse_constant=_bad_constant, parse_float=_checked_float)
 
 
 _STRUCTURE = b"[]{}\""
@@ -156,17 +158,21 @@ def load_json(raw: bytes, *, path: str | os.PathLike[str], what: str = "file",
         long_int = None  # int() itself refuses long literals (ValueError below), at no cost here
     else:  # the limit was lifted in this process: look for long literals first
         long_int = _LONG_INT.search(text)
-    numbers = _Numbers()
+    bad: list[BadNumber] = []
+    outer = getattr(_found, "bad", None)
+    _found.bad = bad
     try:
         if long_int is not None:
             raise ValueError("long integer")
-        doc = json.loads(text, parse_constant=numbers.constant, parse_float=numbers.float)
+        doc = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise error(f"is not valid JSON ({e}); the {what} is corrupt or truncated.", path=path) from e
     except ValueError as e:  # not a JSONDecodeError: only int() refusing a long literal raises this
         raise error(f"the {what} holds an integer literal of more than {_INT_DIGITS} digits; it is corrupt "
                     "or hostile.", path=path) from e
-    return doc, numbers.bad
+    finally:
+        _found.bad = outer
+    return doc, bad
 
 
 def holds_bad_number(value: object) -> bool:
@@ -257,7 +263,16 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
     if bad:  # a non-finite number outside every field checked above (all are): still refuse it
         raise TraceFormatError(f"header holds the number {bad[0]!r}; a safetensors header holds only integers.",
                                path=path)
-    # The tensors tile the buffer, back to back from 0 (as the safetensors format requires).
+    # The tensors tile the buffer, back to back from 0 (as the safetensors format requires); they
+    # are usually listed in that order already.
+    at = 0
+    for e in entries.values():
+        if e.begin != at:
+            break
+        at = e.end
+    else:
+        if at == data_len:
+            return entries, meta, 8 + n
     at = 0
     for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != at:
@@ -279,7 +294,30 @@ def _short(v: object, limit: int = 80) -> str:
 
 
 def _entry(path: str | os.PathLike[str], name: str, info: object, data_len: int) -> TensorEntry:
-    """One checked tensor of a header."""
+    """One checked tensor of a header: well-formed ones in one pass (a header may list 65,536),
+    the rest by :func:`_checked_entry`, which raises naming what is wrong."""
+    if type(info) is dict:
+        dtype = info.get("dtype")
+        shape = info.get("shape")
+        offsets = info.get("data_offsets")
+        d = DTYPES.get(dtype) if type(dtype) is str else None
+        if d is not None and type(shape) is list and len(shape) <= MAX_NDIM and type(offsets) is list \
+                and len(offsets) == 2:
+            begin, end = offsets
+            if type(begin) is int and type(end) is int and 0 <= begin <= end <= data_len:
+                count = 1
+                for n in shape:
+                    if type(n) is not int or n < 0:
+                        break
+                    count *= n
+                else:  # count > 0 is bounded by the buffer; an empty tensor may declare any other sizes
+                    if count and end - begin == count * d.itemsize:
+                        return TensorEntry(name, dtype, tuple(shape), begin, end)
+    return _checked_entry(path, name, info, data_len)
+
+
+def _checked_entry(path: str | os.PathLike[str], name: str, info: object, data_len: int) -> TensorEntry:
+    """One tensor of a header, checked field by field (see :func:`_entry`)."""
     def bad(msg: str) -> TraceFormatError:
         return TraceFormatError(f'tensor "{_short(name, 120)[1:-1]}": {msg}', path=path)
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import StageKeyError, StageNotFoundError, TraceFormatError
 from ..safefs import check_inside
-from ._safetensors import BadNumber, TensorEntry, holds_bad_number, is_index, load_json, open_regular, read_header
+from ._safetensors import (MAX_INDEX, BadNumber, TensorEntry, holds_bad_number, is_index, load_json, open_regular,
+                           read_header)
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, DType, storage_dtype
 from .keys import validate_key
@@ -363,9 +364,59 @@ def _is_scalar(v: object) -> bool:
     return type(v) in (str, int, float, bool)
 
 
+_NO_DICT: dict[str, Any] = {}
+_NO_SHAPE: list[int] = []
+_SCALARS = (str, int, float, bool)
+
+
 def _stage(raw: object, pos: int, where: str, path: str, headers: dict[str, tuple[dict[str, TensorEntry], int]],
            seen: set[str]) -> Stage:
-    """Check one stage entry of the manifest (or journal) field by field, and make its :class:`Stage`."""
+    """Check one stage entry of the manifest (or journal), and make its :class:`Stage`.
+
+    A well-formed tensor entry (nearly all of them: a trace may hold millions) is checked here in
+    one pass; anything else goes to :func:`_checked_stage`, which checks field by field and
+    raises naming the field.
+    """
+    if type(raw) is dict and raw.get("kind", "tensor") == "tensor":
+        key = raw.get("key")
+        rel = raw.get("file")
+        hdr = headers.get(rel) if type(rel) is str else None
+        entry = hdr[0].get(key) if hdr is not None and type(key) is str else None
+        if entry is not None and key not in seen:
+            shape = raw.get("shape", _NO_SHAPE)
+            axes = raw.get("axes")
+            units = raw.get("units")
+            indices = raw.get("indices", _NO_DICT)
+            provenance = raw.get("provenance", _NO_DICT)
+            occurrence = raw.get("occurrence", 0)
+            # entry (the data file's header) is checked: a shape of ints equal to its shape is valid
+            if (raw.get("dtype") == entry.dtype and type(shape) is list and len(shape) == len(entry.shape)
+                    and all(type(n) is int for n in shape) and tuple(shape) == entry.shape
+                    and type(occurrence) is int and 0 <= occurrence <= MAX_INDEX
+                    and (axes is None or (type(axes) is list and len(axes) == len(shape)
+                                          and all(type(a) is str for a in axes)))
+                    and (units is None or type(units) is str)
+                    and type(indices) is dict and (not indices or all(type(v) in _SCALARS for v in indices.values()))
+                    and type(provenance) is dict):
+                try:
+                    validate_key(key)
+                except (StageKeyError, ValueError):
+                    pass  # _checked_stage says so
+                else:
+                    seen.add(key)
+                    return Stage(key=key, kind="tensor", dtype=entry.dtype, shape=entry.shape,
+                                 axes=tuple(axes) if axes is not None else None, units=units, indices=dict(indices),
+                                 provenance=dict(provenance), occurrence=occurrence, position=pos, file=rel)
+    return _checked_stage(raw, pos, where, path, headers, seen)
+
+
+def _field_error(name: str, raw: dict[str, Any], field: str, expected: str, path: str) -> TraceFormatError:
+    return TraceFormatError(f"{name}: {field} must be {expected}, got {_short(raw[field])}.", path=path)
+
+
+def _checked_stage(raw: object, pos: int, where: str, path: str,
+                   headers: dict[str, tuple[dict[str, TensorEntry], int]], seen: set[str]) -> Stage:
+    """Check one stage entry field by field, raising naming the field; make its :class:`Stage`."""
     if type(raw) is not dict:
         raise TraceFormatError(f"{where}stage #{pos}: expected a stage entry (an object), got {_short(raw)}.", path=path)
     key = raw.get("key")
@@ -378,7 +429,7 @@ def _stage(raw: object, pos: int, where: str, path: str, headers: dict[str, tupl
     name = f"{where}stage {key!r}"
 
     def bad(field: str, expected: str) -> TraceFormatError:
-        return TraceFormatError(f"{name}: {field} must be {expected}, got {_short(raw[field])}.", path=path)
+        return _field_error(name, raw, field, expected, path)  # type: ignore[arg-type]
 
     if key in seen:
         raise TraceFormatError(f"{name} is listed twice.", path=path)
