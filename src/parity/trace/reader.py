@@ -311,21 +311,29 @@ def _replay_journal(path: str, manifest: dict[str, Any], follow_symlinks: bool
     """Fold the journal of an interrupted capture into ``manifest`` (in place).
 
     Returns the origin (file, line number) of each stage entry replayed from it, in order, and
-    the (line number, number) of the non-finite numbers of those entries. The last line, when it has no newline, is what a writer killed mid-line left and is ignored; any
-    other line must be a whole, well-formed record.
+    the (line number, number) of the non-finite numbers of those entries. The last line, when it
+    has no newline, is what a writer killed mid-line left and is ignored; any other line must be
+    a whole, well-formed record.
     """
     jpath = os.path.join(path, JOURNAL)
     if manifest.get("complete") or not os.path.lexists(jpath):
         return [], []
     check_inside(path, jpath, follow_symlinks=follow_symlinks, what="journal")
-    raw = _read_file(jpath, "journal")
-    stages, files = list(manifest.get("stages", [])), dict(manifest.get("files", {}))
-    known = {s.get("key") for s in stages if type(s) is dict}
     origins: list[tuple[str, int]] = []
     deferred: list[tuple[int, BadNumber]] = []
-    lines = raw.split(b"\n")
-    lines.pop()  # after the last newline: empty, or the line a killed writer left unfinished
-    for number, line in enumerate(lines, 1):
+    with os.fdopen(open_regular(jpath, "journal"), "rb") as f:  # read line by line: it may be large
+        _replay_lines(f, jpath, manifest, origins, deferred)
+    return origins, deferred
+
+
+def _replay_lines(f: Any, jpath: str, manifest: dict[str, Any], origins: list[tuple[str, int]],
+                  deferred: list[tuple[int, BadNumber]]) -> None:
+    """The loop of :func:`_replay_journal` over the lines of the open journal ``f``."""
+    stages, files = list(manifest.get("stages", [])), dict(manifest.get("files", {}))
+    known = {s.get("key") for s in stages if type(s) is dict}
+    for number, line in enumerate(f, 1):
+        if not line.endswith(b"\n"):
+            break  # the line a killed writer left unfinished
         where = f"line {number}"
         rec, bad = load_json(line, path=jpath, what=f"journal's {where}")
         if type(rec) is not dict:
@@ -357,7 +365,6 @@ def _replay_journal(path: str, manifest: dict[str, Any], follow_symlinks: bool
                                    path=jpath)
     manifest["stages"], manifest["files"] = stages, files
     manifest.setdefault("incomplete_reason", "capture was interrupted")
-    return origins, deferred
 
 
 def _is_scalar(v: object) -> bool:
