@@ -118,3 +118,32 @@ def test_capture_onnx_cli(tmp_path, capsys):
         in capsys.readouterr().err
     assert main(["capture", "onnx", f, "--inputs", str(tmp_path / "in.npz"), "--out", out, "--preset", "mamba"]) == 2
     assert 'no preset named "mamba"' in capsys.readouterr().err
+
+
+def test_capture_hf_many_prompts_then_diff_the_sets(minilm_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello world\n\nthe cat sat on the mat\na third input\n")
+    f32, bf16 = tmp_path / "f32", tmp_path / "bf16"
+    B = tmp_path / "bundle"
+    from parity.bundle import new_bundle
+
+    bundle = new_bundle("hf", str(B), probe_torch=False)
+    assert main(["capture", "hf", minilm_dir, "--prompts", str(prompts), "--out", str(f32), "--layers", "0",
+                 "--bundle", bundle.path]) == 0
+    assert sorted(os.listdir(f32)) == ["prompt-000.trace", "prompt-001.trace", "prompt-002.trace"]
+    assert parity.load_trace(f32 / "prompt-001.trace").meta["prompts"] == ["the cat sat on the mat"]
+    outputs = bundle.commands()[-1]["outputs"]
+    assert any(o.endswith("-capture-hf-manifest0.json") for o in outputs) and any(o.endswith(".txt") for o in outputs)
+    assert main(["capture", "hf", minilm_dir, "--prompts", str(prompts), "--out", str(bf16), "--layers", "0",
+                 "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(f32), str(f32)]) == 0
+    capsys.readouterr()
+    assert main(["diff", str(f32), str(bf16), "--json"]) == 1
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "parity.diffset" and doc["inputs"] == 3 and len(doc["failing_inputs"]) == 3
+    scores = {s["key"]: s for s in doc["stages"]}
+    assert scores["layers.0.attn_scores"]["failed"] == 3 and scores["input_ids"]["failed"] == 0
+    assert main(["capture", "hf", minilm_dir, "--out", str(tmp_path / "x")]) == 2  # neither --prompt nor --prompts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tempfile
@@ -46,8 +47,11 @@ def _console() -> Console:
               help="Write the self-contained HTML report (plots, sortable table) to FILE.")
 @click.option("--worst", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="Worst elements (with indices) listed per divergent stage.")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True),
+              help="Many inputs: a file of lines 'REF CAND' (trace paths) to diff and aggregate per stage.")
 @bundle_option
-def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_all, md_out, html_out, worst, bundle_dir):
+def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_all, md_out, html_out, worst, pairs_file,
+             bundle_dir):
     """Compare trace CAND against reference trace REF, stage by stage.
 
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
@@ -59,6 +63,13 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
 
     if as_json and md_out == "-":
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    from ..localize.sets import is_trace_dir
+
+    if pairs_file or (os.path.isdir(ref) and os.path.isdir(cand) and not is_trace_dir(ref) and not is_trace_dir(cand)):
+        if html_out:
+            raise UsageError("--html renders one pair of traces; with many inputs use --json or --md.")
+        _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, config=config, rtol=rtol, atol=atol,
+                   strict=strict, noise_floor=tolerances)
     with bundle_command(bundle_dir, "diff") as rec:
         with progress_bar("comparing") as progress:
             result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict, progress=progress,
@@ -90,6 +101,75 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
             rec.write("html", page)
             rec.write("txt", plain.file.getvalue())
         sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+
+
+def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwargs) -> None:
+    """``parity diff REF_DIR CAND_DIR`` (or ``--pairs FILE``): one diff per input, aggregated per stage."""
+    from ..localize.sets import compare_sets
+
+    with bundle_command(bundle_dir, "diff") as rec:
+        with progress_bar("comparing inputs") as progress:
+            result = compare_sets(ref, cand, pairs_file=pairs_file, on_input=progress, **compare_kwargs)
+        doc = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+        md = _sets_markdown(result)
+        if as_json:
+            click.echo(doc)
+        elif md_out == "-":
+            click.echo(md, nl=False)
+        else:
+            _sets_text(result, _console())
+        if md_out and md_out != "-":
+            with open(md_out, "w", encoding="utf-8") as f:
+                f.write(md)
+        if rec is not None:
+            rec.write("json", doc + "\n")
+            rec.write("md", md)
+        sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+
+
+def _sets_rows(result) -> list[list[str]]:
+    rows = []
+    first = result.first_divergence
+    for s in result.stages:
+        rows.append([str(s.position + 1), s.key + ("  ◀ first divergence" if s is first else ""), str(s.inputs),
+                     f"{s.failed} ({100 * s.fraction:.0f}%)", s.worst_input or "-", format_float(s.worst_rel),
+                     str(s.first_on)])
+    return rows
+
+
+_SET_COLUMNS = ("#", "stage", "inputs", "diverge on", "worst input", "worst max rel", "first on")
+
+
+def _sets_text(result, console: Console) -> None:
+    table = Table(title=f"parity diff over {len(result.names)} inputs", title_justify="left", pad_edge=False)
+    for c in _SET_COLUMNS:
+        table.add_column(c, overflow="fold" if c == "stage" else "ellipsis")
+    for row in _sets_rows(result):
+        failed = not row[3].startswith("0 ")
+        table.add_row(*row, style="red" if failed else None)
+    console.print(table)
+    for name, d in zip(result.names, result.diffs):
+        first = d.first_divergence
+        console.print(Text(f"{name}: " + ("parity holds" if d.passed else
+                                          f"first divergence {first.key}" if first else d.verdict.replace("_", " ")),
+                           style="green" if d.passed else "red"))
+    bad = result.failing_inputs
+    verdict = "PARITY HOLDS on every input" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {len(result.names)} inputs"
+    console.print(Text(verdict, style="bold green" if result.passed else "bold red"))
+
+
+def _sets_markdown(result) -> str:
+    bad = result.failing_inputs
+    out = [f"# parity diff over {len(result.names)} inputs: "
+           + ("PARITY HOLDS" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {len(result.names)} inputs"), "",
+           "| " + " | ".join(_SET_COLUMNS) + " |", "| ---: | --- | ---: | ---: | --- | ---: | ---: |"]
+    out += ["| " + " | ".join(r[:1] + [f"`{r[1]}`"] + r[2:]) + " |" for r in _sets_rows(result)]
+    out += ["", "| input | result |", "| --- | --- |"]
+    for name, d in zip(result.names, result.diffs):
+        first = d.first_divergence
+        out.append(f"| `{name}` | " + ("parity holds" if d.passed else f"first divergence `{first.key}`" if first
+                                         else d.verdict.replace("_", " ")) + " |")
+    return "\n".join(out) + "\n"
 
 
 def alignment_hint(result, config: str | None, limit: int = 5) -> list[str]:

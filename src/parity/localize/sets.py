@@ -1,0 +1,184 @@
+"""Many inputs: compare one trace per input, and aggregate per stage.
+
+One lucky input can hide a bug: a divergence that shows on 7 inputs of 8 is real even if the one
+you tried passes. :func:`compare_sets` pairs the traces of two directories by name (or takes an
+explicit list of pairs), diffs every pair, and reports per stage the fraction of inputs on which
+it diverges and the worst input, plus the first divergence of each input. Parity holds only if it
+holds on every input.
+
+Example:
+    >>> import numpy as np, tempfile, os, parity
+    >>> d = tempfile.mkdtemp()
+    >>> for side, bug in (("ref", 0.0), ("cand", 1e-3)):
+    ...     for i in range(3):
+    ...         with parity.record(os.path.join(d, side, f"input{i}.trace")):
+    ...             _ = parity.tap("y", np.ones(4) + (bug if i == 2 else 0.0))
+    >>> s = compare_sets(os.path.join(d, "ref"), os.path.join(d, "cand"))
+    >>> s.passed, s.stage("y").failed, s.stage("y").worst_input
+    (False, 1, 'input2.trace')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..compare.diff import TraceDiff, compare_traces
+from ..errors import UsageError
+
+__all__ = ["StageAcross", "SetDiff", "compare_sets", "trace_pairs", "is_trace_dir"]
+
+
+def is_trace_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a trace directory (holds ``manifest.json``)."""
+    return os.path.isfile(os.path.join(path, "manifest.json"))
+
+
+def trace_pairs(ref_dir: str, cand_dir: str, pairs_file: str | None = None) -> list[tuple[str, str, str]]:
+    """``(name, ref trace, cand trace)`` for the inputs to compare.
+
+    Without ``pairs_file``: every trace directory in ``ref_dir`` whose name also exists in
+    ``cand_dir``. With it: lines ``REF CAND`` (relative to the file's folder; ``#`` comments).
+
+    Raises:
+        UsageError: a directory is missing, no name matches, or a pairs line is malformed.
+    """
+    if pairs_file is not None:
+        base = os.path.dirname(os.path.abspath(pairs_file))
+        try:
+            with open(pairs_file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read the pairs file ({e}).", path=pairs_file) from None
+        out = []
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise UsageError(f"line {n}: expected two trace paths REF CAND, got {line!r}.", path=pairs_file)
+            r, c = (p if os.path.isabs(p) else os.path.join(base, p) for p in parts)
+            out.append((os.path.basename(os.path.normpath(parts[0])), r, c))
+        if not out:
+            raise UsageError("lists no pair of traces.", path=pairs_file)
+        return out
+    for d in (ref_dir, cand_dir):
+        if not os.path.isdir(d):
+            raise UsageError("no such directory of traces.", path=d)
+    ref_names = sorted(n for n in os.listdir(ref_dir) if is_trace_dir(os.path.join(ref_dir, n)))
+    cand_names = {n for n in os.listdir(cand_dir) if is_trace_dir(os.path.join(cand_dir, n))}
+    common = [n for n in ref_names if n in cand_names]
+    if not common:
+        raise UsageError(f"no trace name is in both directories ({len(ref_names)} in the reference, "
+                         f"{len(cand_names)} in the candidate); name them alike or give --pairs FILE.", path=cand_dir)
+    return [(n, os.path.join(ref_dir, n), os.path.join(cand_dir, n)) for n in common]
+
+
+@dataclass(frozen=True)
+class StageAcross:
+    """One stage over every input.
+
+    Attributes:
+        key: the stage; position: its position in the first input's reference.
+        inputs: inputs where the stage was compared; failed: inputs where it diverged.
+        worst_input: the input with the largest error at this stage (max rel error), and that error.
+        first_on: inputs whose first divergence is this stage.
+    """
+
+    key: str
+    position: int
+    inputs: int
+    failed: int
+    worst_input: str | None
+    worst_rel: float | None
+    first_on: int = 0
+
+    @property
+    def fraction(self) -> float:
+        return self.failed / self.inputs if self.inputs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        wr = self.worst_rel
+        return {"key": self.key, "position": self.position, "inputs": self.inputs, "failed": self.failed,
+                "fraction": self.fraction, "worst_input": self.worst_input,
+                "worst_rel": (wr if wr is None or math.isfinite(wr) else str(wr)), "first_on": self.first_on}
+
+
+@dataclass(frozen=True)
+class SetDiff:
+    """Diffs of many inputs, aggregated per stage (see :func:`compare_sets`)."""
+
+    names: tuple[str, ...]
+    diffs: tuple[TraceDiff, ...]
+    stages: tuple[StageAcross, ...] = field(default_factory=tuple)
+
+    @property
+    def passed(self) -> bool:
+        """Parity holds on every input."""
+        return all(d.passed for d in self.diffs)
+
+    @property
+    def failing_inputs(self) -> list[str]:
+        return [n for n, d in zip(self.names, self.diffs) if not d.passed]
+
+    def stage(self, key: str) -> StageAcross:
+        for s in self.stages:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    @property
+    def first_divergence(self) -> StageAcross | None:
+        """The earliest stage (pipeline order) that diverges on any input."""
+        failing = [s for s in self.stages if s.failed]
+        return min(failing, key=lambda s: s.position) if failing else None
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first_divergence
+        return {"schema": "parity.diffset", "schema_version": 1, "passed": self.passed, "inputs": len(self.names),
+                "failing_inputs": self.failing_inputs, "first_divergence": first.key if first else None,
+                "stages": [s.to_dict() for s in self.stages],
+                "per_input": [{"name": n, "passed": d.passed, "verdict": d.verdict,
+                               "first_divergence": d.first_divergence.key if d.first_divergence else None,
+                               "ref": d.ref_path, "cand": d.cand_path} for n, d in zip(self.names, self.diffs)]}
+
+
+def compare_sets(ref_dir: str | os.PathLike[str], cand_dir: str | os.PathLike[str], *, pairs_file: str | None = None,
+                 on_input: Callable[[int, int, str], None] | None = None, **compare_kwargs: Any) -> SetDiff:
+    """Diff one trace per input and aggregate per stage (options as :func:`parity.compare_traces`)."""
+    pairs = trace_pairs(os.fspath(ref_dir), os.fspath(cand_dir), pairs_file)
+    diffs: list[TraceDiff] = []
+    for i, (name, r, c) in enumerate(pairs):
+        diffs.append(compare_traces(r, c, **compare_kwargs))
+        if on_input is not None:
+            on_input(i + 1, len(pairs), name)
+    names = tuple(n for n, _, _ in pairs)
+    return SetDiff(names, tuple(diffs), _aggregate(names, diffs))
+
+
+def _aggregate(names: Sequence[str], diffs: Sequence[TraceDiff]) -> tuple[StageAcross, ...]:
+    acc: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for name, d in zip(names, diffs):
+        first = d.first_divergence
+        for sd in d.compared:
+            a = acc.get(sd.key)
+            if a is None:
+                a = acc[sd.key] = {"position": sd.ref.position if sd.ref else 0, "inputs": 0, "failed": 0,
+                                   "worst": None, "worst_rel": None, "first_on": 0}
+                order.append(sd.key)
+            a["inputs"] += 1
+            if sd.diverged:
+                a["failed"] += 1
+            rel = sd.metrics.max_rel_err if sd.metrics is not None else (math.inf if sd.diverged else 0.0)
+            rel = math.inf if rel is not None and math.isnan(rel) else rel
+            if rel is not None and (a["worst_rel"] is None or rel > a["worst_rel"]):
+                a["worst"], a["worst_rel"] = name, rel
+            if first is not None and first.key == sd.key:
+                a["first_on"] += 1
+    return tuple(StageAcross(k, acc[k]["position"], acc[k]["inputs"], acc[k]["failed"], acc[k]["worst"],
+                             acc[k]["worst_rel"], acc[k]["first_on"]) for k in sorted(order, key=lambda k: acc[k]["position"]))
