@@ -49,9 +49,11 @@ def _console() -> Console:
               help="Worst elements (with indices) listed per divergent stage.")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, exists=True),
               help="Many inputs: a file of lines 'REF CAND' (trace paths) to diff and aggregate per stage.")
+@click.option("--min-score", type=click.FloatRange(0, 1), default=None,
+              help="Event traces: pass when the similarity score reaches this (docs/events.md).")
 @bundle_option
 def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_all, md_out, html_out, worst, pairs_file,
-             bundle_dir):
+             min_score, bundle_dir):
     """Compare trace CAND against reference trace REF, stage by stage.
 
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
@@ -63,6 +65,14 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
 
     if as_json and md_out == "-":
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    from ..events import is_event_trace
+
+    if is_event_trace(ref) and is_event_trace(cand):  # agent sessions / JSONL event logs (docs/events.md)
+        from .events import do_diff
+
+        do_diff(ref, cand, config=config, min_score=min_score, as_json=as_json, md_out=md_out, html_out=html_out)
+    if min_score is not None:
+        raise UsageError("--min-score applies to event traces only (import them with --format events).")
     from ..localize.sets import is_trace_dir
 
     if pairs_file or (os.path.isdir(ref) and os.path.isdir(cand) and not is_trace_dir(ref) and not is_trace_dir(cand)):

@@ -47,7 +47,7 @@ from .tolerance import ToleranceRules, glob_to_regex
 
 __all__ = ["CompareConfig", "load_config"]
 
-_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms"}
+_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms", "events"}
 
 
 @dataclass(frozen=True)
