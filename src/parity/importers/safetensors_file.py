@@ -19,7 +19,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..errors import ImportFormatError, TraceFormatError, UsageError
-from ..trace._safetensors import TensorEntry, encode_header, read_header
+from ..safefs import atomic_file, refuse_symlink
+from ..trace._safetensors import TensorEntry, encode_header, load_json, read_header
 from ..trace.dtypes import DTYPES, storage_dtype
 from ..trace.reader import Trace, load_trace
 from ..trace.writer import TraceWriter, _byte_chunks
@@ -63,14 +64,21 @@ def import_safetensors(path: str | os.PathLike[str], writer: TraceWriter) -> lis
     try:
         entries, meta, start = read_header(path)
     except TraceFormatError as e:
-        raise ImportFormatError(e.message, path=path) from None
+        raise ImportFormatError(e.message, path=path, stage=e.stage) from e
+    except OSError as e:
+        raise ImportFormatError(f"cannot be read ({e.strerror or e}).", path=path) from e
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise ImportFormatError(f"cannot be read ({e.strerror or e}).", path=path) from e
     names = list(entries)
     order = meta.get(ORDER_METADATA)
     if order is not None:
-        try:
-            listed = [n for n in json.loads(order) if n in entries]
-        except (ValueError, TypeError):
-            raise ImportFormatError(f"its {ORDER_METADATA} metadata is not a JSON list of tensor names.", path=path) from None
+        doc, _bad = load_json(order.encode("utf-8", "surrogatepass") if isinstance(order, str) else b"",
+                              path=path, what=f"{ORDER_METADATA} metadata", error=ImportFormatError)
+        if type(doc) is not list or not all(type(n) is str for n in doc):
+            raise ImportFormatError(f"its {ORDER_METADATA} metadata is not a JSON list of tensor names.", path=path)
+        listed = list(dict.fromkeys(n for n in doc if n in entries))
         names = listed + sort_stages([n for n in names if n not in set(listed)])
     else:
         names = sort_stages(names)
@@ -82,9 +90,18 @@ def import_safetensors(path: str | os.PathLike[str], writer: TraceWriter) -> lis
         if info.numpy is None and dt.name != info.name:
             raise ImportFormatError(f"holds {e.dtype} values; install ml_dtypes (pip install ml_dtypes) to import them.",
                                     path=path, stage=name)
-        count = int(np.prod(e.shape, dtype=np.int64))
-        arr = (np.memmap(path, dtype=dt, mode="r", offset=start + e.begin, shape=e.shape) if count
-               else np.empty(e.shape, dtype=dt))
+        count = 1
+        for d in e.shape:
+            count *= d
+        if count * dt.itemsize != e.end - e.begin or start + e.end > size:
+            raise ImportFormatError(f"shape {list(e.shape)} of {e.dtype} does not match its bytes [{e.begin}, {e.end}) "
+                                    f"in a file of {size} bytes; the file is corrupt.", path=path, stage=name)
+        try:
+            arr = (np.memmap(path, dtype=dt, mode="r", offset=start + e.begin, shape=e.shape) if count
+                   else np.empty(e.shape, dtype=dt))
+        except (OSError, ValueError) as err:  # the file changed since its header was read
+            raise ImportFormatError(f"cannot be mapped ({err}); the file changed while it was read.",
+                                    path=path, stage=name) from err
         try:
             keys.append(add_keyed(writer, name, arr, provenance={"tensor": name}))
         except Exception as err:  # a tensor name that is no valid key
@@ -102,10 +119,11 @@ def export_safetensors(trace: str | os.PathLike[str] | Trace, path: str | os.Pat
         Notes (text stages are skipped).
 
     Raises:
-        UsageError: ``path`` already exists.
+        UsageError: ``path`` already exists or is a symbolic link.
     """
     t = trace if isinstance(trace, Trace) else load_trace(trace)
     path = os.fspath(path)
+    refuse_symlink(path, error=UsageError, what="output file")
     if os.path.exists(path):
         raise UsageError("already exists; refusing to overwrite it.", path=path)
     wanted = set(stages) if stages is not None else None
@@ -125,11 +143,9 @@ def export_safetensors(trace: str | os.PathLike[str] | Trace, path: str | os.Pat
         layout.append(TensorEntry(s.key, s.dtype, s.shape, offset, offset + s.nbytes))
         offset += s.nbytes
     header = encode_header(layout, {"format": "pt", ORDER_METADATA: json.dumps([s.key for s in chosen])})
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(header)
         for i in order:
             for chunk in _byte_chunks(np.asarray(t.array(chosen[i]))):
                 f.write(chunk)
-    os.replace(tmp, path)
     return notes
