@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ImportFormatError, UsageError
+from ..limits import MAX_INT_DIGITS
+from ..safefs import atomic_write, check_inside, refuse_symlink
 from ..trace.dtypes import to_float64
 from ..trace.keys import validate_key
 from ..trace.reader import Trace, load_trace
@@ -119,50 +121,91 @@ def encode_aprt(values: object, layer: int | None = None) -> bytes:
 
 
 def write_aprt(path: str | os.PathLike[str], values: object, layer: int | None = None) -> None:
-    """Write one APRT file (atomically: temporary name, then rename)."""
+    """Write one APRT file atomically (an unguessable temporary name, then a rename).
+
+    Raises:
+        UsageError: ``path`` is a symbolic link (parity never writes through one).
+    """
     data = encode_aprt(values, layer)
     path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    refuse_symlink(path, error=UsageError, what="file")
+    atomic_write(path, data)
 
 
-def _scan(root: str) -> dict[str, tuple[str, int | None]]:
-    """Relative path → (stage key, expected layer) for every ``.bin`` of an APRT dump directory."""
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError as e:
+        raise ImportFormatError(f"cannot be listed ({e.strerror or e}).", path=path) from e
+
+
+def _scan(root: str, follow_symlinks: bool = False) -> dict[str, tuple[str, int | None]]:
+    """Relative path → (stage key, expected layer) for every ``.bin`` of an APRT dump directory.
+
+    Raises:
+        ImportFormatError: a file or ``layer-N/`` directory is a symbolic link out of ``root``
+            (unless ``follow_symlinks``), or two files give the same stage key.
+    """
     found: dict[str, tuple[str, int | None]] = {}
-    for name in sorted(os.listdir(root)):
+    owner: dict[str, str] = {}
+
+    def add(rel: str, full: str, key: str, layer: int | None) -> None:
+        check_inside(root, full, follow_symlinks=follow_symlinks, error=ImportFormatError)
+        if key in owner:
+            raise ImportFormatError(f'{owner[key]} and {rel} both give the stage "{key}"; rename one of them.',
+                                    path=root)
+        owner[key] = rel
+        found[rel] = (key, layer)
+
+    for name in _listdir(root):
         full = os.path.join(root, name)
         m = _LAYER_DIR.match(name)
-        if os.path.isdir(full) and m:
+        if m and os.path.isdir(full):
+            check_inside(root, full, follow_symlinks=follow_symlinks, error=ImportFormatError, what="directory")
+            if len(m.group(1)) > MAX_INT_DIGITS:
+                raise ImportFormatError(f"the layer number of {name}/ has more than {MAX_INT_DIGITS} digits; an APRT "
+                                        "layer is a u32.", path=full)
             layer = int(m.group(1))
-            for sub in sorted(os.listdir(full)):
+            for sub in _listdir(full):
                 if sub.endswith(".bin") and os.path.isfile(os.path.join(full, sub)):
-                    found[f"{name}/{sub}"] = (f"layers.{layer}.{sub[:-4]}", layer)
+                    add(f"{name}/{sub}", os.path.join(full, sub), f"layers.{layer}.{sub[:-4]}", layer)
         elif name.endswith(".bin") and os.path.isfile(full):
-            found[name] = (name[:-4], None)
+            add(name, full, name[:-4], None)
     return found
 
 
-def refuse_aprt(path: str) -> str | None:
-    """``None`` if ``path`` is an APRT file or dump directory, else why not."""
+def refuse_aprt(path: str, *, follow_symlinks: bool = False) -> str | None:
+    """``None`` if ``path`` is an APRT file or dump directory, else why not.
+
+    A directory is a dump when it holds a ``layer-N/`` directory of ``.bin`` files, or when its
+    first ``.bin`` file starts with the APRT magic.
+
+    Raises:
+        ImportFormatError: a ``.bin`` file or ``layer-N/`` directory of the dump is a symbolic
+            link out of it (unless ``follow_symlinks``).
+    """
     if os.path.isdir(path):
-        found = _scan(path)
+        found = _scan(path, follow_symlinks)
         if not found:
             return "holds no .bin files nor layer-N/ directories"
-        first = os.path.join(path, next(iter(found)))
-        with open(first, "rb") as f:
-            if f.read(4) != MAGIC:
-                return f"{next(iter(found))} does not start with the APRT magic"
-        return None
+        if any(layer is not None for _, layer in found.values()):
+            return None
+        first = next(iter(found))
+        try:
+            with open(os.path.join(path, first), "rb") as f:
+                magic = f.read(4)
+        except OSError as e:
+            return f"{first} cannot be read ({e.strerror or e})"
+        return None if magic == MAGIC else f"{first} does not start with the APRT magic"
     try:
         with open(path, "rb") as f:
             return None if f.read(4) == MAGIC else "does not start with the APRT magic"
     except OSError as e:
-        return f"cannot be read ({e.strerror})"
+        return f"cannot be read ({e.strerror or e})"
 
 
-def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str | None = None) -> list[str]:
+def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str | None = None,
+                follow_symlinks: bool = False) -> list[str]:
     """Add the stages of an APRT file or dump directory to ``writer``.
 
     Args:
@@ -170,13 +213,16 @@ def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str
             names a layer) or a dump directory.
         writer: the trace being written.
         order: an order file (default: ``order.txt`` in the directory, if present).
+        follow_symlinks: read files and ``layer-N/`` directories that are symbolic links out of
+            the dump directory (refused by default).
 
     Returns:
         The keys written, in order.
 
     Raises:
         ImportFormatError: a file is malformed, or lies in ``layer-N/`` but its header names
-            another layer (or a whole-model file names a layer).
+            another layer (or a whole-model file names a layer), a file or directory is a
+            symbolic link out of the dump, or two files give the same stage.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -184,10 +230,13 @@ def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str
         stem = _stem(os.path.basename(path)[:-4] if path.endswith(".bin") else os.path.basename(path), path)
         key = f"layers.{stage.layer}.{stem}" if stage.layer is not None else stem
         return [add_keyed(writer, key, stage.values, provenance={"file": os.path.basename(path)})]
-    found = _scan(path)
+    found = _scan(path, follow_symlinks)
     if not found:
         raise ImportFormatError("holds no APRT .bin files (expected layer-N/STAGE.bin and STAGE.bin).", path=path)
-    order_path = order or (os.path.join(path, ORDER_FILE) if os.path.exists(os.path.join(path, ORDER_FILE)) else None)
+    order_path = order
+    if order_path is None and os.path.lexists(os.path.join(path, ORDER_FILE)):
+        order_path = check_inside(path, os.path.join(path, ORDER_FILE), follow_symlinks=follow_symlinks,
+                                  error=ImportFormatError)
     if order_path:
         listed = read_order_file(order_path, found)
         rels = listed + sort_stages_by_key([r for r in found if r not in set(listed)], found)
@@ -237,38 +286,52 @@ def export_aprt(trace: str | os.PathLike[str] | Trace, out_dir: str | os.PathLik
         Notes about what could not be kept exactly (text stages skipped, values rounded to float32).
 
     Raises:
-        UsageError: ``out_dir`` exists and is not empty.
+        UsageError: ``out_dir`` exists and is not empty, or is a symbolic link; two stages would
+            land in one file (``layers.0.a`` and ``layers.00.a`` both give ``layer-0/a.bin``).
     """
     t = trace if isinstance(trace, Trace) else load_trace(trace)
     out_dir = os.fspath(out_dir)
+    refuse_symlink(out_dir, error=UsageError, what="output directory")
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UsageError("exists and is not an empty directory; refusing to write an APRT dump into it.", path=out_dir)
-    os.makedirs(out_dir, exist_ok=True)
     wanted = set(stages) if stages is not None else None
+    chosen = []
     notes: list[str] = []
-    order: list[str] = []
+    by_rel: dict[str, str] = {}
     for s in t:
         if wanted is not None and s.key not in wanted:
             continue
         if s.kind != "tensor":
             notes.append(f'stage "{s.key}" is text; APRT holds only float32 values, skipped.')
             continue
+        m = re.match(r"^layers\.([0-9]+)\.(.+)$", s.key)
+        layer = int(m.group(1)) if m and len(m.group(1)) <= 10 and int(m.group(1)) < WHOLE_MODEL else None
+        rel = f"layer-{layer}/{m.group(2)}.bin" if layer is not None else f"{s.key}.bin"
+        if rel in by_rel:
+            other = by_rel[rel]
+            raise UsageError(f'stages "{other}" and "{s.key}" would both be written to {rel}; APRT file names '
+                             "hold the layer as a number, so one would overwrite the other. Export them "
+                             "separately (--stage) or rename one.", path=out_dir)
+        by_rel[rel] = s.key
+        chosen.append((s, layer, rel))
+    os.makedirs(out_dir, exist_ok=True)
+    refuse_symlink(out_dir, error=UsageError, what="output directory")
+    order: list[str] = []
+    for s, layer, rel in chosen:
         wide = to_float64(np.asarray(t.array(s)).reshape(-1), s.dtype_info)
         f32 = wide.astype(np.float32)
         if not np.array_equal(f32.astype(np.float64), wide, equal_nan=True):
             notes.append(f'stage "{s.key}" ({s.dtype}) was rounded to float32.')
-        m = re.match(r"^layers\.([0-9]+)\.(.+)$", s.key)
-        if m:
-            rel = f"layer-{int(m.group(1))}/{m.group(2)}.bin"
-            os.makedirs(os.path.join(out_dir, f"layer-{int(m.group(1))}"), exist_ok=True)
-            write_aprt(os.path.join(out_dir, rel), f32, layer=int(m.group(1)))
-        else:
-            rel = f"{s.key}.bin"
-            write_aprt(os.path.join(out_dir, rel), f32, layer=None)
+        if layer is not None:
+            sub = os.path.join(out_dir, f"layer-{layer}")
+            if not os.path.isdir(sub) or os.path.islink(sub):
+                os.mkdir(sub)  # fails on anything planted there meanwhile (a link, a file)
+        write_aprt(os.path.join(out_dir, rel), f32, layer=layer)
         if len(s.shape) > 1:
             notes.append(f'stage "{s.key}" had shape {s.shape}; APRT stores it flat ({s.size} values).')
         order.append(rel)
-    with open(os.path.join(out_dir, ORDER_FILE), "w", encoding="utf-8") as f:
-        f.write("# execution order of the stages of this APRT dump (written by parity)\n")
-        f.write("".join(r + "\n" for r in order))
+    refuse_symlink(os.path.join(out_dir, ORDER_FILE), error=UsageError, what="file")
+    atomic_write(os.path.join(out_dir, ORDER_FILE),
+                 ("# execution order of the stages of this APRT dump (written by parity)\n"
+                  + "".join(r + "\n" for r in order)).encode("utf-8"))
     return notes
