@@ -18,7 +18,9 @@ from ..report.progress import progress_bar
 @click.option("--index-field", "index_fields", multiple=True, help="A name=value field of a log that is an index. Repeatable.")
 @click.option("--order", "order", type=click.Path(dir_okay=False, exists=True),
               help="Execution order of a dump directory: one relative path per line (default: its order.txt).")
-def import_cmd(files, out, fmt, prefixes, index_fields, order):
+@click.option("--follow-symlinks", "follow_symlinks", is_flag=True, default=False,
+              help="Read files and folders of a dump directory that are symbolic links out of it (refused by default).")
+def import_cmd(files, out, fmt, prefixes, index_fields, order, follow_symlinks):
     """Import FILES (text logs, APRT dumps, .npy/.npz, safetensors) into one trace, in the order given.
 
     \b
@@ -28,7 +30,8 @@ def import_cmd(files, out, fmt, prefixes, index_fields, order):
     """
     with progress_bar("importing") as progress:  # drawn on stderr only when it is a terminal
         report = import_files(list(files), out, format=fmt, prefixes=list(prefixes) or None,
-                              index_fields=list(index_fields), order=order, progress=progress)
+                              index_fields=list(index_fields), order=order, progress=progress,
+                              follow_symlinks=follow_symlinks)
     click.echo(f"{report.path}: {report.stages} stages")
     for s in report.stats:
         line = f"  {s['source']} ({s['format']}): {s['stages']} stages"

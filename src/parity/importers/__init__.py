@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,28 +87,55 @@ def get_importer(name: str) -> Importer:
         raise UsageError(f"unknown import format {name!r}; known: {', '.join(_REGISTRY)}.") from None
 
 
-def find_importer(path: str | os.PathLike[str], format: str | None = None) -> Importer:
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes keyword ``name`` (importers registered by others may not)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _refusal(imp: Importer, path: str, follow_symlinks: bool) -> str | None:
+    if follow_symlinks and _accepts(imp.refuse, "follow_symlinks"):
+        return imp.refuse(path, follow_symlinks=True)
+    return imp.refuse(path)
+
+
+def _find(path: str, format: str | None, follow_symlinks: bool) -> tuple[Importer, list[str]]:
+    """The importer for ``path`` and the reasons of those that refused it before."""
+    if not os.path.lexists(path):
+        raise ImportFormatError("no such file or directory.", path=path)
+    if not os.path.exists(path):
+        raise ImportFormatError(f"is a broken symbolic link (to {os.readlink(path)}).", path=path)
+    if not (os.path.isdir(path) or os.path.isfile(path)):
+        raise ImportFormatError("is neither a regular file nor a directory (a pipe or a device cannot be "
+                                "imported: it could block or never end).", path=path)
+    if format is not None:
+        imp = get_importer(format)
+        why = _refusal(imp, path, follow_symlinks)
+        if why is not None:
+            raise ImportFormatError(f"cannot be read as {format}: it {why}.", path=path)
+        return imp, []
+    reasons = []
+    for imp in _REGISTRY.values():
+        why = _refusal(imp, path, follow_symlinks)
+        if why is None:
+            return imp, reasons
+        reasons.append(f"{imp.name}: {why}")
+    raise ImportFormatError("no importer can read it (" + "; ".join(reasons) + ").", path=path)
+
+
+def find_importer(path: str | os.PathLike[str], format: str | None = None, *,
+                  follow_symlinks: bool = False) -> Importer:
     """The importer that accepts ``path`` (or the one named by ``format``, which must accept it).
+
+    ``follow_symlinks=True`` lets a dump directory's files and folders be symbolic links out of it.
 
     Raises:
         ImportFormatError: no importer accepts the file; the message gives each one's reason.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImportFormatError("no such file or directory.", path=path)
-    if format is not None:
-        imp = get_importer(format)
-        why = imp.refuse(path)
-        if why is not None:
-            raise ImportFormatError(f"cannot be read as {format}: it {why}.", path=path)
-        return imp
-    reasons = []
-    for imp in _REGISTRY.values():
-        why = imp.refuse(path)
-        if why is None:
-            return imp
-        reasons.append(f"{imp.name}: {why}")
-    raise ImportFormatError("no importer can read it (" + "; ".join(reasons) + ").", path=path)
+    return _find(os.fspath(path), format, follow_symlinks)[0]
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,7 @@ def import_files(
     *,
     format: str | None = None,
     meta: dict[str, Any] | None = None,
+    follow_symlinks: bool = False,
     **options: Any,
 ) -> ImportReport:
     """Import one or more foreign files into one trace, in the order given.
@@ -142,6 +171,8 @@ def import_files(
         out: the trace directory to write.
         format: force one importer (``"aprt"``, ``"npy"``, ``"safetensors"``, ``"lines"``).
         meta: extra trace metadata.
+        follow_symlinks: read files and folders of a dump directory that are symbolic links out
+            of it (refused by default, see docs/format.md); the CLI's ``--follow-symlinks``.
         **options: importer options: ``prefixes``, ``index_fields`` and ``progress`` (a
             ``progress(done, total, name)`` callback, called per chunk) for logs, ``order`` (an
             order file for dump directories).
@@ -150,14 +181,20 @@ def import_files(
         An :class:`ImportReport`.
 
     Raises:
-        ImportFormatError: an input cannot be read; the trace is then left marked incomplete.
+        ImportFormatError: an input cannot be read (the message names it); the trace is then left
+            marked incomplete.
         UsageError: bad options (e.g. a log without ``prefixes``).
     """
     if not paths:
         raise UsageError("give at least one file to import.")
-    chosen = [(os.fspath(p), find_importer(p, format)) for p in paths]
-    if any(imp.name == "lines" for _, imp in chosen) and not options.get("prefixes"):
-        raise UsageError("importing a text log needs its trace-line prefix, e.g. --prefix TRACE_C.")
+    found = [(os.fspath(p), *_find(os.fspath(p), format, follow_symlinks)) for p in paths]
+    chosen = [(p, imp) for p, imp, _ in found]
+    if not options.get("prefixes"):
+        for p, imp, reasons in found:
+            if imp.name == "lines":
+                tried = f" It is no binary dump ({'; '.join(reasons)})." if reasons else ""
+                raise UsageError("importing a text log needs its trace-line prefix, e.g. --prefix TRACE_C." + tried,
+                                 path=p)
     full_meta: dict[str, Any] = {"sources": [os.path.basename(os.path.normpath(p)) for p, _ in chosen],
                                  "formats": [imp.name for _, imp in chosen]}
     if options.get("prefixes"):
@@ -167,7 +204,8 @@ def import_files(
     stats = []
     with TraceWriter(out, meta=full_meta, producer=producer) as writer:
         for p, imp in chosen:
-            stats.append({"source": p, "format": imp.name, **imp.run(p, writer, **options)})
+            kw = {**options, "follow_symlinks": follow_symlinks} if _accepts(imp.run, "follow_symlinks") else options
+            stats.append({"source": p, "format": imp.name, **imp.run(p, writer, **kw)})
         writer.update_meta(imports=[{k: v for k, v in s.items() if k != "source"} for s in stats])
         digits = max((s.get("digits", 0) for s in stats), default=0)
         if digits:
@@ -185,16 +223,16 @@ def _run_lines(path: str, writer: TraceWriter, *, prefixes=None, index_fields=()
     return {"stages": len(writer.keys) - before, **st.to_dict(), "digits": st.digits}
 
 
-def _run_aprt(path: str, writer: TraceWriter, *, order=None, **_: Any) -> dict[str, Any]:
+def _run_aprt(path: str, writer: TraceWriter, *, order=None, follow_symlinks=False, **_: Any) -> dict[str, Any]:
     from .aprt import import_aprt
 
-    return {"stages": len(import_aprt(path, writer, order=order))}
+    return {"stages": len(import_aprt(path, writer, order=order, follow_symlinks=follow_symlinks))}
 
 
-def _run_numpy(path: str, writer: TraceWriter, *, order=None, **_: Any) -> dict[str, Any]:
+def _run_numpy(path: str, writer: TraceWriter, *, order=None, follow_symlinks=False, **_: Any) -> dict[str, Any]:
     from .numpy_files import import_numpy
 
-    return {"stages": len(import_numpy(path, writer, order=order))}
+    return {"stages": len(import_numpy(path, writer, order=order, follow_symlinks=follow_symlinks))}
 
 
 def _run_safetensors(path: str, writer: TraceWriter, **_: Any) -> dict[str, Any]:
@@ -203,16 +241,16 @@ def _run_safetensors(path: str, writer: TraceWriter, **_: Any) -> dict[str, Any]
     return {"stages": len(import_safetensors(path, writer))}
 
 
-def _refuse_aprt(path: str) -> str | None:
+def _refuse_aprt(path: str, *, follow_symlinks: bool = False) -> str | None:
     from .aprt import refuse_aprt
 
-    return refuse_aprt(path)
+    return refuse_aprt(path, follow_symlinks=follow_symlinks)
 
 
-def _refuse_numpy(path: str) -> str | None:
+def _refuse_numpy(path: str, *, follow_symlinks: bool = False) -> str | None:
     from .numpy_files import refuse_numpy
 
-    return refuse_numpy(path)
+    return refuse_numpy(path, follow_symlinks=follow_symlinks)
 
 
 def _refuse_safetensors(path: str) -> str | None:
@@ -226,9 +264,32 @@ def _refuse_lines(path: str) -> str | None:
         if os.path.exists(os.path.join(path, "manifest.json")):
             return "is a parity trace already"
         return "is a directory"
+    why = _binary_garbage(path)
+    if why is not None:
+        return why
     from .lines import sniff_text
 
     return sniff_text(path)
+
+
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f\v\b\x1b")
+
+
+def _binary_garbage(path: str, probe: int = 64 * 1024) -> str | None:
+    """Why a plain (not gzip) file is obviously binary, not a text log; ``None`` when it may be text."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(probe)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if head[:2] == b"\x1f\x8b":
+        return None  # gzip: the log reader looks inside
+    if b"\x00" in head:
+        return "holds NUL bytes, so it is not a text log"
+    controls = sum(head.count(bytes([c])) for c in range(32) if c not in _TEXT_CONTROLS) + head.count(b"\x7f")
+    if head and controls * 10 > len(head):
+        return f"is binary ({controls} control bytes in its first {len(head)}), so it is not a text log"
+    return None
 
 
 register_importer(Importer("aprt", "APRT per-stage binary dumps (a .bin file or a layer-N/STAGE.bin directory)",
