@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..errors import UsageError
+from ..errors import StageKeyError, UsageError
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
@@ -104,6 +104,31 @@ def scope(*parts: object) -> Iterator[str]:
         _PREFIX.reset(token)
 
 
+def _utf8(text: str, what: str, key: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (lone surrogates) now, not when the trace closes."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"{what} is not valid Unicode text ({e.reason} at position {e.start}).", stage=key) from e
+
+
+def _check_tap(key: str, value: object, axes: object, units: object) -> None:
+    """Check at call time everything :func:`tap` will write, so that a bad call raises here and
+    the recording (the stages before and after it) stays complete and loadable."""
+    # The key and its indices are checked by the writer's add() (make_key), at this call too.
+    if axes is not None:
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+            raise UsageError(f"axes must be a sequence of axis names, e.g. (\"seq\", \"hidden\"), not {type(axes).__name__}.",
+                             stage=key)
+        for a in axes:
+            _utf8(str(a), "an axis name", key)
+    if units is not None:
+        _utf8(str(units), "units", key)
+    if isinstance(value, str):
+        _utf8(value, "the text value", key)
+
+
 def tap(
     name: str,
     value: T,
@@ -129,12 +154,22 @@ def tap(
 
     Returns:
         ``value`` itself, so ``y = tap("y", f(x))`` works inline.
+
+    Raises:
+        StageKeyError: at the call, when ``name`` is not a string or the key with its indices is not
+            a valid stage key (an index that is NaN, infinite, an integer of more than 20 digits, or
+            text with a separator such as ``,`` ``=`` ``]``). The recording is not affected: the
+            stages tapped before and after are kept and the trace still closes complete.
+        UsageError: at the call, for axes that are not a sequence, or text that is not valid Unicode.
     """
     writer = _WRITER.get()
     if writer is None:
         return value
+    if not isinstance(name, str):
+        raise StageKeyError(f"a stage name must be a string, not {type(name).__name__}.", stage=repr(name)[:60])
     prefix = _PREFIX.get()
     key = f"{prefix}.{name}" if prefix else name
+    _check_tap(key, value, axes, units)
     frame = sys._getframe(1)
     filename = frame.f_code.co_filename
     try:

@@ -15,10 +15,13 @@ whitespace or control characters, so no key can become a path outside a trace di
 
 from __future__ import annotations
 
+import math
+import operator
 import re
 from collections.abc import Mapping
 
 from ..errors import StageKeyError
+from ..limits import MAX_INT_DIGITS
 
 __all__ = ["validate_key", "make_key", "split_key", "MAX_KEY_LENGTH"]
 
@@ -30,6 +33,7 @@ _KEY_RE = re.compile(rf"^(?P<name>{_SEGMENT}(?:\.{_SEGMENT})*)(?:\[(?P<idx>{_IND
 _NAME_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
 _VALUE_RE = re.compile(rf"^{_VALUE}$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INT_BOUND = 10**MAX_INT_DIGITS
 
 
 def validate_key(key: object) -> str:
@@ -59,17 +63,37 @@ def validate_key(key: object) -> str:
     return key
 
 
-def _format_value(name: str, value: object) -> str:
+def _format_value(name: str, value: object, *, stage: str | None = None) -> str:
+    """The text of one index value in a key; ``stage`` (the key's name) is named in errors.
+
+    Values are ints (at most ``MAX_INT_DIGITS`` digits), finite floats, bools, or strings of
+    letters, digits and ``_+-.:@``: anything else (NaN, infinity, a huge int, a separator such
+    as ``,`` ``=`` ``]``) raises :class:`StageKeyError` here, when the key is made, and never
+    later when the trace is written.
+    """
     if isinstance(value, bool):
         text = str(value).lower()
-    elif isinstance(value, (int, str)) or hasattr(value, "__index__"):
-        text = str(value)
     elif isinstance(value, float):
-        text = repr(value)
+        if not math.isfinite(value):
+            raise StageKeyError(f'index "{name}" must be a finite number, not {float.__repr__(value)}.', stage=stage)
+        text = float.__repr__(value)
+    elif isinstance(value, (int, str)) or hasattr(value, "__index__"):
+        if not isinstance(value, str):
+            try:
+                number = operator.index(value)  # type: ignore[arg-type]
+            except TypeError as e:
+                raise StageKeyError(f'index "{name}" must be an int, float, bool or str, not '
+                                    f"{type(value).__name__}.", stage=stage) from e
+            if not -_INT_BOUND < number < _INT_BOUND:
+                raise StageKeyError(f'index "{name}" is an integer of more than {MAX_INT_DIGITS} digits; expected '
+                                    f"an index of at most {MAX_INT_DIGITS} digits.", stage=stage)
+        text = str(value)
     else:
-        raise StageKeyError(f'index "{name}" must be an int, float, bool or str, not {type(value).__name__}.')
+        raise StageKeyError(f'index "{name}" must be an int, float, bool or str, not {type(value).__name__}.',
+                            stage=stage)
     if not _VALUE_RE.match(text):
-        raise StageKeyError(f'index value {text!r} of "{name}" may only use letters, digits and _+-.:@.')
+        raise StageKeyError(f'index value {text[:60]!r} of "{name}" may only use letters, digits and _+-.:@.',
+                            stage=stage)
     return text
 
 
@@ -86,11 +110,10 @@ def make_key(name: str, indices: Mapping[str, object] | None = None, occurrence:
         raise StageKeyError("a stage name cannot carry its own [indices] or #occurrence here.", stage=str(name))
     key = name
     if indices:
-        parts = []
-        for k in sorted(indices):
-            if not _IDENT_RE.match(k):
-                raise StageKeyError(f"index name {k!r} must be an identifier.", stage=name)
-            parts.append(f"{k}={_format_value(k, indices[k])}")
+        for k in indices:
+            if not isinstance(k, str) or not _IDENT_RE.match(k):
+                raise StageKeyError(f"index name {str(k)[:60]!r} must be an identifier.", stage=name)
+        parts = [f"{k}={_format_value(k, indices[k], stage=name)}" for k in sorted(indices)]
         key += "[" + ",".join(parts) + "]"
     if occurrence:
         key += f"#{int(occurrence)}"
