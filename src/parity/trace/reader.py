@@ -4,7 +4,6 @@ memory-mapped stage arrays."""
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import re
