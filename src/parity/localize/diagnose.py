@@ -471,8 +471,9 @@ def _matrix_groups(out: list[StageDiff], ref: Trace, cand: Trace) -> None:
 
 
 def _printed_precision(out: list[StageDiff], ref: Trace, cand: Trace, config: Any) -> None:
-    digits = [int(t.meta.get("printed_digits", 0) or 0) for t in (ref, cand)]
-    digits = [d for d in digits if d >= 3]
+    # meta is free-form (and may be hostile): only a plain integer counts
+    digits = [t.meta.get("printed_digits") if isinstance(t.meta, dict) else None for t in (ref, cand)]
+    digits = [d for d in digits if type(d) is int and 3 <= d <= 40]
     if not digits:
         return
     d = min(digits)
