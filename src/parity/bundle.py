@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from ._version import __version__
 from .errors import ParityError, UsageError
+from .redact import redact_args
 
 __all__ = [
     "Bundle", "BundleCheck", "BundleCommand", "new_bundle", "open_bundle", "close_bundle", "verify_bundle",
@@ -63,7 +64,6 @@ ENV_SETTINGS = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "O
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERB_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _EXT_RE = re.compile(r"^[a-z0-9]{1,8}$")
-_SECRET_OPT = re.compile(r"^--?[A-Za-z0-9_-]*(token|secret|password|passwd|api[-_]?key|credential|auth)[A-Za-z0-9_-]*$", re.I)
 
 T = TypeVar("T")
 
@@ -93,23 +93,11 @@ def invocation(argv: Sequence[str]) -> Iterator[None]:
 
 def redact_command_line(args: Sequence[str]) -> list[str]:
     """Replace the values of options named like secrets (``--token X``, ``--api-key=X``,
-    ``--password X``...) by ``<redacted>``; every other argument is kept exactly."""
-    out, hide_next = [], False
-    for a in args:
-        if hide_next:
-            out.append("<redacted>")
-            hide_next = False
-            continue
-        opt, eq, _ = a.partition("=")
-        if _SECRET_OPT.match(opt):
-            if eq:
-                out.append(f"{opt}=<redacted>")
-            else:
-                out.append(a)
-                hide_next = True
-            continue
-        out.append(a)
-    return out
+    ``--password X``...) by ``<redacted>``; every other argument is kept exactly.
+
+    The rule is :func:`parity.redact.redact_args`, shared with trace metadata and terminal output.
+    """
+    return redact_args(args)
 
 
 def command_line() -> str:

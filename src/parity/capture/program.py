@@ -3,8 +3,9 @@
 The program's stdout and stderr are read as they arrive (both through pipes, multiplexed with
 :mod:`selectors`, so a chatty program never blocks on a full pipe) and parsed line by line with
 :class:`parity.importers.lines.LineParser`; stages are written as they are parsed. Each stage
-keeps its stream and line number as provenance. The trace records the command line, the exit
-code, line counts and a summary of the environment (the executable's sha256, and the
+keeps its stream and line number as provenance. The trace records the command line (with secrets
+such as ``--password X`` or ``API_KEY=...`` redacted by :func:`parity.redact.redact_args`), the
+exit code, line counts and a summary of the environment (the executable's sha256, and the
 thread-count variables that change numerical results).
 
 A program that exits non-zero, or is killed by the timeout, still leaves a readable trace of
@@ -26,6 +27,7 @@ from typing import IO, Any
 
 from ..errors import CaptureError, UsageError
 from ..importers.lines import LineParser, LineStats, _cr
+from ..redact import redact_args
 from ..trace.writer import TraceWriter
 
 __all__ = ["ProgramResult", "capture_program", "NUMERIC_ENV_VARS"]
@@ -43,7 +45,7 @@ class ProgramResult:
 
     Attributes:
         path: the trace written.
-        argv: the command line run.
+        argv: the command line run, exactly (the trace stores it redacted; print ``redact_args(argv)``).
         returncode: the program's exit status (negative: killed by that signal); ``None`` on timeout.
         stages: number of stages written.
         stats: the line statistics (trace lines, skipped lines, malformed lines...).
@@ -149,12 +151,13 @@ def capture_program(
         exe = shutil.which(exe, path=run_env.get("PATH")) or exe
     elif cwd_s and not os.path.isabs(exe):
         exe = os.path.join(cwd_s, exe)
-    full_meta: dict[str, Any] = {"program": {"argv": argv, "cwd": cwd_s or os.getcwd(),
+    shown = redact_args(argv)  # secrets on the command line never reach the trace (parity.redact)
+    full_meta: dict[str, Any] = {"program": {"argv": shown, "cwd": cwd_s or os.getcwd(),
                                              **_program_environment(exe if os.path.isfile(exe) else None, run_env)},
                                  "format": "lines", "prefixes": list(parser.prefixes)}
     full_meta.update(meta or {})
     # The writer first: a refused output path must not leave a program running.
-    writer = TraceWriter(out, meta=full_meta, producer="parity capture run", command=argv)
+    writer = TraceWriter(out, meta=full_meta, producer="parity capture run", command=shown)
     try:
         proc = subprocess.Popen(argv, cwd=cwd_s, env=run_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from ..errors import StageKeyError, UsageError
+from ..redact import redact_args
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
@@ -50,7 +51,8 @@ def record(
         path: the ``NAME.trace`` directory to write (an existing trace there is replaced).
         meta: JSON-serialisable trace metadata, e.g. ``{"impl": "candidate", "dtype": "f32"}``.
         producer: free text naming what produced the trace.
-        command: the command line to record (default: ``sys.argv``).
+        command: the command line to record (default: ``sys.argv``), stored with secrets redacted
+            (:func:`parity.redact.redact_args`).
         **writer_options: passed to :class:`~parity.trace.writer.TraceWriter` (``buffer_bytes``, ``volatile``).
 
     Yields:
@@ -65,8 +67,7 @@ def record(
         >>> parity.load_trace(path).keys()
         ['layers.0.attn_probs']
     """
-    if command is None:
-        command = list(sys.argv)
+    command = redact_args(list(sys.argv) if command is None else command)  # no secrets in the trace
     writer = TraceWriter(path, meta=meta, producer=producer, command=command, **writer_options)
     token_w = _WRITER.set(writer)
     token_p = _PREFIX.set("")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..capture.program import capture_program
+from ..redact import redact_args, redact_text
 from .capture import capture
 
 EXIT_OK, EXIT_ERROR = 0, 2
@@ -32,21 +33,24 @@ def run_cmd(prefixes, out, cwd, index_fields, timeout, log, streams, argv):
       parity capture run --prefix TRACE_C --out c.trace -- ./sim --steps 10
 
     Exit status: 0 captured, 2 the program failed (non-zero exit, timeout) or printed no trace line.
+
+    Secret-looking arguments (--password X, --token=X, API_KEY=...) are redacted in the trace
+    and in what this command prints; the program itself gets them unchanged.
     """
     r = capture_program(list(argv), out, prefixes=list(prefixes), index_fields=index_fields, cwd=cwd,
                         timeout=timeout, log=log, streams=tuple(streams) or ("stdout", "stderr"))
     st = r.stats
     click.echo(f"{r.path}: {r.stages} stages from {st.trace_lines} trace lines "
-               f"({st.skipped} other lines skipped, {st.malformed} malformed) of {' '.join(r.argv)}")
+               f"({st.skipped} other lines skipped, {st.malformed} malformed) of {' '.join(redact_args(r.argv))}")
     for n, why in st.examples:
-        click.echo(f"  malformed line {n}: {why}", err=True)
+        click.echo(f"  malformed line {n}: {redact_text(why)}", err=True)
     if r.timed_out:
         click.echo(f"error: the program was killed after {timeout} s; the trace is marked incomplete.", err=True)
         sys.exit(EXIT_ERROR)
     if r.returncode != 0:
         click.echo(f"error: the program exited with status {r.returncode}; the trace is marked incomplete.", err=True)
         for line in r.stderr_tail[-10:]:
-            click.echo(f"  stderr: {line}", err=True)
+            click.echo(f"  stderr: {redact_text(line)}", err=True)
         sys.exit(EXIT_ERROR)
     if st.trace_lines == 0:
         click.echo(f"error: the program printed no line starting with {' or '.join(prefixes)}; check --prefix.", err=True)
