@@ -438,3 +438,17 @@ def test_aprt_import_refuses_two_files_giving_one_stage(tmp_path):
         write_aprt(d / sub / "a.bin", np.float32([1]), layer=0)
     with pytest.raises(ImportFormatError, match=r'layer-0/a.bin and layer-00/a.bin both give the stage "layers.0.a"'):
         import_files([d], tmp_path / "t.trace")
+
+
+def test_import_summary_lists_cleaned_log_names_but_the_metadata_does_not(tmp_path, capsys):
+    from parity.cli import main
+
+    log = tmp_path / "x.log"
+    log.write_text("TRACE: ../x=1\nTRACE: _x=2\nTRACE: a\x1b[31m=3\n")
+    report = import_files([log], tmp_path / "r.trace", prefixes=["TRACE"])
+    assert report.stats[0]["renamed"] == 2 and report.stats[0]["collided"] == 1
+    assert "renames" not in parity.load_trace(report.path).meta["imports"][0]
+    assert main(["import", str(log), "--prefix", "TRACE", "--out", str(tmp_path / "c.trace")]) == 0
+    err = capsys.readouterr().err
+    assert "renamed '../x' -> '_x'" in err and "'a\\x1b[31m'" in err and "\x1b" not in err
+    assert "collision: '../x', '_x' all became '_x'" in err

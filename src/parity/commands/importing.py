@@ -41,6 +41,13 @@ def import_cmd(files, out, fmt, prefixes, index_fields, order, follow_symlinks):
         click.echo(line)
         for ex in s.get("malformed_examples", []):
             click.echo(f"    malformed {ex}", err=True)
+        if s.get("renamed"):
+            click.echo(f"    {s['renamed']} values stored under a name other than the printed one:", err=True)
+        for r in s.get("renames", []):
+            click.echo(f"    line {r['line']}: renamed {r['printed']!r} -> {r['stored']!r}", err=True)
+        for c in s.get("collisions", []):
+            click.echo(f"    collision: {', '.join(repr(p) for p in c['printed'])} all became {c['stage']!r} "
+                       "(stored as numbered occurrences)", err=True)
 
 
 @click.command("export")

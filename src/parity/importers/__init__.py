@@ -146,7 +146,9 @@ class ImportReport:
         path: the trace written.
         stages: number of stages.
         formats: the importer used for each input, in order.
-        stats: per input, the importer's statistics (lines read, skipped, malformed...).
+        stats: per input, the importer's statistics (lines read, skipped, malformed...; for a
+            log whose printed names had to be cleaned, ``renamed``/``renames`` and
+            ``collided``/``collisions`` as in :meth:`~parity.importers.lines.LineStats.rename_dict`).
     """
 
     path: str
@@ -206,12 +208,16 @@ def import_files(
         for p, imp in chosen:
             kw = {**options, "follow_symlinks": follow_symlinks} if _accepts(imp.run, "follow_symlinks") else options
             stats.append({"source": p, "format": imp.name, **imp.run(p, writer, **kw)})
-        writer.update_meta(imports=[{k: v for k, v in s.items() if k != "source"} for s in stats])
+        # renamed stages keep their printed names in their provenance: the metadata leaves the lists out
+        writer.update_meta(imports=[{k: v for k, v in s.items() if k not in _NOT_IN_META} for s in stats])
         digits = max((s.get("digits", 0) for s in stats), default=0)
         if digits:
             writer.update_meta(printed_digits=digits)
         n = len(writer.keys)
     return ImportReport(os.fspath(out), n, [imp.name for _, imp in chosen], stats)
+
+
+_NOT_IN_META = frozenset({"source", "renamed", "renames", "collided", "collisions"})
 
 
 # -- built-in importers ----------------------------------------------------------------------------
@@ -220,7 +226,7 @@ def _run_lines(path: str, writer: TraceWriter, *, prefixes=None, index_fields=()
 
     before = len(writer.keys)
     st = import_log(path, writer, prefixes=prefixes, index_fields=index_fields or (), progress=progress)
-    return {"stages": len(writer.keys) - before, **st.to_dict(), "digits": st.digits}
+    return {"stages": len(writer.keys) - before, **st.to_dict(renames=True), "digits": st.digits}
 
 
 def _run_aprt(path: str, writer: TraceWriter, *, order=None, follow_symlinks=False, **_: Any) -> dict[str, Any]:
