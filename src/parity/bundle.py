@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from ._version import __version__
 from .errors import ParityError, UsageError
 from .redact import redact_args
+from .trace._safetensors import load_json
 
 __all__ = [
     "Bundle", "BundleCheck", "BundleCommand", "new_bundle", "open_bundle", "close_bundle", "verify_bundle",
@@ -348,7 +349,7 @@ class Bundle:
         """The recorded commands: ``{"index", "time", "line", "exit", "outputs"}`` each."""
         out: list[dict[str, Any]] = []
         try:
-            with open(self._file(COMMANDS), encoding="utf-8") as f:
+            with open(self._file(COMMANDS), encoding="utf-8", errors="replace") as f:
                 lines = f.read().splitlines()
         except FileNotFoundError:
             return out
@@ -441,22 +442,21 @@ def _lock(f: Any) -> None:
 
 
 def _summary(b: Bundle) -> str:
-    env: dict[str, Any] = {}
     try:
-        with open(b._file(ENV), encoding="utf-8") as f:
-            env = json.load(f)
-    except (OSError, ValueError):
-        pass
-    torch = env.get("torch", {})
-    git = env.get("git") or {}
+        env: Any = _read_json(b._file(ENV), "env.json")
+    except (OSError, ParityError):  # a missing or damaged env.json leaves the facts unknown
+        env = {}
+    torch_version = _dig(env, "torch", "version")
+    git_sha = _dig(env, "git", "sha")
     out = [f"# Evidence bundle: {b.name}", "",
            f"- created: {b.info.get('created')}", f"- closed: {b.info.get('closed_at')}",
-           f"- parity {env.get('parity')}, Python {env.get('python', {}).get('version')}, "
-           f"numpy {env.get('packages', {}).get('numpy')}"
-           + (f", torch {torch.get('version')} (CUDA available: {torch.get('cuda_available')})" if torch.get("version") else ""),
-           f"- platform: {env.get('platform', {}).get('platform')}; CPU: {env.get('cpu', {}).get('model')} "
-           f"× {env.get('cpu', {}).get('count')}",
-           f"- git: {git.get('sha', 'not a git checkout')}" + (" (dirty tree)" if git.get("dirty") else ""),
+           f"- parity {_dig(env, 'parity')}, Python {_dig(env, 'python', 'version')}, "
+           f"numpy {_dig(env, 'packages', 'numpy')}"
+           + (f", torch {torch_version} (CUDA available: {_dig(env, 'torch', 'cuda_available')})" if torch_version else ""),
+           f"- platform: {_dig(env, 'platform', 'platform')}; CPU: {_dig(env, 'cpu', 'model')} "
+           f"× {_dig(env, 'cpu', 'count')}",
+           f"- git: {git_sha if git_sha is not None else 'not a git checkout'}"
+           + (" (dirty tree)" if _dig(env, "git", "dirty") else ""),
            "", "## Commands", ""]
     cmds = b.commands()
     if not cmds:
@@ -476,17 +476,15 @@ def _summary(b: Bundle) -> str:
 
 def _diff_result(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        doc = _read_json(path, "diff output")
+    except (OSError, ParityError):
         return None
     if not isinstance(doc, dict) or doc.get("schema") != "parity.diff":
         return None
-    verdict = "parity holds" if doc.get("passed") else "divergence found"
+    verdict = "parity holds" if doc.get("passed") is True else "divergence found"
     first = doc.get("first_divergence")
-    s = doc.get("summary", {})
-    return (f"{verdict}: {s.get('pass')} pass, {s.get('fail')} fail"
-            + (f"; first divergence `{first}`" if first else ""))
+    return (f"{verdict}: {_dig(doc, 'summary', 'pass')} pass, {_dig(doc, 'summary', 'fail')} fail"
+            + (f"; first divergence `{first}`" if isinstance(first, str) and first else ""))
 
 
 def _stamp(now: _dt.datetime) -> str:
@@ -553,6 +551,45 @@ def new_bundle(name: str, root: str | os.PathLike[str] = ".", *, device: str | N
     return bundle
 
 
+_MAX_JSON_BYTES = 64 * 2**20  # bundle.json, env.json and diff outputs are small
+
+
+def _short(value: object) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, bool, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_json(path: str, what: str) -> Any:
+    """Parse the JSON file ``path`` of a bundle without trusting it (bounded size and nesting, UTF-8,
+    finite numbers only); a file that cannot be read or parsed is a :class:`UsageError` naming it.
+
+    Raises:
+        FileNotFoundError: there is no such file (the caller decides what that means).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise UsageError(f"cannot be read ({e.strerror or e}).", path=path) from e
+    if len(raw) > _MAX_JSON_BYTES:
+        raise UsageError(f"is larger than {_MAX_JSON_BYTES} bytes; the {what} is corrupt.", path=path)
+    doc, bad = load_json(raw, path=path, what=what, error=UsageError)
+    if bad:
+        raise UsageError(f"holds a non-finite number ({bad[0]}); the {what} is corrupt.", path=path)
+    return doc
+
+
+def _dig(doc: Any, *keys: str) -> Any:
+    """``doc[k1][k2]...`` where every level is a dict, else None (env.json and outputs are data)."""
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
 def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     """Open an existing bundle folder.
 
@@ -562,18 +599,20 @@ def open_bundle(path: str | os.PathLike[str]) -> Bundle:
     path = os.fspath(path)
     marker = os.path.join(path, MARKER)
     try:
-        with open(marker, encoding="utf-8") as f:
-            info = json.load(f)
+        info = _read_json(marker, "bundle.json")
     except FileNotFoundError:
         raise UsageError("is not an evidence bundle (no bundle.json); create one with `parity bundle new NAME` and "
                          "pass the folder it prints.", path=path) from None
-    except (OSError, ValueError) as e:
-        raise UsageError(f"bundle.json cannot be read ({e}).", path=path) from e
     if not isinstance(info, dict) or info.get("format") != BUNDLE_FORMAT:
-        raise UsageError(f'bundle.json does not say "format": "{BUNDLE_FORMAT}"; this is not a parity bundle.', path=path)
-    if not isinstance(info.get("schema_version"), int) or info["schema_version"] > BUNDLE_SCHEMA_VERSION:
-        raise UsageError(f"bundle.json has schema_version {info.get('schema_version')!r}; this parity reads "
-                         f"version {BUNDLE_SCHEMA_VERSION} (upgrade parity).", path=path)
+        raise UsageError(f'does not say "format": "{BUNDLE_FORMAT}"; this is not a parity bundle.', path=marker)
+    version = info.get("schema_version")
+    if type(version) is not int or not 1 <= version <= BUNDLE_SCHEMA_VERSION:
+        raise UsageError(f"has schema_version {_short(version)}; this parity reads version {BUNDLE_SCHEMA_VERSION} "
+                         "(upgrade parity if the bundle is newer).", path=marker)
+    for key, kinds in (("name", (str,)), ("created", (str,)), ("closed", (bool,)), ("closed_at", (str,))):
+        if key in info and info[key] is not None and type(info[key]) not in kinds:
+            raise UsageError(f'"{key}" must be a {kinds[0].__name__}, not {_short(info[key])}; the file is corrupt.',
+                             path=marker)
     return Bundle(path, info)
 
 
@@ -637,13 +676,30 @@ def bundle_option(f: Callable[..., T]) -> Callable[..., T]:
                              "its outputs there.")(f)
 
 
-def _exit_code(e: BaseException) -> int | str:
+_EXIT_ERROR, _EXIT_INTERNAL, _EXIT_INTERRUPTED = 2, 3, 130  # parity.cli's EXIT_ERROR, EXIT_INTERNAL; SIGINT
+
+
+def _exit_code(e: BaseException) -> int:
+    """The exit status ``parity`` gives for ``e`` (as :func:`parity.cli.main` maps it): 2 for a
+    ParityError, a usage error or an OSError, 3 for anything else (parity's own fault), never
+    1, which means "divergence found" and nothing else."""
     if isinstance(e, SystemExit):
         code = e.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    if isinstance(e, ParityError):
-        return 2
-    return f"error ({type(e).__name__})"
+    try:
+        import click
+    except ImportError:  # pragma: no cover - click is a dependency
+        click = None  # type: ignore[assignment]
+    if click is not None:
+        if isinstance(e, click.exceptions.Exit):
+            return int(e.exit_code)
+        if isinstance(e, (click.ClickException, click.exceptions.Abort)):
+            return _EXIT_ERROR
+    if isinstance(e, (ParityError, OSError)):
+        return _EXIT_ERROR
+    if isinstance(e, KeyboardInterrupt):
+        return _EXIT_INTERRUPTED
+    return _EXIT_INTERNAL
 
 
 @contextmanager
