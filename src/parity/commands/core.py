@@ -283,12 +283,15 @@ def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
 @click.command("demo")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Keep the demo traces in this directory.")
 @click.option("--fixed", is_flag=True, help="Record a candidate without the injected bug.")
-def demo_cmd(out, fixed):
+@bundle_option
+def demo_cmd(out, fixed, bundle_dir):
     """Record two built-in NumPy transformer implementations and show where they diverge."""
     from ..demo import INJECTED_STAGE, write_demo_traces
 
     console = _console()
-    with tempfile.TemporaryDirectory(prefix="parity-demo-") as tmp:
+    if bundle_dir is not None:  # keep what the terminal shows as evidence too
+        console = Console(highlight=False, soft_wrap=False, record=True)
+    with bundle_command(bundle_dir, "demo") as rec, tempfile.TemporaryDirectory(prefix="parity-demo-") as tmp:
         directory = out or tmp
         ref, cand, config = write_demo_traces(directory, fixed=fixed)
         console.print("[bold]parity demo[/bold]: a float64 reference transformer and a float32 port with one bug "
@@ -309,6 +312,9 @@ def demo_cmd(out, fixed):
                 console.print(f"\n[red]demo failed: expected first divergence {INJECTED_STAGE}, got {first.key if first else None}[/red]")
         if out:
             console.print(f"traces kept in {out}/  (try: parity diff {ref} {cand} --config {config})")
+        if rec is not None:
+            rec.write("txt", console.export_text())
+            rec.write("json", render_json(result) + "\n")
     sys.exit(EXIT_OK if ok else 2)
 
 
