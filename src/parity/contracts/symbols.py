@@ -136,9 +136,33 @@ def _normalize(symbol: str) -> str:
 
 # -- Python --------------------------------------------------------------------------------------
 
+def _parse_python(text: str) -> ast.Module:
+    try:
+        return ast.parse(text)
+    except SystemError:
+        # CPython 3.11 can report "AST constructor recursion depth mismatch" in a thread that
+        # caught a RecursionError earlier; a fresh thread starts with a clean recursion count.
+        import threading
+
+        box: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                box["tree"] = ast.parse(text)
+            except Exception as e:  # noqa: BLE001 - re-raised below in the calling thread
+                box["error"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["tree"]  # type: ignore[return-value]
+
+
 def _python(defs: FileDefs, text: str) -> None:
     try:
-        tree = ast.parse(text)
+        tree = _parse_python(text)
     except (SyntaxError, ValueError) as e:
         defs.error = f"not valid Python ({e.__class__.__name__}: line {getattr(e, 'lineno', '?')})"
         for m in re.finditer(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)", text, re.M):
