@@ -429,3 +429,13 @@ def test_unknown_stage_lookup(good_trace):
     t = load_trace(good_trace)
     with pytest.raises(parity.StageNotFoundError, match='stage "nope": no such stage'):
         t["nope"]
+
+
+def test_big_endian_arrays_keep_their_values(tmp_path):
+    path = tmp_path / "be.trace"
+    with parity.record(path):
+        parity.tap("a", np.arange(3, dtype=">f4"))
+        parity.tap("b", np.array([1, -2, 3], dtype=">i8"))
+    t = parity.load_trace(path)
+    assert t["a"].tolist() == [0.0, 1.0, 2.0] and t["a"].dtype == np.float32
+    assert t["b"].tolist() == [1, -2, 3]

@@ -57,6 +57,8 @@ def as_array(value: object, *, stage: str | None = None) -> tuple[np.ndarray, DT
             arr = np.asarray(value)  # JAX, CuPy (via __array__), lists, tuples, NumPy scalars
         except Exception as e:  # noqa: BLE001 - any conversion failure is a usage error here
             raise UsageError(f"cannot convert a {type(value).__name__} to an array ({e}).", stage=stage) from e
+    if not arr.dtype.isnative:  # big-endian data (e.g. from a foreign dump): stored little-endian, same values
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     try:
         d = dtype_of_array(arr)
     except TypeError as e:
