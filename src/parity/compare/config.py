@@ -34,6 +34,7 @@ import os
 import re
 import stat
 import tomllib
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,7 +338,9 @@ def _check_rename(pattern: str, repl: str, source: str | None) -> None:
         raise ConfigError(f"{entry} is not a valid regular expression (groups nest deeper than {MAX_NESTING} levels).",
                           path=source)
     try:
-        rx = re.compile(pattern)
+        with warnings.catch_warnings():  # FutureWarning "possible nested set": a valid pattern, compiled (and cached) once
+            warnings.simplefilter("ignore", FutureWarning)
+            rx = re.compile(pattern)
     except (re.error, OverflowError) as e:
         raise ConfigError(f"{entry} is not a valid regular expression ({e}).", path=source) from e
     names = {index: name for name, index in rx.groupindex.items()}
