@@ -109,3 +109,19 @@ def test_bundle_json_round_trips(b):
     with open(_marker(b), encoding="utf-8") as f:
         assert json.load(f)["closed"] is True
     assert verify_bundle(b.path).ok
+
+
+def test_deeply_nested_folders_do_not_recurse(b):
+    path = b.path
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        for _ in range(1500):  # relative steps: deeper than the recursion limit, within PATH_MAX per call
+            os.mkdir("d")
+            os.chdir("d")
+        with open("leaf.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.chdir(cwd)
+    check = close_bundle(b.path)
+    assert check.ok and check.checked >= 4

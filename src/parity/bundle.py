@@ -248,17 +248,29 @@ def _sha256(path: str) -> str:
 
 
 def _walk(root: str) -> tuple[list[str], list[str]]:
-    """Relative paths of the regular files under ``root`` and of anything else (links, sockets)."""
+    """Relative paths of the regular files under ``root`` and of anything else (links, sockets).
+
+    Iterative (``os.walk`` recurses in Python 3.11, so a hostile tree of thousands of nested
+    folders would raise RecursionError); links are never followed.
+    """
     files, odd = [], []
-    for dirpath, dirnames, names in os.walk(root, followlinks=False):
-        for d in list(dirnames):
-            if os.path.islink(os.path.join(dirpath, d)):
-                odd.append(os.path.relpath(os.path.join(dirpath, d), root).replace(os.sep, "/"))
-                dirnames.remove(d)
-        for n in names:
-            full = os.path.join(dirpath, n)
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-            (files if os.path.isfile(full) and not os.path.islink(full) else odd).append(rel)
+    todo = [root]
+    while todo:
+        dirpath = todo.pop()
+        try:
+            entries = sorted(os.scandir(dirpath), key=lambda e: e.name)
+        except OSError:  # as os.walk: an unreadable folder's files show up as missing
+            continue
+        for entry in entries:
+            rel = os.path.relpath(entry.path, root).replace(os.sep, "/")
+            if entry.is_symlink():
+                odd.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                files.append(rel)
+            else:
+                odd.append(rel)
     return sorted(files), sorted(odd)
 
 
