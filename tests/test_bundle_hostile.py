@@ -112,16 +112,27 @@ def test_bundle_json_round_trips(b):
 
 
 def test_deeply_nested_folders_do_not_recurse(b):
-    path = b.path
+    depth = 1100  # deeper than the recursion limit, within PATH_MAX (relative steps)
     cwd = os.getcwd()
-    os.chdir(path)
+    os.chdir(b.path)
     try:
-        for _ in range(1500):  # relative steps: deeper than the recursion limit, within PATH_MAX per call
+        for _ in range(depth):
             os.mkdir("d")
             os.chdir("d")
         with open("leaf.txt", "w") as f:
             f.write("x")
-    finally:
         os.chdir(cwd)
-    check = close_bundle(b.path)
-    assert check.ok and check.checked >= 4
+        check = close_bundle(b.path)
+        assert check.ok and check.checked >= 4
+    finally:  # remove the tree without recursion (pytest's cleanup would recurse)
+        os.chdir(b.path)
+        levels = 0
+        while os.path.isdir("d"):
+            os.chdir("d")
+            levels += 1
+        if os.path.exists("leaf.txt"):
+            os.remove("leaf.txt")
+        for _ in range(levels):
+            os.chdir("..")
+            os.rmdir("d")
+        os.chdir(cwd)
