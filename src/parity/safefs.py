@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import os
+import stat
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,9 +37,30 @@ NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
-    """Whether ``path``, with every symbolic link resolved, lies inside directory ``root`` (resolved too)."""
-    r = os.path.realpath(root)
-    p = os.path.realpath(path)
+    """Whether ``path``, with every symbolic link resolved, lies inside directory ``root`` (resolved too).
+
+    Fast path: a path written under ``root`` whose components below ``root`` are none of them
+    links (one ``lstat`` each) is inside, whatever ``root`` itself resolves to; only paths with a
+    link below ``root`` (or ``..``) are resolved in full.
+    """
+    root_s, path_s = os.fspath(root), os.fspath(path)
+    rel = os.path.relpath(os.path.abspath(path_s), os.path.abspath(root_s))
+    if rel == os.curdir:
+        return True
+    parts = rel.split(os.sep)
+    if os.pardir not in parts:
+        cur = root_s
+        for part in parts:
+            cur = os.path.join(cur, part)
+            try:
+                if stat.S_ISLNK(os.lstat(cur).st_mode):
+                    break
+            except OSError:  # missing: nothing to follow, so it cannot lead out
+                return True
+        else:
+            return True
+    r = os.path.realpath(root_s)
+    p = os.path.realpath(path_s)
     return p == r or p.startswith(r.rstrip(os.sep) + os.sep)
 
 

@@ -132,9 +132,11 @@ def write_aprt(path: str | os.PathLike[str], values: object, layer: int | None =
     atomic_write(path, data)
 
 
-def _listdir(path: str) -> list[str]:
+def _entries(path: str) -> list[os.DirEntry[str]]:
+    """The entries of a directory, sorted by name (``is_symlink()`` then costs no system call)."""
     try:
-        return sorted(os.listdir(path))
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
     except OSError as e:
         raise ImportFormatError(f"cannot be listed ({e.strerror or e}).", path=path) from e
 
@@ -149,28 +151,31 @@ def _scan(root: str, follow_symlinks: bool = False) -> dict[str, tuple[str, int 
     found: dict[str, tuple[str, int | None]] = {}
     owner: dict[str, str] = {}
 
-    def add(rel: str, full: str, key: str, layer: int | None) -> None:
-        check_inside(root, full, follow_symlinks=follow_symlinks, error=ImportFormatError)
+    def add(rel: str, entry: os.DirEntry[str], key: str, layer: int | None) -> None:
+        # only a link can lead out: the folders above it are root itself or checked layer-N/ folders
+        if entry.is_symlink():
+            check_inside(root, entry.path, follow_symlinks=follow_symlinks, error=ImportFormatError)
         if key in owner:
             raise ImportFormatError(f'{owner[key]} and {rel} both give the stage "{key}"; rename one of them.',
                                     path=root)
         owner[key] = rel
         found[rel] = (key, layer)
 
-    for name in _listdir(root):
-        full = os.path.join(root, name)
+    for entry in _entries(root):
+        name, full = entry.name, entry.path
         m = _LAYER_DIR.match(name)
-        if m and os.path.isdir(full):
-            check_inside(root, full, follow_symlinks=follow_symlinks, error=ImportFormatError, what="directory")
+        if m and entry.is_dir():
+            if entry.is_symlink():
+                check_inside(root, full, follow_symlinks=follow_symlinks, error=ImportFormatError, what="directory")
             if len(m.group(1)) > MAX_INT_DIGITS:
                 raise ImportFormatError(f"the layer number of {name}/ has more than {MAX_INT_DIGITS} digits; an APRT "
                                         "layer is a u32.", path=full)
             layer = int(m.group(1))
-            for sub in _listdir(full):
-                if sub.endswith(".bin") and os.path.isfile(os.path.join(full, sub)):
-                    add(f"{name}/{sub}", os.path.join(full, sub), f"layers.{layer}.{sub[:-4]}", layer)
-        elif name.endswith(".bin") and os.path.isfile(full):
-            add(name, full, name[:-4], None)
+            for sub in _entries(full):
+                if sub.name.endswith(".bin") and sub.is_file():
+                    add(f"{name}/{sub.name}", sub, f"layers.{layer}.{sub.name[:-4]}", layer)
+        elif name.endswith(".bin") and entry.is_file():
+            add(name, entry, name[:-4], None)
     return found
 
 
