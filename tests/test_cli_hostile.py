@@ -220,3 +220,27 @@ def test_os_error_exits_2(monkeypatch, good, capsys):
     monkeypatch.setattr(core, "compare_traces", denied)
     code, text = _run(capsys, ["diff", good, good])
     assert code == EXIT_ERROR and "/x/manifest.json: Permission denied" in text
+
+
+def test_leftover_boundaries(tmp_path, capsys):
+    """Smaller holes found while hardening: each is a ParityError (exit 2), never a raw exception."""
+    import numpy as np
+    import pytest
+
+    import parity
+    from parity.compare.tolerance import ToleranceRules
+    from parity.errors import ConfigError, StageKeyError, UsageError
+
+    path = tmp_path / "t.trace"
+    with parity.record(path, command=["prog", "--token", "s3cret"]):
+        with pytest.raises(UsageError, match="does not fit in 64 bits"):
+            parity.tap("big", 10**400)
+        parity.tap("ok", np.ones(2))
+    t = parity.load_trace(path)
+    assert t.complete and t.keys() == ["ok"] and "s3cret" not in json.dumps(t.manifest)
+    with pytest.raises(ConfigError, match="finite"):
+        ToleranceRules.build({"cosine_min": float("nan")})
+    w = parity.TraceWriter(tmp_path / "b.trace")
+    with pytest.raises(StageKeyError):
+        w.add_batch(["x"], [(1,)], np.ones(1), indices=[{"i": 10**30}])
+    w.close()

@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e}", err=True)
         return EXIT_ERROR
     except SystemExit as e:  # a command's own sys.exit(code)
-        return int(e.code or 0)
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        click.echo(f"error: {e.code}", err=True)  # sys.exit("message"): a failure, with its message
+        return EXIT_ERROR
     except OSError as e:  # the environment refused: a missing permission, a full disk, a vanished file
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)

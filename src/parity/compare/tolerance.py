@@ -90,7 +90,9 @@ def _check_fields(where: str, d: Mapping[str, object]) -> dict[str, float]:
     for k, v in d.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{where}: {k} must be a number, not {v!r}.")
-        if k in ("rtol", "atol") and (v < 0 or v != v):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: {k} must be a finite number, not {v!r}.")
+        if k in ("rtol", "atol") and v < 0:
             raise ConfigError(f"{where}: {k} must be a non-negative number, not {v!r}.")
         out[k] = float(v)
     return out

@@ -32,6 +32,10 @@ def _torch_to_numpy(t) -> tuple[np.ndarray, DType]:
     return arr, dtype_of_array(arr)
 
 
+def _short_int(v: int) -> str:
+    return f"with {v.bit_length()} bits" if v.bit_length() > 200 else repr(v)
+
+
 def as_array(value: object, *, stage: str | None = None) -> tuple[np.ndarray, DType] | str:
     """Return ``(array, dtype)`` for a tapped value, or the string itself for a text value.
 
@@ -49,7 +53,10 @@ def as_array(value: object, *, stage: str | None = None) -> tuple[np.ndarray, DT
     elif isinstance(value, bool):
         arr = np.asarray(value, dtype=np.bool_)
     elif isinstance(value, int):
-        arr = np.asarray(value, dtype=np.int64)
+        if not -(1 << 63) <= value < (1 << 64):
+            raise UsageError(f"the integer {_short_int(value)} does not fit in 64 bits; store it as a float or a string.",
+                             stage=stage)
+        arr = np.asarray(value, dtype=np.int64 if value < (1 << 63) else np.uint64)
     elif isinstance(value, float):
         arr = np.asarray(value, dtype=np.float64)
     else:

@@ -40,7 +40,8 @@ from ..safefs import NOFOLLOW, atomic_file, atomic_write, open_new, refuse_symli
 from .checksum import crc32, crc32_combine, crc32_hex
 from .convert import as_array
 from .dtypes import DTYPES, DType
-from .keys import _IDENT_RE, MAX_KEY_LENGTH, _format_value, make_key, split_key, validate_key
+from ..redact import redact_args
+from .keys import _IDENT_RE, _INT_BOUND, MAX_KEY_LENGTH, _format_value, make_key, split_key, validate_key
 
 try:
     import fcntl
@@ -510,7 +511,8 @@ class TraceWriter:
         self.path = os.fspath(path)
         self._meta = dict(_jsonable(dict(meta or {}), "trace meta"))
         self._producer = producer
-        self._command = list(command) if command is not None else None
+        # secret-looking arguments never reach the manifest, whichever producer passed them
+        self._command = redact_args([str(a) for a in command]) if command is not None else None
         self._buffer_limit = max(int(buffer_bytes), 1)
         self._direct_threshold = max(self._buffer_limit // 4, 1)
         self._volatile = volatile
@@ -1054,7 +1056,8 @@ class TraceWriter:
                             raise StageKeyError(f"index name {k!r} must be an identifier.", stage=name)
                         names_ok.add(k)
                     v = ind[k]  # type: ignore[index]
-                    parts.append(k + "=" + (int.__repr__(v) if type(v) is int else _format_value(k, v)))
+                    parts.append(k + "=" + (int.__repr__(v) if type(v) is int and -_INT_BOUND < v < _INT_BOUND
+                                            else _format_value(k, v)))
                 suffix = "[" + ",".join(parts) + "]"
                 full = ind  # type: ignore[assignment]
                 last = ind
