@@ -42,12 +42,20 @@ def test_json_output(traces, capsys):
     assert [s["key"] for s in doc["stages"]] == ["a", "b"]
 
 
-def test_config_errors_exit_2(traces, tmp_path, capsys):
+def test_unused_config_entries_warn_and_fail_only_under_strict(traces, tmp_path, capsys):
     ref, same, _ = traces
     cfg = tmp_path / "c.toml"
     cfg.write_text('[tolerance.stages]\n"zzz*" = { rtol = 1 }\n')
-    assert main(["diff", ref, same, "--config", str(cfg)]) == 2
+    assert main(["diff", ref, same, "--config", str(cfg)]) == 0  # one project config serves several pairs
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: 1 unused config entries" in out and 'pattern "zzz*" matches no stage' in out
+    assert main(["diff", ref, same, "--config", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unused_config"] == ['[tolerance.stages] pattern "zzz*" matches no stage']
+    assert main(["diff", ref, same, "--config", str(cfg), "--strict"]) == 2
     assert 'pattern "zzz*" matches no stage' in capsys.readouterr().err
+    cfg.write_text('[aliases]\nbb = "b"\n')  # a typo of an existing name: the closest stage is suggested
+    assert main(["diff", ref, same, "--config", str(cfg), "--strict"]) == 2
+    assert '"bb" matches no candidate stage (did you mean "b"?)' in capsys.readouterr().err
 
 
 def test_show(traces, capsys):

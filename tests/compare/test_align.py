@@ -127,7 +127,7 @@ def test_transform_errors_name_the_stage_and_the_rule(tmp_path, transforms, mess
     ref = _rec(tmp_path / "r.trace", {"m": (np.ones((3, 4)), None, None)})
     cand = _rec(tmp_path / "c.trace", {"m": (np.ones((3, 4)), None, None)})
     with pytest.raises(ConfigError, match=message):
-        compare_traces(ref, cand, transforms=transforms)
+        compare_traces(ref, cand, transforms=transforms, strict=True)  # strict: an unused pattern is an error too
 
 
 def test_renames_apply_in_order_before_aliases_and_are_checked(tmp_path):
@@ -137,8 +137,9 @@ def test_renames_apply_in_order_before_aliases_and_are_checked(tmp_path):
     assert apply_renames("model.layers.3.mlp.out", list(renames.items())) == "layers.3.mlp"
     diff = compare_traces(ref, cand, rename=renames, aliases={"mlp": "ffn_out"})
     assert diff.passed and not diff.missing and diff["layers.3.ffn_out"].cand.key == "model.layers.3.mlp.out"
+    assert compare_traces(ref, cand, rename={"^nomatch": "x"}).unused_config == ('[rename] "^nomatch" matches no candidate stage',)
     with pytest.raises(ConfigError, match=r'\[rename\] "\^nomatch" matches no candidate stage'):
-        compare_traces(ref, cand, rename={"^nomatch": "x"})
+        compare_traces(ref, cand, rename={"^nomatch": "x"}, strict=True)
     with pytest.raises(ConfigError, match='turns candidate stage "model.layers.3.mlp.out" into "model/layers'):
         compare_traces(ref, cand, rename={r"\.": "/"})
     with pytest.raises(ConfigError, match="is not a valid regular expression"):

@@ -101,10 +101,12 @@ def test_tolerance_overrides_and_aliases(make_trace):
     diff = compare_traces(ref, cand, aliases={"attn_weights": "attn_probs"}, stages={"layers.*.attn_probs": {"rtol": 1e-3}})
     assert diff.passed and diff["layers.0.attn_probs"].cand.key == "layers.0.attn_weights"
     assert diff["layers.0.attn_probs"].tolerance.rtol == 1e-3
-    with pytest.raises(ConfigError, match='tolerance pattern "layers.\\*.nope" matches no stage'):
-        compare_traces(ref, cand, stages={"layers.*.nope": {"rtol": 1}})
+    with pytest.raises(ConfigError, match='pattern "layers.\\*.nope" matches no stage'):
+        compare_traces(ref, cand, stages={"layers.*.nope": {"rtol": 1}}, strict=True)
     with pytest.raises(ConfigError, match='"ghost" matches no candidate stage'):
-        compare_traces(ref, cand, aliases={"ghost": "x"})
+        compare_traces(ref, cand, aliases={"ghost": "x"}, strict=True)
+    warned = compare_traces(ref, cand, aliases={"ghost": "x"})
+    assert warned.unused_config == ('[aliases] "ghost" matches no candidate stage',)
 
 
 def test_expected_divergence_is_reported_not_failed(make_trace):

@@ -29,6 +29,7 @@ Example ``parity.toml``::
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -196,31 +197,64 @@ class CompareConfig:
                 return reason
         return None
 
-    def check_patterns(self, ref_keys: Iterable[str], cand_keys: Iterable[str]) -> None:
-        """Raise :class:`ConfigError` for any pattern or alias that matches no stage."""
+    def unused_entries(self, ref_keys: Iterable[str], cand_keys: Iterable[str]) -> list[str]:
+        """One line per config entry that matches nothing in this pair of traces, with the
+        closest stage name when one looks like a typo.
+
+        A project config serves several trace pairs, so an unused entry is a warning in every
+        report; ``strict`` (or :meth:`check_patterns`) makes it an error.
+
+        >>> cfg = CompareConfig.from_dict({"tolerance": {"stages": {"layer.*.attn": {"rtol": 1e-3}}}})
+        >>> cfg.unused_entries(["layers.0.attn"], [])
+        ['[tolerance.stages] pattern "layer.*.attn" matches no stage (did you mean "layers.0.attn"?)']
+        """
         ref_keys, cand_keys = list(ref_keys), list(cand_keys)
-        src = self.source
-        try:
-            self.tolerance.check_patterns(ref_keys)
-        except ConfigError as e:
-            raise ConfigError(e.message, path=src) from None
+        out: list[str] = []
+
+        def hint(pattern: str, keys: list[str]) -> str:
+            close = difflib.get_close_matches(pattern.replace("*", "").replace("?", ""), keys, n=1, cutoff=0.6)
+            if not close:
+                close = difflib.get_close_matches(pattern, keys, n=1, cutoff=0.6)
+            return f' (did you mean "{close[0]}"?)' if close else ""
+
+        for pattern, _ in self.tolerance.stages:
+            rx = glob_to_regex(pattern)
+            if not any(rx.match(k) for k in ref_keys):
+                out.append(f'[tolerance.stages] pattern "{pattern}" matches no stage{hint(pattern, ref_keys)}')
         for kind, patterns in (("ignore", self.ignore), ("expected", list(self.expected))):
             for p in patterns:
                 rx = glob_to_regex(p)
                 if not any(rx.match(k) for k in ref_keys + cand_keys):
-                    raise ConfigError(f'[{kind}] pattern "{p}" matches no stage.', path=src)
+                    out.append(f'[{kind}] pattern "{p}" matches no stage{hint(p, ref_keys + cand_keys)}')
         for pattern, _ in self.renames:
             rx = re.compile(pattern)
             if not any(rx.search(k) for k in cand_keys):
-                raise ConfigError(f'[rename] "{pattern}" matches no candidate stage.', path=src)
+                out.append(f'[rename] "{pattern}" matches no candidate stage')
         renamed = [apply_renames(k, self.renames) for k in cand_keys] if self.renames else cand_keys
+        names = sorted({_name_of(k) for k in renamed} - {None})
         for alias in self.aliases:
-            if not any(split_key(k)[0] == alias or split_key(k)[0].endswith("." + alias) for k in renamed):
-                raise ConfigError(f'[aliases] "{alias}" matches no candidate stage.', path=src)
+            if not any(n == alias or n.endswith("." + alias) for n in names):
+                out.append(f'[aliases] "{alias}" matches no candidate stage{hint(alias, names)}')
         for t in self.transforms:
             rx = glob_to_regex(t.pattern)
             if not any(rx.match(k) for k in ref_keys):
-                raise ConfigError(f'[transforms] pattern "{t.pattern}" matches no reference stage.', path=src)
+                out.append(f'[transforms] pattern "{t.pattern}" matches no reference stage{hint(t.pattern, ref_keys)}')
+        return out
+
+    def check_patterns(self, ref_keys: Iterable[str], cand_keys: Iterable[str]) -> None:
+        """Raise :class:`ConfigError` listing every entry that matches no stage (``--strict``)."""
+        unused = self.unused_entries(ref_keys, cand_keys)
+        if unused:
+            raise ConfigError("config entries match nothing in these traces (an error under strict): "
+                              + "; ".join(unused) + ".", path=self.source)
+
+
+def _name_of(key: str) -> str | None:
+    """The name part of a key, or None when a rename made it invalid (rename_candidate reports that)."""
+    try:
+        return split_key(key)[0]
+    except StageKeyError:
+        return None
 
 
 _MAX_CONFIG_BYTES = 16 * 2**20  # a comparison config is a few kilobytes; more is not a config

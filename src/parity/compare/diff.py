@@ -185,6 +185,7 @@ class TraceDiff:
         strict: whether stages present on one side only fail the comparison.
         ref_complete, cand_complete: whether each capture finished.
         ignored: number of stages left out by ``[ignore]``.
+        unused_config: config entries that match nothing in this pair (warnings; errors under ``strict``).
         config_source: the config file used, if any.
 
     Example:
@@ -207,6 +208,7 @@ class TraceDiff:
     ignored: int = 0
     config_source: str | None = None
     tool_version: str = __version__
+    unused_config: tuple[str, ...] = ()
 
     @property
     def compared(self) -> list[StageDiff]:
@@ -293,6 +295,7 @@ class TraceDiff:
             "config": self.config_source,
             "first_divergence": first.key if first else None,
             "summary": self.summary(),
+            "unused_config": list(self.unused_config),
             "stages": [s.to_dict() for s in self.stages],
         }
 
@@ -311,6 +314,7 @@ class TraceDiff:
             strict=bool(d.get("strict", False)), ref_complete=bool(d["ref"].get("complete", True)),
             cand_complete=bool(d["cand"].get("complete", True)), ignored=int(d.get("summary", {}).get("ignored", 0)),
             config_source=d.get("config"), tool_version=d.get("tool_version", __version__),
+            unused_config=tuple(str(u) for u in d.get("unused_config") or ()),
         )
 
 
@@ -495,7 +499,9 @@ def compare_traces(
         cfg = load_config(config)
     cfg = cfg.merged(rtol=rtol, atol=atol, stages=stages, aliases=aliases, ignore=ignore, expected=expected, strict=strict,
                      rename=rename, transforms=transforms)
-    cfg.check_patterns(rt.keys(), ct.keys())
+    unused = cfg.unused_entries(rt.keys(), ct.keys())
+    if unused and cfg.strict:
+        cfg.check_patterns(rt.keys(), ct.keys())  # raises, listing them all
     diagnoser = _default_diagnoser() if diagnose else None
     floor = load_noise_floor(noise_floor) if isinstance(noise_floor, (str, os.PathLike)) else noise_floor
 
@@ -539,4 +545,5 @@ def compare_traces(
     if diagnose:
         results = _trace_diagnoses(results, rt, ct, cfg)
     return TraceDiff(ref_path=rt.path, cand_path=ct.path, stages=tuple(results), strict=cfg.strict,
-                     ref_complete=rt.complete, cand_complete=ct.complete, ignored=ignored, config_source=cfg.source)
+                     ref_complete=rt.complete, cand_complete=ct.complete, ignored=ignored, config_source=cfg.source,
+                     unused_config=tuple(unused))

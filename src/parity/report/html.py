@@ -778,6 +778,10 @@ def render_html(
     body.append(f"<tr><td>parity</td><td>{_e(diff.tool_version)}</td></tr></table>")
     if note:
         body.append(f'<p class="note">{_e(note)}</p>')
+    if diff.unused_config:
+        body.append(f'<p class="note">Unused config entries ({len(diff.unused_config)}): they match nothing in these '
+                    "traces (<code>--strict</code> makes them errors).</p><ul>"
+                    + "".join(f"<li>{_e(u)}</li>" for u in diff.unused_config) + "</ul>")
     if diff.nothing_compared:
         body.append('<h2>Nothing compared</h2>')
         body += [f'<p class="note">{_e(line.strip())}</p>' for line in describe_nothing_compared(diff)]

@@ -152,6 +152,9 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
     out += [f"| result | {result} |", f"| parity | {diff.tool_version} |", ""]
     if note:
         out += [f"> {_esc(note)}", ""]
+    if diff.unused_config:
+        out += [f"**Unused config entries ({len(diff.unused_config)})**: they match nothing in these traces "
+                "(`--strict` makes them errors).", ""] + [f"- {_esc(u)}" for u in diff.unused_config] + [""]
 
     details = detail_stages(diff, max_detail)
     if first is not None:

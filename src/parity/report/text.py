@@ -231,6 +231,11 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     if not diff.ref_complete or not diff.cand_complete:
         which = [n for n, ok in (("reference", diff.ref_complete), ("candidate", diff.cand_complete)) if not ok]
         console.print(Text(f"warning: the {' and '.join(which)} trace is incomplete (capture interrupted).", style="yellow"))
+    if diff.unused_config:
+        console.print(Text(f"warning: {len(diff.unused_config)} unused config entries (they match nothing in these "
+                           "traces; --strict makes them errors):", style="yellow"))
+        for u in diff.unused_config:
+            console.print(Text(f"  {u}", style="yellow"))
     for line in describe_nothing_compared(diff):
         console.print(Text(line, style="bold red" if line.startswith("Nothing") else None))
     for line in describe_first_divergence(diff):
