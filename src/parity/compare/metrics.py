@@ -44,6 +44,7 @@ land in :attr:`StageMetrics.extra`.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -590,6 +591,11 @@ def _ordered(fn: Callable[[int, int], tuple], ranges: list[tuple[int, int]], thr
             yield window.popleft().result()
 
 
+@functools.lru_cache(maxsize=1)
+def _default_threads() -> int:
+    return min(2, os.cpu_count() or 1)  # os.cpu_count() is a system call: once per process
+
+
 def _check_tol(name: str, v: float) -> float:
     try:
         v = float(v)
@@ -668,7 +674,7 @@ def compute_metrics(
         raise UsageError("the C kernel parity.compare._kernel is not built (reinstall parity with a C "
                            "compiler available), use backend='numpy' or 'auto'")
     if threads is None:
-        threads = min(2, os.cpu_count() or 1)
+        threads = _default_threads()
     elif not isinstance(threads, int) or threads < 1:
         raise UsageError(f"threads must be a positive integer, not {threads!r}")
     if chunk_elements is not None and (not isinstance(chunk_elements, int) or chunk_elements < 1):
