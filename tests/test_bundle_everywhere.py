@@ -34,3 +34,21 @@ def test_import_export_demo_align_report_record_into_one_bundle(tmp_path, capsys
     assert [str(c["exit"]) for c in commands] == ["0", "0", "0", "0", "1", "1"]
     assert main(["bundle", "close", b]) == 0
     assert verify_bundle(b).ok
+
+
+def test_capture_run_records_into_the_bundle(tmp_path):
+    import sys
+
+    b = new_bundle("run", str(tmp_path / "b"), probe_torch=False).path
+    out = str(tmp_path / "p.trace")
+    code = main(["capture", "run", "--prefix", "TRACE", "--out", out, "--bundle", b, "--",
+                 sys.executable, "-c", "print('TRACE x 1.0 2.0')", "--token", "s3cret"])
+    assert code == 0
+    (cmd,) = parity.bundle.open_bundle(b).commands()
+    assert any(o.endswith("capture-run.txt") for o in cmd["outputs"])
+    assert any(o.endswith("capture-run-manifest.json") for o in cmd["outputs"])
+    import os
+    for name in os.listdir(b):
+        p = os.path.join(b, name)
+        if os.path.isfile(p):
+            assert "s3cret" not in open(p, encoding="utf-8", errors="replace").read(), name

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
+from ..bundle import bundle_command, bundle_option
 from ..capture.program import capture_program
 from ..redact import redact_args, redact_text
 from .capture import capture
@@ -24,8 +26,9 @@ EXIT_OK, EXIT_ERROR = 0, 2
 @click.option("--log", "log", type=click.Path(dir_okay=False), help="Also save the program's raw output to this file.")
 @click.option("--stream", "streams", multiple=True, type=click.Choice(["stdout", "stderr"]),
               help="Parse only this stream (default: both).")
+@bundle_option
 @click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_cmd(prefixes, out, cwd, index_fields, timeout, log, streams, argv):
+def run_cmd(prefixes, out, cwd, index_fields, timeout, log, streams, bundle_dir, argv):
     """Run PROGRAM ARGS... and write the trace lines it prints on stdout and stderr into a trace.
 
     \b
@@ -37,25 +40,43 @@ def run_cmd(prefixes, out, cwd, index_fields, timeout, log, streams, argv):
     Secret-looking arguments (--password X, --token=X, API_KEY=...) are redacted in the trace
     and in what this command prints; the program itself gets them unchanged.
     """
+    with bundle_command(bundle_dir, "capture-run") as rec:
+        code, lines = _run(prefixes, out, cwd, index_fields, timeout, log, streams, argv)
+        if rec is not None:
+            rec.write("txt", "\n".join(lines) + "\n")
+            if os.path.isfile(os.path.join(out, "manifest.json")):
+                with open(os.path.join(out, "manifest.json"), "rb") as f:
+                    rec.write("json", f.read(), label="manifest")
+        sys.exit(code)
+
+
+def _run(prefixes, out, cwd, index_fields, timeout, log, streams, argv) -> tuple[int, list[str]]:
+    """Capture, print the summary (redacted) and return (exit status, the lines printed)."""
+    lines: list[str] = []
+
+    def say(text: str, err: bool = False) -> None:
+        lines.append(text)
+        click.echo(text, err=err)
+
     r = capture_program(list(argv), out, prefixes=list(prefixes), index_fields=index_fields, cwd=cwd,
                         timeout=timeout, log=log, streams=tuple(streams) or ("stdout", "stderr"))
     st = r.stats
-    click.echo(f"{r.path}: {r.stages} stages from {st.trace_lines} trace lines "
-               f"({st.skipped} other lines skipped, {st.malformed} malformed) of {' '.join(redact_args(r.argv))}")
+    say(f"{r.path}: {r.stages} stages from {st.trace_lines} trace lines "
+        f"({st.skipped} other lines skipped, {st.malformed} malformed) of {' '.join(redact_args(r.argv))}")
     for n, why in st.examples:
-        click.echo(f"  malformed line {n}: {redact_text(why)}", err=True)
+        say(f"  malformed line {n}: {redact_text(why)}", err=True)
     if r.timed_out:
-        click.echo(f"error: the program was killed after {timeout} s; the trace is marked incomplete.", err=True)
-        sys.exit(EXIT_ERROR)
+        say(f"error: the program was killed after {timeout} s; the trace is marked incomplete.", err=True)
+        return EXIT_ERROR, lines
     if r.returncode != 0:
-        click.echo(f"error: the program exited with status {r.returncode}; the trace is marked incomplete.", err=True)
+        say(f"error: the program exited with status {r.returncode}; the trace is marked incomplete.", err=True)
         for line in r.stderr_tail[-10:]:
-            click.echo(f"  stderr: {redact_text(line)}", err=True)
-        sys.exit(EXIT_ERROR)
+            say(f"  stderr: {redact_text(line)}", err=True)
+        return EXIT_ERROR, lines
     if st.trace_lines == 0:
-        click.echo(f"error: the program printed no line starting with {' or '.join(prefixes)}; check --prefix.", err=True)
-        sys.exit(EXIT_ERROR)
-    sys.exit(EXIT_OK)
+        say(f"error: the program printed no line starting with {' or '.join(prefixes)}; check --prefix.", err=True)
+        return EXIT_ERROR, lines
+    return EXIT_OK, lines
 
 
 def register(group: click.Group) -> None:
