@@ -122,3 +122,19 @@ def test_correlation_floor_is_a_tolerance(tmp_path):
     assert image_of(sd) is not None  # the floor opts the 2-D stage in
     cfg.write_text('[tolerance.stages]\n"img" = { rtol = 1, atol = 100, correlation_min = 0.5 }\n')
     assert parity.compare_traces(r, c, config=str(cfg)).passed
+
+
+def test_images_section_opts_any_2d_stage_in(tmp_path):
+    ref = spots((40, 40), [(10, 10), (30, 30)])
+    cand = spots((40, 40), [(11, 10), (30, 30)])
+    r = record(str(tmp_path / "r.trace"), {"frame": (ref, None)})
+    c = record(str(tmp_path / "c.trace"), {"frame": (cand, None)})
+    assert image_of(parity.compare_traces(r, c)["frame"]) is None
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[images]\nstages = ["fra*"]\nradius = 0.5\n')
+    im = image_of(parity.compare_traces(r, c, config=str(cfg))["frame"])
+    assert im is not None and im.radius == 0.5 and im.matched == 1 and im.missing == 1  # the moved spot is > 0.5 px
+    from parity.errors import ConfigError
+    cfg.write_text('[images]\nstages = "frame"\n')
+    with pytest.raises(ConfigError, match=r"\[images\] stages must be a list"):
+        parity.compare_traces(r, c, config=str(cfg))

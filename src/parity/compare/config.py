@@ -49,7 +49,7 @@ from .tolerance import ToleranceRules, glob_to_regex
 
 __all__ = ["CompareConfig", "load_config"]
 
-_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms", "events"}
+_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms", "events", "images"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class CompareConfig:
     source: str | None = None
     renames: tuple[tuple[str, str], ...] = ()
     transforms: tuple[StageTransform, ...] = ()
+    images: tuple[str, ...] = ()
+    image_settings: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> CompareConfig:
@@ -128,7 +130,9 @@ class CompareConfig:
             raise ConfigError(f"strict: expected true or false, got {_describe(strict)}.", path=source)
         renames = _parse_renames(data.get("rename", {}), source)
         transforms = _parse_transforms(data.get("transforms", {}), source)
-        return cls(rules, dict(aliases), tuple(patterns), dict(expected), strict, source, renames, transforms)
+        images, image_settings = _parse_images(data.get("images", {}), source)
+        return cls(rules, dict(aliases), tuple(patterns), dict(expected), strict, source, renames, transforms,
+                   images, image_settings)
 
     def merged(self, **overrides: Any) -> CompareConfig:
         """A copy with keyword overrides (``rtol``, ``atol``, ``stages``, ``aliases``, ``strict``, ``rename``,
@@ -157,7 +161,14 @@ class CompareConfig:
         renames = self.renames + _parse_renames(overrides.get("rename") or {}, None)
         transforms = self.transforms + _parse_transforms(overrides.get("transforms") or {}, None)
         return CompareConfig(_build_tolerance(tol_over, stage_rules, None), aliases, ignore, expected, strict,
-                             self.source, renames, transforms)
+                             self.source, renames, transforms, self.images, self.image_settings)
+
+    def image_options(self, key: str) -> dict[str, float] | None:
+        """Keyword arguments of :func:`~parity.compare.image.image_metrics` when ``[images]``
+        opts stage ``key`` in (a 2-D stage), else ``None``."""
+        if any(glob_to_regex(p).match(key) for p in self.images):
+            return dict(self.image_settings)
+        return None
 
     # -- application ----------------------------------------------------------------------------
     def rename_candidate(self, key: str) -> str:
@@ -239,6 +250,10 @@ class CompareConfig:
             rx = glob_to_regex(t.pattern)
             if not any(rx.match(k) for k in ref_keys):
                 out.append(f'[transforms] pattern "{t.pattern}" matches no reference stage{hint(t.pattern, ref_keys)}')
+        for p in self.images:
+            rx = glob_to_regex(p)
+            if not any(rx.match(k) for k in ref_keys):
+                out.append(f'[images] pattern "{p}" matches no reference stage{hint(p, ref_keys)}')
         return out
 
     def check_patterns(self, ref_keys: Iterable[str], cand_keys: Iterable[str]) -> None:
@@ -247,6 +262,28 @@ class CompareConfig:
         if unused:
             raise ConfigError("config entries match nothing in these traces (an error under strict): "
                               + "; ".join(unused) + ".", path=self.source)
+
+
+def _parse_images(data: Any, source: str | None) -> tuple[tuple[str, ...], dict[str, float]]:
+    """``[images] stages = ["detector*"], radius = 2, threshold = 50``: 2-D stages compared as images."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f'[images] must be a table like {{ stages = ["detector*"] }}, not {_describe(data)}.', path=source)
+    extra = set(data) - {"stages", "radius", "threshold"}
+    if extra:
+        raise ConfigError(f"[images] has unknown key(s) {sorted(map(str, extra))}; expected stages, radius, threshold.",
+                          path=source)
+    stages = data.get("stages", [])
+    if not isinstance(stages, list) or not all(isinstance(p, str) for p in stages):
+        raise ConfigError(f"[images] stages must be a list of glob patterns, not {_describe(stages)}.", path=source)
+    settings: dict[str, float] = {}
+    for k in ("radius", "threshold"):
+        if k in data:
+            v = data[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (k == "radius" and v < 0):
+                raise ConfigError(f"[images] {k} must be a finite{' non-negative' if k == 'radius' else ''} number, "
+                                  f"not {_describe(v)}.", path=source)
+            settings[k] = float(v)
+    return tuple(stages), settings
 
 
 def _name_of(key: str) -> str | None:
