@@ -77,3 +77,22 @@ def test_diff_dirs(tmp_path, capsys):
     write(c / "s1.jsonl", "garbage\n")
     assert main(["events", "diff-dirs", str(r), str(c), "--preset", "ccpa", "--md", str(tmp_path / "d.md")]) == 2
     assert "s1" in capsys.readouterr().err and "| s1 | 0.000 | error |" in (tmp_path / "d.md").read_text()
+
+
+def test_parity_import_and_plain_diff_dispatch_to_events(tmp_path, capsys):
+    ref = write(tmp_path / "ref.jsonl", session("a"))
+    recs = edited(session("b"))
+    recs[2]["content"][1]["input"]["file_path"] = "src/time.py"
+    cand = write(tmp_path / "cand.jsonl", recs)
+    r, c = str(tmp_path / "r.trace"), str(tmp_path / "c.trace")
+    assert main(["import", ref, "--format", "events", "--preset", "ccpa", "--out", r]) == 0
+    assert main(["import", cand, "--format", "events", "--preset", "ccpa", "--out", c]) == 0
+    capsys.readouterr()
+    assert main(["diff", r, c]) == 1
+    assert "content[1].input.file_path" in capsys.readouterr().out
+    assert main(["diff", r, c, "--min-score", "0.9"]) == 0
+    assert main(["import", ref, "--preset", "ccpa", "--out", str(tmp_path / "x.trace")]) == 2  # --preset needs --format events
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"v": 1, "kind": "user_prompt", "turn": 1, "text": "hi"}\nnot json\n')
+    assert main(["import", str(bad), "--format", "events", "--out", str(tmp_path / "b.trace")]) == 2
+    assert "line 2" in capsys.readouterr().err
