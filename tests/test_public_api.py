@@ -8,7 +8,7 @@ import parity
 
 def test_exported_names():
     assert sorted(parity.__all__) == sorted([
-        "__version__", "record", "tap", "scope", "load_trace", "compare_traces", "load_config", "CompareConfig",
+        "__version__", "record", "tap", "replay", "scope", "load_trace", "compare_traces", "load_config", "CompareConfig",
         "TraceDiff", "StageDiff", "StageMetrics", "Diagnosis", "Trace", "Stage", "TraceWriter",
         "ParityError", "UsageError", "ConfigError", "TraceError", "TraceFormatError", "StageKeyError",
         "StageNotFoundError", "ImportFormatError", "CaptureError",

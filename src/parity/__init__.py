@@ -13,7 +13,7 @@ traces stage by stage, and get the first divergent stage in execution order::
 """
 
 from ._version import __version__
-from .capture.record import record, scope, tap
+from .capture.record import record, replay, scope, tap
 from .compare import CompareConfig, Diagnosis, StageDiff, StageMetrics, TraceDiff, compare_traces, load_config
 from .errors import (
     CaptureError,
@@ -32,6 +32,7 @@ __all__ = [
     "__version__",
     "record",
     "tap",
+    "replay",
     "scope",
     "load_trace",
     "compare_traces",

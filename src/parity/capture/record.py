@@ -20,12 +20,13 @@ from ..redact import redact_args
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
-__all__ = ["record", "tap", "scope", "active_writer"]
+__all__ = ["record", "tap", "scope", "active_writer", "replay"]
 
 T = TypeVar("T")
 
 _WRITER: contextvars.ContextVar[TraceWriter | None] = contextvars.ContextVar("parity_writer", default=None)
 _PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("parity_prefix", default="")
+_REPLAY: contextvars.ContextVar[Any] = contextvars.ContextVar("parity_replay", default=None)
 
 
 def active_writer() -> TraceWriter | None:
@@ -179,6 +180,109 @@ def tap(
             filename = rel
     except ValueError:  # another drive on Windows
         pass
-    writer.add(key, value, axes=axes, units=units, indices=indices or None,
-               provenance={"source": f"{filename}:{frame.f_lineno}"})
+    stored = writer.add(key, value, axes=axes, units=units, indices=indices or None,
+                        provenance={"source": f"{filename}:{frame.f_lineno}"})
+    source = _REPLAY.get()
+    if source is not None:
+        return source.substitute(stored, value)
     return value
+
+
+class _ReplaySource:
+    """The reference trace a :func:`replay` substitutes values from, with the substitution rules."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        from ..trace.reader import load_trace
+
+        self.trace = load_trace(path)
+        self.substituted = 0
+
+    def substitute(self, key: str, value: Any) -> Any:
+        from ..errors import StageNotFoundError
+
+        try:
+            stage = self.trace.stage(key)
+        except StageNotFoundError:
+            raise UsageError(f"replay: the reference {self.trace.path} has no stage {key!r}; replay needs the same "
+                             "stages in the same order on both sides.", stage=key) from None
+        ref = self.trace.array(stage)
+        self.substituted += 1
+        if isinstance(value, str) or isinstance(ref, str):
+            if not (isinstance(value, str) and isinstance(ref, str)):
+                raise UsageError("replay: one side is text, the other a tensor.", stage=key)
+            return ref
+        return _like(ref, value, stage, key)
+
+
+def _like(ref: Any, value: Any, stage: Any, key: str) -> Any:
+    """The reference values shaped and typed like the candidate's ``value`` (dtype, device, type)."""
+    import numpy as np
+
+    from ..trace.dtypes import to_float64
+
+    wide = to_float64(np.asarray(ref), stage.dtype_info) if stage.dtype_info is not None else np.asarray(ref)
+    mod = type(value).__module__
+    if mod.startswith("torch") and hasattr(value, "detach"):
+        import torch
+
+        if tuple(value.shape) != tuple(wide.shape):
+            raise UsageError(f"replay: shape {tuple(value.shape)} here, {tuple(wide.shape)} in the reference.", stage=key)
+        return torch.from_numpy(np.ascontiguousarray(wide)).to(dtype=value.dtype, device=value.device)
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        if np.shape(value) != wide.shape:
+            raise UsageError(f"replay: shape {np.shape(value)} here, {wide.shape} in the reference.", stage=key)
+        out = wide.astype(value.dtype) if value.dtype.kind in "fiub" else np.asarray(ref)
+        return out if isinstance(value, np.ndarray) else out[()]
+    if isinstance(value, bool):
+        return bool(wide)
+    if isinstance(value, int):
+        return int(wide)
+    if isinstance(value, float):
+        return float(wide)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # JAX, CuPy...: rebuild with the value's own type
+        if tuple(value.shape) != wide.shape:
+            raise UsageError(f"replay: shape {tuple(value.shape)} here, {wide.shape} in the reference.", stage=key)
+        try:
+            import jax.numpy as jnp  # noqa: F401
+
+            if mod.startswith("jax"):
+                return jnp.asarray(wide, dtype=value.dtype)
+        except ImportError:
+            pass
+        return wide.astype(np.dtype(str(value.dtype)))
+    return wide.tolist() if wide.ndim else wide.item()
+
+
+@contextmanager
+def replay(reference: str | os.PathLike[str], path: str | os.PathLike[str], **record_options: Any) -> Iterator[TraceWriter]:
+    """Record into ``path`` like :func:`record`, but every :func:`tap` returns the *reference's*
+    value for its key (teacher forcing): each stage then starts from reference inputs, so its
+    error in the recorded trace is its own (local), not propagated from earlier stages.
+
+    The candidate's own value is what gets recorded. The returned value has the candidate's
+    type, dtype and device (NumPy, Python scalars, torch, JAX). A key the reference lacks, or a
+    shape that differs, raises :class:`~parity.errors.UsageError` naming the stage.
+
+    Example:
+        >>> import numpy as np, tempfile, os, parity
+        >>> d = tempfile.mkdtemp(); ref, local = os.path.join(d, "ref.trace"), os.path.join(d, "local.trace")
+        >>> def run(bias):
+        ...     h = parity.tap("a", np.ones(3) + bias)      # the bug is here
+        ...     return parity.tap("b", h * 2)                # b only doubles its input
+        >>> with parity.record(ref):
+        ...     _ = run(0.0)
+        >>> with parity.replay(ref, local):
+        ...     out = run(0.5)
+        >>> t = parity.load_trace(local)
+        >>> t["a"].tolist(), t["b"].tolist(), out.tolist()      # b was fed the reference's a
+        ([1.5, 1.5, 1.5], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
+    """
+    source = _ReplaySource(reference)
+    meta = dict(record_options.pop("meta", None) or {})
+    meta.setdefault("replay", {"reference": os.fspath(reference)})
+    with record(path, meta=meta, **record_options) as writer:
+        token = _REPLAY.set(source)
+        try:
+            yield writer
+        finally:
+            _REPLAY.reset(token)

@@ -1,0 +1,155 @@
+"""Local versus propagated error: which stage *introduces* the divergence.
+
+Two captures of the candidate are compared against the reference: a plain one (every stage's
+error is accumulated from everything before it) and a replayed one (``parity.replay``: every
+stage was fed the reference's inputs, so its error is its own). :func:`localize` lines them up
+per stage and labels every failing stage:
+
+* ``culprit``: the first stage, in pipeline order, whose *local* error diverges;
+* ``also local``: a later stage whose local error diverges too (a second bug);
+* ``propagated``: a stage that fails in the plain diff only: its own computation is fine.
+
+A stage's local error *diverges* when it fails its tolerance, or when it stands out from the
+rounding noise of the other stages: larger than ``outlier`` (default 10) times the median local
+relative RMS error of the replayed stages, or any local error at all where most stages agree
+exactly (a bug too small to cross a tolerance at its own stage,
+which later stages amplify, is found where it is). Two forward passes of the candidate give the
+whole map (one plain, one replayed), never one pass per stage.
+
+Example:
+    >>> import numpy as np, tempfile, os, parity
+    >>> d = tempfile.mkdtemp(); p = lambda n: os.path.join(d, n)
+    >>> def run(bug):
+    ...     h = parity.tap("a", np.linspace(1, 2, 8))
+    ...     h = parity.tap("b", h * (1 + bug))             # the bug
+    ...     return parity.tap("c", np.exp(h * 20))          # amplifies any error in b
+    >>> with parity.record(p("ref.trace")):
+    ...     _ = run(0.0)
+    >>> with parity.record(p("cand.trace")):
+    ...     _ = run(1e-8)
+    >>> with parity.replay(p("ref.trace"), p("local.trace")):
+    ...     _ = run(1e-8)
+    >>> loc = localize(p("ref.trace"), p("cand.trace"), p("local.trace"), rtol=1e-7, atol=0)
+    >>> loc.plain_first, loc.culprit, loc.stage("c").label
+    ('c', 'b', 'propagated')
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from ..compare.diff import StageDiff, TraceDiff, compare_traces
+from ..compare.floor import relative_rms
+
+__all__ = ["StageLocality", "Localization", "localize", "DEFAULT_OUTLIER"]
+
+#: A local error this many times the median local error of the replayed stages stands out as a bug.
+DEFAULT_OUTLIER = 10.0
+
+
+def _rel(sd: StageDiff | None) -> float | None:
+    if sd is None or sd.metrics is None:
+        return None
+    r = relative_rms(sd.metrics.sqnr_db)
+    return r
+
+
+@dataclass(frozen=True)
+class StageLocality:
+    """One stage: accumulated (plain) and local (replayed) error, and its label."""
+
+    key: str
+    position: int
+    plain_status: str | None
+    local_status: str | None
+    plain_rel: float | None
+    local_rel: float | None
+    label: str  #: "culprit", "also local", "propagated", "ok", or "missing"
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | str | None:
+            return x if x is None or math.isfinite(x) else str(x)
+
+        return {"key": self.key, "position": self.position, "plain": self.plain_status, "local": self.local_status,
+                "plain_rel_rms": num(self.plain_rel), "local_rel_rms": num(self.local_rel), "label": self.label}
+
+
+@dataclass(frozen=True)
+class Localization:
+    """The result of :func:`localize`."""
+
+    plain: TraceDiff
+    local: TraceDiff
+    stages: tuple[StageLocality, ...]
+    outlier: float
+    noise: float | None
+    passes: int = 2
+
+    @property
+    def culprit(self) -> str | None:
+        """The first stage whose own computation diverges, or None."""
+        return next((s.key for s in self.stages if s.label == "culprit"), None)
+
+    @property
+    def plain_first(self) -> str | None:
+        first = self.plain.first_divergence
+        return first.key if first else None
+
+    def stage(self, key: str) -> StageLocality:
+        for s in self.stages:
+            if s.key == key:
+                return s
+        raise KeyError(key)
+
+    @property
+    def passed(self) -> bool:
+        return self.plain.passed and self.culprit is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "parity.localize", "schema_version": 1, "passed": self.passed, "culprit": self.culprit,
+                "plain_first_divergence": self.plain_first, "passes": self.passes, "outlier": self.outlier,
+                "noise_rel_rms": self.noise, "ref": self.plain.ref_path, "cand": self.plain.cand_path,
+                "cand_local": self.local.cand_path, "stages": [s.to_dict() for s in self.stages]}
+
+
+def localize(ref: str | os.PathLike[str], cand: str | os.PathLike[str], cand_local: str | os.PathLike[str], *,
+             outlier: float = DEFAULT_OUTLIER, passes: int = 2, **compare_kwargs: Any) -> Localization:
+    """Compare the plain and the replayed candidate captures against ``ref`` and label each stage.
+
+    Args:
+        ref: the reference trace; cand: the candidate's plain capture; cand_local: the
+            candidate captured under ``parity.replay(ref, ...)``.
+        outlier: a local error this many times the median local error stands out (0 disables).
+        passes: forward passes of the candidate that produced the traces (reported).
+        **compare_kwargs: as for :func:`parity.compare_traces` (config, rtol, atol, ...).
+    """
+    plain = compare_traces(ref, cand, **compare_kwargs)
+    local = compare_traces(ref, cand_local, **compare_kwargs)
+    by_key_local = {s.key: s for s in local.stages}
+    rels = [r for s in local.compared if (r := _rel(s)) is not None and math.isfinite(r)]
+    noise = statistics.median(rels) if len(rels) >= 3 else None  # too few stages: no noise estimate
+    out: list[StageLocality] = []
+    seen_culprit = False
+    for sd in plain.stages:
+        lsd = by_key_local.get(sd.key)
+        lrel, prel = _rel(lsd), _rel(sd)
+        if sd.ref is None or sd.cand is None or lsd is None or lsd.cand is None:
+            out.append(StageLocality(sd.key, sd.ref.position if sd.ref else -1, sd.status, lsd.status if lsd else None,
+                                     prel, lrel, "missing"))
+            continue
+        # stands out: above outlier × the median local error (any error at all when most stages are exact)
+        local_bad = lsd.diverged or (outlier > 0 and noise is not None and lrel is not None and lrel > 0
+                                     and (not math.isfinite(lrel) or lrel > outlier * noise))
+        if local_bad:
+            label = "also local" if seen_culprit else "culprit"
+            seen_culprit = True
+        elif sd.diverged:
+            label = "propagated"
+        else:
+            label = "ok"
+        out.append(StageLocality(sd.key, sd.ref.position, sd.status, lsd.status, prel, lrel, label))
+    return Localization(plain, local, tuple(out), outlier, noise, passes)
