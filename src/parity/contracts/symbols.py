@@ -136,33 +136,40 @@ def _normalize(symbol: str) -> str:
 
 # -- Python --------------------------------------------------------------------------------------
 
-def _parse_python(text: str) -> ast.Module:
-    try:
-        return ast.parse(text)
-    except SystemError:
-        # CPython 3.11 can report "AST constructor recursion depth mismatch" in a thread that
-        # caught a RecursionError earlier; a fresh thread starts with a clean recursion count.
-        import threading
+_CHILD = """
+import json, sys
+from parity.contracts.symbols import FileDefs, _python
+d = FileDefs(path="-", language="python", method="ast")
+_python(d, sys.stdin.read())
+json.dump({"names": d.names, "error": d.error}, sys.stdout)
+"""
 
-        box: dict[str, object] = {}
 
-        def run() -> None:
-            try:
-                box["tree"] = ast.parse(text)
-            except Exception as e:  # noqa: BLE001 - re-raised below in the calling thread
-                box["error"] = e
+def _python_in_child(defs: FileDefs, text: str) -> None:
+    """Parse in a fresh interpreter: CPython 3.11's AST module can keep a corrupted recursion
+    count after an error elsewhere in the process ("AST constructor recursion depth mismatch")."""
+    import json
+    import subprocess
+    import sys
 
-        t = threading.Thread(target=run)
-        t.start()
-        t.join()
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box["tree"]  # type: ignore[return-value]
+    proc = subprocess.run([sys.executable, "-c", _CHILD], input=text, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PARITY_AST_CHILD": "1"})
+    if proc.returncode != 0:
+        defs.error = "not parsed (the Python parser failed in this process and in a fresh one)"
+        return
+    got = json.loads(proc.stdout)
+    defs.names.update({k: int(v) for k, v in got["names"].items()})
+    defs.error = got["error"]
 
 
 def _python(defs: FileDefs, text: str) -> None:
     try:
-        tree = _parse_python(text)
+        tree = ast.parse(text)
+    except SystemError:
+        if os.environ.get("PARITY_AST_CHILD"):
+            raise
+        _python_in_child(defs, text)
+        return
     except (SyntaxError, ValueError) as e:
         defs.error = f"not valid Python ({e.__class__.__name__}: line {getattr(e, 'lineno', '?')})"
         for m in re.finditer(r"^\s*(?:async\s+)?(?:def|class)\s+(\w+)", text, re.M):
