@@ -96,3 +96,19 @@ def test_parity_import_and_plain_diff_dispatch_to_events(tmp_path, capsys):
     bad.write_text('{"v": 1, "kind": "user_prompt", "turn": 1, "text": "hi"}\nnot json\n')
     assert main(["import", str(bad), "--format", "events", "--out", str(tmp_path / "b.trace")]) == 2
     assert "line 2" in capsys.readouterr().err
+
+
+def test_compare_traces_aligns_event_traces(tmp_path):
+    import parity
+    from parity.events import EventDiff
+
+    ref = write(tmp_path / "ref.jsonl", session("a"))
+    recs = edited(session("b"))
+    del recs[3]  # one dropped event: one deletion, the rest aligned
+    cand = write(tmp_path / "cand.jsonl", recs)
+    r, c = str(tmp_path / "r.trace"), str(tmp_path / "c.trace")
+    assert main(["import", ref, "--format", "events", "--preset", "ccpa", "--out", r]) == 0
+    assert main(["import", cand, "--format", "events", "--preset", "ccpa", "--out", c]) == 0
+    diff = parity.compare_traces(r, c)
+    assert isinstance(diff, EventDiff) and not diff.passed
+    assert diff.first_divergence is not None

@@ -481,7 +481,9 @@ def compare_traces(
             error is within the floor's margin, instead of the element-wise rtol/atol.
 
     Returns:
-        A :class:`TraceDiff`; a numeric mismatch is a result, never an exception.
+        A :class:`TraceDiff`; a numeric mismatch is a result, never an exception. For two event
+        traces (``parity import --format events``), a :class:`parity.events.EventDiff` instead:
+        events are aligned by edit distance (see docs/events.md).
 
     Raises:
         TraceFormatError: a trace cannot be read.
@@ -489,6 +491,12 @@ def compare_traces(
     """
     rt = ref if isinstance(ref, Trace) else load_trace(ref)
     ct = cand if isinstance(cand, Trace) else load_trace(cand)
+    from ..events import compare_events, is_event_trace  # no torch/numpy-heavy imports: cheap
+
+    if is_event_trace(rt) and is_event_trace(ct):
+        # event logs are aligned by edit distance, not by key (see parity.events): an EventDiff,
+        # with the same passed / first_divergence / to_dict() surface
+        return compare_events(rt, ct, config if isinstance(config, (str, os.PathLike)) else None)  # type: ignore[return-value]
     if config is None:
         cfg = CompareConfig()
     elif isinstance(config, CompareConfig):
