@@ -38,40 +38,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_BASELINE = "886f75e"  # main before issue 15's boundary checks
 
+_IMPORT = """
+import time, shutil
+from parity.importers import import_files
+best = 1e9
+for _ in range({{inner}}):
+    shutil.rmtree({{out!r}}, ignore_errors=True)
+    t = time.perf_counter()
+    import_files([{{{src}!r}}], {{out!r}}{extra})
+    best = min(best, time.perf_counter() - t)
+print(best)
+"""
+
 _SNIPPETS = {
-    "log import": """
-import time, shutil
-from parity.importers import import_files
-best = 1e9
-for _ in range({inner}):
-    shutil.rmtree({out!r}, ignore_errors=True)
-    t = time.perf_counter()
-    import_files([{log!r}], {out!r}, prefixes=["TRACE_C"])
-    best = min(best, time.perf_counter() - t)
-print(best)
-""",
-    "npz import": """
-import time, shutil
-from parity.importers import import_files
-best = 1e9
-for _ in range({inner}):
-    shutil.rmtree({out!r}, ignore_errors=True)
-    t = time.perf_counter()
-    import_files([{npz!r}], {out!r})
-    best = min(best, time.perf_counter() - t)
-print(best)
-""",
-    "dump import": """
-import time, shutil
-from parity.importers import import_files
-best = 1e9
-for _ in range({inner}):
-    shutil.rmtree({out!r}, ignore_errors=True)
-    t = time.perf_counter()
-    import_files([{dump!r}], {out!r})
-    best = min(best, time.perf_counter() - t)
-print(best)
-""",
+    "log import": _IMPORT.format(src="log", extra=', prefixes=["TRACE_C"]'),
+    "npz import": _IMPORT.format(src="npz", extra=""),
+    "dump import": _IMPORT.format(src="dump", extra=""),
     "diff": """
 import time
 import parity

@@ -336,6 +336,18 @@ class BundleCommand:
         return path
 
 
+    def write_traces(self, paths: Sequence[str], text: str) -> None:
+        """Keep what a command that wrote traces produced: its terminal text, and each trace's
+        ``manifest.json`` (which holds every data file's checksum, so the bundle pins the traces
+        without copying them). A trace that was not written (a failed capture) is skipped."""
+        self.write("txt", text)
+        for i, path in enumerate(paths):
+            manifest = os.path.join(path, "manifest.json")
+            if os.path.isfile(manifest):
+                with open(manifest, "rb") as f:
+                    self.write("json", f.read(), label=f"manifest{i}" if len(paths) > 1 else "manifest")
+
+
 class Bundle:
     """An evidence bundle folder (see the module docstring). Create with :func:`new_bundle`."""
 

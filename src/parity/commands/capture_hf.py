@@ -88,17 +88,8 @@ def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, 
                     lines.append(f"  generated {row}: {text!r}")
                     click.echo(lines[-1])
         if rec is not None:
-            record_traces(rec, [path for _, path in runs], "\n".join(lines) + "\n")
+            rec.write_traces([path for _, path in runs], "\n".join(lines) + "\n")
     sys.exit(EXIT_OK)
-
-
-def record_traces(rec, paths: list[str], text: str) -> None:
-    """Keep what a capture wrote as bundle evidence: the terminal lines, and each trace's manifest
-    (which holds every data file's checksum, so the bundle pins the traces without copying them)."""
-    rec.write("txt", text)
-    for i, path in enumerate(paths):
-        with open(os.path.join(path, "manifest.json"), "rb") as f:
-            rec.write("json", f.read(), label=f"manifest{i}" if len(paths) > 1 else "manifest")
 
 
 @capture.command("onnx")
@@ -133,7 +124,7 @@ def onnx_cmd(model, inputs, out, preset, providers, bundle_dir):
                    " (no preset: ONNX names)"))
         click.echo(line)
         if rec is not None:
-            record_traces(rec, [out], line + "\n")
+            rec.write_traces([out], line + "\n")
     sys.exit(EXIT_OK)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -43,10 +42,7 @@ def run_cmd(prefixes, out, cwd, index_fields, timeout, log, streams, bundle_dir,
     with bundle_command(bundle_dir, "capture-run") as rec:
         code, lines = _run(prefixes, out, cwd, index_fields, timeout, log, streams, argv)
         if rec is not None:
-            rec.write("txt", "\n".join(lines) + "\n")
-            if os.path.isfile(os.path.join(out, "manifest.json")):
-                with open(os.path.join(out, "manifest.json"), "rb") as f:
-                    rec.write("json", f.read(), label="manifest")
+            rec.write_traces([out], "\n".join(lines) + "\n")
         sys.exit(code)
 
 

@@ -55,9 +55,7 @@ def import_cmd(files, out, fmt, prefixes, index_fields, order, follow_symlinks, 
         buf = io.StringIO()
         _print_import(report, buf)
         click.echo(buf.getvalue(), nl=False)
-        from .capture_hf import record_traces
-
-        record_traces(rec, [report.path], buf.getvalue())
+        rec.write_traces([report.path], buf.getvalue())
 
 
 def _print_import(report, out=None) -> None:

@@ -252,6 +252,8 @@ def _scale(r: np.ndarray, c: np.ndarray, rtol: float, atol: float) -> Diagnosis 
     if s == 0 or not math.isfinite(s):
         return None
     resid = float(np.linalg.norm(c - s * r)) / math.sqrt(cc)
+    if resid < 64 * np.finfo(np.float64).eps:
+        resid = 0.0  # what is left is float64 rounding of c - s*r itself (BLAS-dependent), not a residual
     if resid > SCALE_RESIDUAL:
         return None
     if abs(s - 1) <= max(10 * rtol, 1e-6):

@@ -14,6 +14,7 @@ from typing import Any
 from ..compare.diff import TraceDiff
 from ..errors import ParityError, UsageError
 from ..limits import MAX_NESTING
+from ..trace._safetensors import nesting_depth
 
 __all__ = ["render_json", "diff_schema", "validate_diff_document", "load_result", "SCHEMA_RESOURCE", "MAX_RESULT_BYTES"]
 
@@ -79,28 +80,6 @@ def validate_diff_document(doc: Any) -> None:
         raise UsageError("the document does not match the parity.diff schema: " + "; ".join(lines) + more + ".")
 
 
-def _depth(text: str) -> int:
-    """Deepest bracket nesting of a JSON text, outside strings (iterative: no recursion)."""
-    depth = best = 0
-    in_str = esc = False
-    for ch in text:
-        if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
-            in_str = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
-
-
 def load_result(path: str | os.PathLike[str]) -> TraceDiff:
     """Read a saved ``parity diff --json`` result (any schema version this parity knows).
 
@@ -136,7 +115,7 @@ def load_result(path: str | os.PathLike[str]) -> TraceDiff:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(f"is not UTF-8 text (invalid byte at offset {e.start}).", path=path) from None
-    if (text.count("[") + text.count("{")) > MAX_NESTING and _depth(text) > MAX_NESTING:
+    if (raw.count(b"[") + raw.count(b"{")) > MAX_NESTING and nesting_depth(raw) > MAX_NESTING:
         raise UsageError(f"nests JSON deeper than {MAX_NESTING} levels; it is not a parity result.", path=path)
     try:
         doc = json.loads(text)
