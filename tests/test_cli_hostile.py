@@ -202,7 +202,7 @@ def test_bundle_verify_corrupt(tmp_path, capsys):
 
 
 def test_internal_error_exits_3(monkeypatch, good, capsys):
-    import parity.commands.core as core
+    import parity.commands.diff as core
 
     def boom(*a, **k):
         raise ZeroDivisionError("a bug")
@@ -213,7 +213,7 @@ def test_internal_error_exits_3(monkeypatch, good, capsys):
 
 
 def test_os_error_exits_2(monkeypatch, good, capsys):
-    import parity.commands.core as core
+    import parity.commands.diff as core
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", "/x/manifest.json")

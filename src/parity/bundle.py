@@ -45,7 +45,7 @@ from .trace._safetensors import load_json
 
 __all__ = [
     "Bundle", "BundleCheck", "BundleCommand", "new_bundle", "open_bundle", "close_bundle", "verify_bundle",
-    "collect_environment", "bundle_command", "bundle_option", "invocation", "command_line", "redact_command_line",
+    "collect_environment", "bundle_command", "bundle_option", "invocation", "command_line", "command_argv", "redact_command_line",
     "MARKER", "COMMANDS", "ENV", "SUMMARY", "CHECKSUMS",
 ]
 
@@ -108,6 +108,11 @@ def command_line() -> str:
     if args is None:
         args = tuple(sys.argv[1:])
     return shlex.join(["parity", *redact_command_line(args)])
+
+
+def command_argv() -> list[str]:
+    """:func:`command_line` as a list of arguments (what a capture records as its ``command``)."""
+    return shlex.split(command_line())
 
 
 # -- environment facts ---------------------------------------------------------------------------
@@ -700,30 +705,11 @@ def bundle_option(f: Callable[..., T]) -> Callable[..., T]:
                              "its outputs there.")(f)
 
 
-_EXIT_ERROR, _EXIT_INTERNAL, _EXIT_INTERRUPTED = 2, 3, 130  # parity.cli's EXIT_ERROR, EXIT_INTERNAL; SIGINT
-
-
 def _exit_code(e: BaseException) -> int:
-    """The exit status ``parity`` gives for ``e`` (as :func:`parity.cli.main` maps it): 2 for a
-    ParityError, a usage error or an OSError, 3 for anything else (parity's own fault), never
-    1, which means "divergence found" and nothing else."""
-    if isinstance(e, SystemExit):
-        code = e.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    try:
-        import click
-    except ImportError:  # pragma: no cover - click is a dependency
-        click = None  # type: ignore[assignment]
-    if click is not None:
-        if isinstance(e, click.exceptions.Exit):
-            return int(e.exit_code)
-        if isinstance(e, (click.ClickException, click.exceptions.Abort)):
-            return _EXIT_ERROR
-    if isinstance(e, (ParityError, OSError)):
-        return _EXIT_ERROR
-    if isinstance(e, KeyboardInterrupt):
-        return _EXIT_INTERRUPTED
-    return _EXIT_INTERNAL
+    """The exit status ``parity`` gives for ``e`` (see :mod:`parity.exitcodes`)."""
+    from .exitcodes import for_exception
+
+    return for_exception(e)
 
 
 @contextmanager

@@ -7,47 +7,63 @@ Exit codes (the contract with CI, also in docs/format.md and the README):
 * **2** the comparison could not be made: a usage error, or an input that cannot be read (every
   :class:`~parity.errors.ParityError`, and operating-system errors such as a missing permission);
 * **3** an internal error: parity itself failed (a bug); a short message asks for a report.
-Subcommands live in :mod:`parity.commands`; every module there with a ``register(group)``
-function is added automatically.
+The subcommands live in :mod:`parity.commands`, one module per verb; :data:`COMMANDS` below
+lists them, in the order ``parity --help`` shows them. Exit codes are defined once, in
+:mod:`parity.exitcodes`.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sys
 
 import click
 
+from . import exitcodes
 from ._version import __version__
+from .commands import (align, bisect, bundle, calibrate, capture, capture_hf, capture_onnx, capture_run, contract,
+                       demo, diff, events, importing, localize, report, show)
+from .commands._group import OrderedGroup
 from .errors import ParityError
 
-__all__ = ["main", "cli", "EXIT_OK", "EXIT_DIVERGENCE", "EXIT_ERROR", "EXIT_INTERNAL"]
+__all__ = ["main", "cli", "COMMANDS", "CAPTURE_BACKENDS", "EXIT_OK", "EXIT_DIVERGENCE", "EXIT_ERROR", "EXIT_INTERNAL"]
 
-EXIT_OK, EXIT_DIVERGENCE, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+# kept for callers of parity.cli; the definitions are in parity.exitcodes
+EXIT_OK, EXIT_DIVERGENCE, EXIT_ERROR, EXIT_INTERNAL = exitcodes.OK, exitcodes.DIVERGENCE, exitcodes.ERROR, exitcodes.INTERNAL
 ISSUES_HINT = "this is a bug in parity; please report it with the command line and the traceback " \
               "(set PARITY_TRACEBACK=1 to print it)."
 
+#: Every verb, in the order ``parity --help`` lists them: try it, capture, store, compare, localize, report, keep.
+COMMANDS: list[click.Command] = [
+    demo.demo_cmd,
+    capture.capture,
+    importing.import_cmd,
+    importing.export_cmd,
+    show.show_cmd,
+    diff.diff_cmd,
+    align.align_cmd,
+    localize.localize_cmd,
+    calibrate.calibrate_cmd,
+    bisect.bisect_cmd,
+    report.report_cmd,
+    events.events_group,
+    contract.contract_group,
+    bundle.bundle_group,
+]
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The ``parity capture`` backends, in ``parity capture --help`` order.
+CAPTURE_BACKENDS: list[click.Command] = [capture_run.run_cmd, capture_hf.hf_cmd, capture_onnx.onnx_cmd]
+
+
+@click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="parity")
 def cli() -> None:
     """Find where two implementations of the same numerical computation stop agreeing."""
 
 
-def _register_commands() -> None:
-    from . import commands
-
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(cli)
-
-
-_register_commands()
+for _backend in CAPTURE_BACKENDS:
+    capture.capture.add_command(_backend)
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,28 +75,27 @@ def main(argv: list[str] | None = None) -> int:
         with invocation(args):
             cli.main(args=args, prog_name="parity", standalone_mode=False)
     except click.exceptions.Exit as e:
-        return int(e.exit_code)
+        return exitcodes.for_exception(e)
     except click.ClickException as e:
         e.show()
-        return EXIT_ERROR
-    except click.exceptions.Abort:
+        return exitcodes.for_exception(e)
+    except click.exceptions.Abort as e:
         click.echo("aborted.", err=True)
-        return EXIT_ERROR
+        return exitcodes.for_exception(e)
     except ParityError as e:
         click.echo(f"error: {e}", err=True)
-        return EXIT_ERROR
+        return exitcodes.for_exception(e)
     except SystemExit as e:  # a command's own sys.exit(code)
-        if e.code is None or isinstance(e.code, int):
-            return int(e.code or 0)
-        click.echo(f"error: {e.code}", err=True)  # sys.exit("message"): a failure, with its message
-        return EXIT_ERROR
+        if e.code is not None and not isinstance(e.code, int):
+            click.echo(f"error: {e.code}", err=True)  # sys.exit("message"): a failure, with its message
+        return exitcodes.for_exception(e)
     except OSError as e:  # the environment refused: a missing permission, a full disk, a vanished file
         where = f"{e.filename}: " if e.filename else ""
         click.echo(f"error: {where}{e.strerror or e}", err=True)
-        return EXIT_ERROR
+        return exitcodes.for_exception(e)
     except Exception as e:  # noqa: BLE001 - anything else is parity's own fault, never "divergence found"
         return _internal_error(e)
-    return EXIT_OK
+    return exitcodes.OK
 
 
 def _internal_error(e: BaseException) -> int:
@@ -91,7 +106,7 @@ def _internal_error(e: BaseException) -> int:
     if os.environ.get("PARITY_TRACEBACK"):
         traceback.print_exception(e, file=sys.stderr)
     click.echo(ISSUES_HINT, err=True)
-    return EXIT_INTERNAL
+    return exitcodes.INTERNAL
 
 
 if __name__ == "__main__":

@@ -89,7 +89,3 @@ def _print(console: Console, doc: dict, suggestions: list, accept: float, write_
                       markup=False)
     else:
         console.print(f"{n} pair(s) at confidence >= {accept}; --write FILE saves them as [aliases].", markup=False)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(align_cmd)

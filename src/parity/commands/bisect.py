@@ -68,7 +68,3 @@ def bisect_cmd(good, bad, reference, stage, repo, config, rtol, atol, timeout, a
         if rec is not None:
             rec.write("json", json.dumps(doc, indent=2) + "\n")
     sys.exit(1 if result.first_bad is not None else 2)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(bisect_cmd)

@@ -7,9 +7,9 @@ import sys
 
 import click
 
+from .. import exitcodes
 from ..bundle import close_bundle, command_line, new_bundle, verify_bundle
 
-EXIT_OK, EXIT_MISMATCH = 0, 1
 
 
 @click.group("bundle")
@@ -59,13 +59,9 @@ def verify_cmd(directory):
     check = verify_bundle(directory)
     if check.ok:
         click.echo(f"ok: all {check.checked} files listed in {directory}/sha256.txt match, and no file was added.")
-        sys.exit(EXIT_OK)
+        sys.exit(exitcodes.OK)
     for line in check.problems():
         click.echo(line)
     click.echo(f"FAILED: {directory} does not match its sha256.txt ({len(check.changed)} changed, "
                f"{len(check.missing)} missing, {len(check.added)} added, {len(check.malformed)} malformed).")
-    sys.exit(EXIT_MISMATCH)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(bundle_group)
+    sys.exit(exitcodes.DIVERGENCE)  # the evidence no longer matches

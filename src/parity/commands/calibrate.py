@@ -59,7 +59,3 @@ def calibrate_cmd(traces, out, margin, config, force, bundle_dir):
         if rec is not None:
             rec.write("toml", text)
     sys.exit(0)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(calibrate_cmd)

@@ -1,27 +1,19 @@
-"""The ``parity capture`` command group.
+"""The ``parity capture`` command group: one subcommand per capture backend.
 
-This module only defines the group and registers it with the CLI. Each capture backend adds its
-own subcommand from its own module by importing :data:`capture`::
-
-    from .capture import capture
-
-    @capture.command("run")
-    def run_cmd(...): ...
-
-``parity capture run`` lives in :mod:`parity.commands.capture_run`; ``hf`` and ``onnx`` in theirs.
+The group only names the backends; each lives in its own module (``run`` in
+:mod:`parity.commands.capture_run`, ``hf`` in :mod:`parity.commands.capture_hf`, ``onnx`` in
+:mod:`parity.commands.capture_onnx`) and is attached in :mod:`parity.cli`'s command list.
 """
 
 from __future__ import annotations
 
 import click
 
-__all__ = ["capture", "register"]
+from ._group import OrderedGroup
+
+__all__ = ["capture"]
 
 
-@click.group("capture")
+@click.group("capture", cls=OrderedGroup)
 def capture() -> None:
     """Capture a trace from a running implementation (a program, a model)."""
-
-
-def register(group: click.Group) -> None:
-    group.add_command(capture)

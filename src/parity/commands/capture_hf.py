@@ -1,29 +1,20 @@
-"""``parity capture hf`` (a local Hugging Face model directory) and ``parity capture onnx``.
+"""``parity capture hf``: capture a local Hugging Face model directory.
 
-torch, transformers and onnxruntime are imported only when these commands run.
+torch and transformers are imported only when the command runs (in :mod:`parity.capture.hf`).
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 
 import click
 
-from ..bundle import bundle_command, bundle_option
+from .. import exitcodes
+from ..bundle import bundle_command, bundle_option, command_argv
 from ..capture.hf import HF_DTYPES, capture_loaded, load_hf_model, read_prompts
 from ..errors import UsageError
-from .capture import capture
 
-EXIT_OK = 0
-
-
-def _command() -> list[str]:
-    """The running ``parity`` command line as given (also through ``parity.cli.main(argv)``)."""
-    from ..bundle import command_line
-
-    return shlex.split(command_line())
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -33,7 +24,7 @@ def _split(text: str | None) -> list[str] | None:
     return items or None
 
 
-@capture.command("hf")
+@click.command("hf")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", "prompts", multiple=True, help="Input text (repeat for a batch).")
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
@@ -77,7 +68,7 @@ def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, 
         lines = []
         for batch, path in runs:
             r = capture_loaded(hf, batch, path, layers=layers, stages=_split(stages), steps=steps, preset=preset,
-                               command=_command())
+                               command=command_argv())
             what = f"preset {r['preset']}" if r["preset"] else "module names"
             lines.append(f"{path}: {r['stages']} stages ({what}, {len(r['layers'])} layers, dtype {dtype})")
             click.echo(lines[-1])
@@ -89,44 +80,4 @@ def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, 
                     click.echo(lines[-1])
         if rec is not None:
             rec.write_traces([path for _, path in runs], "\n".join(lines) + "\n")
-    sys.exit(EXIT_OK)
-
-
-@capture.command("onnx")
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--inputs", "inputs", required=True, type=click.Path(),
-              help="Model inputs by name: .npz, .npy, .safetensors, .json, or a parity trace directory.")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The trace directory to write.")
-@click.option("--preset", default="auto", show_default=True,
-              help="Align values with canonical stages: auto, llama, qwen2, gpt2, bert, or none (ONNX names only).")
-@click.option("--provider", "providers", multiple=True, help="ONNX Runtime execution provider (repeatable; default CPU).")
-@bundle_option
-def onnx_cmd(model, inputs, out, preset, providers, bundle_dir):
-    """Run MODEL with ONNX Runtime and record every intermediate value into --out.
-
-    Values that a preset recognises (from the exporter's module scopes) are stored under the
-    canonical stage names, so that the trace diffs directly against a PyTorch capture.
-
-    \b
-    Example:
-      parity capture onnx model.onnx --inputs inputs.npz --out ort.trace
-      parity diff torch.trace ort.trace --rtol 1e-4 --atol 1e-5
-
-    Exit status: 0 captured, 2 usage or input error.
-    """
-    from ..capture.onnx import capture_onnx
-
-    with bundle_command(bundle_dir, "capture-onnx") as rec:
-        r = capture_onnx(model, inputs, out, preset=None if preset == "none" else preset, providers=providers or None,
-                         command=_command())
-        line = (f"{out}: {len(r.keys)} values"
-                + (f", {len(r.aligned)} aligned with the {r.preset} preset's canonical stages" if r.preset else
-                   " (no preset: ONNX names)"))
-        click.echo(line)
-        if rec is not None:
-            rec.write_traces([out], line + "\n")
-    sys.exit(EXIT_OK)
-
-
-def register(group: click.Group) -> None:
-    """``hf`` and ``onnx`` are attached to the ``capture`` group when this module is imported."""
+    sys.exit(exitcodes.OK)

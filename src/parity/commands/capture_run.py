@@ -6,15 +6,14 @@ import sys
 
 import click
 
+from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
 from ..capture.program import capture_program
 from ..redact import redact_args, redact_text
-from .capture import capture
-
-EXIT_OK, EXIT_ERROR = 0, 2
 
 
-@capture.command("run", context_settings={"ignore_unknown_options": True})
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("--prefix", "prefixes", multiple=True, required=True,
               help="Trace-line prefix, e.g. TRACE_C (takes 'TRACE_C:' lines and 'TRACE_C_ITER ...' indexed lines). Repeatable.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="The trace directory to write.")
@@ -63,17 +62,13 @@ def _run(prefixes, out, cwd, index_fields, timeout, log, streams, argv) -> tuple
         say(f"  malformed line {n}: {redact_text(why)}", err=True)
     if r.timed_out:
         say(f"error: the program was killed after {timeout} s; the trace is marked incomplete.", err=True)
-        return EXIT_ERROR, lines
+        return exitcodes.ERROR, lines
     if r.returncode != 0:
         say(f"error: the program exited with status {r.returncode}; the trace is marked incomplete.", err=True)
         for line in r.stderr_tail[-10:]:
             say(f"  stderr: {redact_text(line)}", err=True)
-        return EXIT_ERROR, lines
+        return exitcodes.ERROR, lines
     if st.trace_lines == 0:
         say(f"error: the program printed no line starting with {' or '.join(prefixes)}; check --prefix.", err=True)
-        return EXIT_ERROR, lines
-    return EXIT_OK, lines
-
-
-def register(group: click.Group) -> None:
-    """``run`` is attached to the ``capture`` group when this module is imported."""
+        return exitcodes.ERROR, lines
+    return exitcodes.OK, lines

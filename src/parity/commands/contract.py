@@ -9,10 +9,10 @@ import sys
 import click
 from rich.console import Console
 
+from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
 from ..errors import UsageError
 
-EXIT_OK, EXIT_OVERSTATED = 0, 1
 
 
 def _console(err: bool = False) -> Console:
@@ -93,7 +93,7 @@ def check_cmd(paths, root, run, collect, as_json, md_out, failures_only, no_tree
             rec.write("json", report.to_json() + "\n")
             rec.write("md", md)
             rec.write("txt", plain.file.getvalue())
-        sys.exit(EXIT_OK if report.passed else EXIT_OVERSTATED)
+        sys.exit(exitcodes.for_result(report.passed))  # 1: a claim is overstated
 
 
 def _write_out(out: str | None, text: str, force: bool) -> None:
@@ -146,7 +146,3 @@ def new_cmd(ref, cand, config, contract_id, root, out, force):
 
     doc = scaffold_contract(ref, cand, root=root, config=config, contract_id=contract_id)
     _write_out(out, dump_yaml(doc, header="Scaffolded by `parity contract new`; check it with `parity contract check`."), force)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(contract_group)

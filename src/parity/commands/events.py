@@ -8,10 +8,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from .. import exitcodes
 from ..errors import UsageError
 from ..events.presets import PRESETS
 
-EXIT_OK, EXIT_DIVERGENCE, EXIT_ERROR = 0, 1, 2
 
 
 def _console() -> Console:
@@ -120,7 +120,7 @@ def do_diff(ref: str, cand: str, *, config: str | None = None, preset: str | Non
         render_event_text(d, _console())
     _write(md_out, md)
     _write(html_out, render_event_html(d) if html_out else None)
-    sys.exit(EXIT_OK if d.passed else EXIT_DIVERGENCE)
+    sys.exit(exitcodes.for_result(d.passed))
 
 
 @events_group.command("diff-dirs")
@@ -156,8 +156,4 @@ def diff_dirs_cmd(ref_dir, cand_dir, config, preset, min_score, skip_malformed, 
     _write(html_out, render_event_dirs_html(r) if html_out else None)
     for f in r.errors:
         Console(stderr=True, highlight=False).print(Text(f"error: {f.name}: {f.error}", style="red"))
-    sys.exit(EXIT_ERROR if r.errors else EXIT_OK if r.passed else EXIT_DIVERGENCE)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(events_group)
+    sys.exit(exitcodes.ERROR if r.errors else exitcodes.for_result(r.passed))

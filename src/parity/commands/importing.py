@@ -103,8 +103,3 @@ def export_cmd(trace, fmt, out, stages, bundle_dir):
             if os.path.isfile(out):
                 with open(out, "rb") as f:
                     rec.write("sha256", hashlib.sha256(f.read()).hexdigest() + f"  {os.path.basename(out)}\n")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(import_cmd)
-    group.add_command(export_cmd)

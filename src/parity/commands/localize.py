@@ -94,7 +94,3 @@ def _markdown(loc) -> str:
     out = ["# parity localize", "", "| " + " | ".join(_COLS) + " |", "| ---: | --- | --- | ---: | --- | ---: | --- |"]
     out += ["| " + " | ".join([r[0], f"`{r[1]}`", *r[2:]]) + " |" for r in _rows(loc)]
     return "\n".join(out + [""] + _verdict(loc)) + "\n"
-
-
-def register(group: click.Group) -> None:
-    group.add_command(localize_cmd)

@@ -57,7 +57,3 @@ def report_cmd(result, md_out, html_out, as_json, show_all, with_traces, bundle_
             rec.write("md", md)
             rec.write("html", page)
         sys.exit(0 if diff.passed else 1)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(report_cmd)

@@ -1,4 +1,4 @@
-"""``parity diff``, ``parity show`` and ``parity demo``."""
+"""``parity diff``: compare two traces (or two sets of traces) stage by stage."""
 
 from __future__ import annotations
 
@@ -6,25 +6,20 @@ import io
 import json
 import os
 import sys
-import tempfile
 
 import click
-import numpy as np
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
 from ..compare.diff import compare_traces
 from ..errors import UsageError
 from ..report.json import render_json
 from ..report.progress import progress_bar
 from ..report.text import format_float, render_text
-from ..trace.dtypes import to_float64
-from ..trace.reader import Stage, Trace, load_trace
 
-EXIT_OK, EXIT_DIVERGENCE = 0, 1
 
 
 def _console() -> Console:
@@ -110,7 +105,7 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
             rec.write("md", md)
             rec.write("html", page)
             rec.write("txt", plain.file.getvalue())
-        sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+        sys.exit(exitcodes.for_result(result.passed))
 
 
 def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwargs) -> None:
@@ -134,7 +129,7 @@ def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwa
         if rec is not None:
             rec.write("json", doc + "\n")
             rec.write("md", md)
-        sys.exit(EXIT_OK if result.passed else EXIT_DIVERGENCE)
+        sys.exit(exitcodes.for_result(result.passed))
 
 
 def _sets_rows(result) -> list[list[str]]:
@@ -198,127 +193,3 @@ def alignment_hint(result, config: str | None, limit: int = 5) -> list[str]:
     if len(suggestions) > limit:
         lines.append(f"  … and {len(suggestions) - limit} more (parity align lists them all)")
     return lines
-
-
-def stage_statistics(trace: Trace, stage: Stage, chunk: int = 1 << 20) -> dict[str, float | int]:
-    """min, max, mean, std (finite values only) and NaN / Inf counts of a stage, in bounded memory."""
-    arr = trace.array(stage)
-    if isinstance(arr, str):
-        return {}
-    info = stage.dtype_info
-    flat = arr.reshape(-1)
-    n = nan = inf = 0
-    s = ss = 0.0
-    lo, hi = np.inf, -np.inf
-    for start in range(0, flat.size, chunk):
-        x = to_float64(flat[start:start + chunk], info)
-        bad_nan = np.isnan(x)
-        bad_inf = np.isinf(x)
-        nan += int(bad_nan.sum())
-        inf += int(bad_inf.sum())
-        x = x[~(bad_nan | bad_inf)]
-        if x.size:
-            n += x.size
-            s += float(x.sum())
-            ss += float(np.dot(x, x))
-            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
-    mean = s / n if n else float("nan")
-    var = max(ss / n - mean * mean, 0.0) if n else float("nan")
-    return {"min": lo if n else float("nan"), "max": hi if n else float("nan"), "mean": mean, "std": var ** 0.5,
-            "nan": nan, "inf": inf}
-
-
-@click.command("show")
-@click.argument("trace", type=click.Path(file_okay=False))
-@click.option("--verify", is_flag=True, help="Also re-hash every data file against the manifest.")
-@click.option("--stats/--no-stats", default=True, help="Compute min/max/mean/std per stage (reads all values).")
-@bundle_option
-def show_cmd(trace, verify, stats, bundle_dir):
-    """List the stages of TRACE: shapes, dtypes, axes and summary statistics."""
-    with bundle_command(bundle_dir, "show") as rec:
-        console = Console(highlight=False, soft_wrap=False, record=rec is not None)
-        try:
-            _show(trace, verify, stats, console)
-        finally:
-            text = console.export_text() if rec is not None else ""
-            if text:
-                rec.write("txt", text)
-
-
-def _show(trace: str, verify: bool, stats: bool, console: Console) -> None:
-    t = load_trace(trace)
-    m = t.manifest
-    state = "complete" if t.complete else f"INCOMPLETE ({m.get('incomplete_reason', 'interrupted')})"
-    # Keys, paths and metadata are user text: escape them so rich never reads "x[it=0]" as markup.
-    console.print(f"[bold]{escape(t.path)}[/bold]  {len(t)} stages, {escape(state)}, producer "
-                  f"{escape(repr(m.get('producer')))}, parity {escape(str(m.get('tool_version')))}")
-    if t.meta:
-        console.print(escape(f"meta: {t.meta}"))
-    table = Table(show_lines=False, pad_edge=False)
-    for col in ("#", "stage", "dtype", "shape", "axes", "units") + (("min", "max", "mean", "std", "nan/inf") if stats else ()):
-        table.add_column(col, justify="right" if col in ("#", "min", "max", "mean", "std", "nan/inf") else "left",
-                         min_width=16 if col == "stage" else None, overflow="fold")
-    for s in t:
-        shape = "×".join(map(str, s.shape)) or "scalar"
-        row = [str(s.position + 1), s.key, s.dtype or "text", shape if s.kind == "tensor" else repr((s.text or "")[:30]),
-               ",".join(s.axes) if s.axes else "", s.units or ""]
-        if stats:
-            st = stage_statistics(t, s)
-            if st:
-                row += [format_float(st["min"]), format_float(st["max"]), format_float(st["mean"]), format_float(st["std"]),
-                        f"{st['nan']}/{st['inf']}"]
-            else:
-                row += ["", "", "", "", ""]
-        table.add_row(*(Text(c) for c in row))
-    console.print(table)
-    if verify:
-        problems = t.verify()
-        for p in problems:
-            console.print(Text(p, style="red"))
-        if problems:
-            sys.exit(2)
-        console.print(f"[green]all {len(t.manifest.get('files', {}))} data files match their checksums.[/green]")
-
-
-@click.command("demo")
-@click.option("--out", "out", type=click.Path(file_okay=False), help="Keep the demo traces in this directory.")
-@click.option("--fixed", is_flag=True, help="Record a candidate without the injected bug.")
-@bundle_option
-def demo_cmd(out, fixed, bundle_dir):
-    """Record two built-in NumPy transformer implementations and show where they diverge."""
-    from ..demo import INJECTED_STAGE, write_demo_traces
-
-    console = _console()
-    if bundle_dir is not None:  # keep what the terminal shows as evidence too
-        console = Console(highlight=False, soft_wrap=False, record=True)
-    with bundle_command(bundle_dir, "demo") as rec, tempfile.TemporaryDirectory(prefix="parity-demo-") as tmp:
-        directory = out or tmp
-        ref, cand, config = write_demo_traces(directory, fixed=fixed)
-        console.print("[bold]parity demo[/bold]: a float64 reference transformer and a float32 port with one bug "
-                      "(attention scores scaled by 1/sqrt(hidden) instead of 1/sqrt(head_dim)).")
-        console.print(f"recorded {ref} and {cand}; comparing with {os.path.basename(config)} (rtol=1e-4, atol=1e-6)\n")
-        result = compare_traces(ref, cand, config=config)
-        render_text(result, console)
-        first = result.first_divergence
-        if fixed:
-            ok = result.passed
-            console.print("\n[bold green]The fixed port holds parity.[/bold green]" if ok else "\n[red]unexpected divergence[/red]")
-        else:
-            ok = first is not None and first.key == INJECTED_STAGE
-            if ok:
-                console.print(f"\n[bold]parity found the injected bug:[/bold] first divergence at [bold red]{first.key}[/bold red]; "
-                              "every earlier stage agrees, every later one inherits the error.")
-            else:
-                console.print(f"\n[red]demo failed: expected first divergence {INJECTED_STAGE}, got {first.key if first else None}[/red]")
-        if out:
-            console.print(f"traces kept in {out}/  (try: parity diff {ref} {cand} --config {config})")
-        if rec is not None:
-            rec.write("txt", console.export_text())
-            rec.write("json", render_json(result) + "\n")
-    sys.exit(EXIT_OK if ok else 2)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(diff_cmd)
-    group.add_command(show_cmd)
-    group.add_command(demo_cmd)
