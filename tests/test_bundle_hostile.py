@@ -100,8 +100,15 @@ def test_failed_bundle_command_records_the_cli_exit_status(b, exc, code):
     assert _exit_recorded(b, exc) == str(code)
 
 
-def test_exit_constants_match_the_cli():
-    assert (bundle_mod._EXIT_ERROR, bundle_mod._EXIT_INTERNAL) == (EXIT_ERROR, EXIT_INTERNAL)
+@pytest.mark.parametrize("exc, code", [
+    (UsageError("bad option"), EXIT_ERROR), (SystemExit("cannot read x"), EXIT_ERROR), (SystemExit(1), 1),
+    (SystemExit(None), 0), (PermissionError(13, "denied"), EXIT_ERROR), (ZeroDivisionError(), EXIT_INTERNAL),
+    (KeyboardInterrupt(), 130),
+])
+def test_the_bundle_records_the_exit_code_the_cli_returns(exc, code):
+    from parity import exitcodes
+
+    assert bundle_mod._exit_code(exc) == exitcodes.for_exception(exc) == code
 
 
 def test_bundle_json_round_trips(b):
