@@ -22,7 +22,7 @@ from . import exitcodes
 from ._version import __version__
 from .commands import (align, bisect, bundle, calibrate, capture, capture_hf, capture_onnx, capture_run, contract,
                        demo, diff, events, importing, localize, report, show)
-from .commands._group import OrderedGroup
+from .commands.group import OrderedGroup
 from .errors import ParityError
 
 __all__ = ["main", "cli", "COMMANDS", "CAPTURE_BACKENDS", "EXIT_OK", "EXIT_DIVERGENCE", "EXIT_ERROR", "EXIT_INTERNAL"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ._group import OrderedGroup
+from .group import OrderedGroup
 
 __all__ = ["capture"]
 
