@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 from ._version import __version__
 from .errors import ParityError, UsageError
 from .redact import redact_args
-from .trace._safetensors import load_json
+from .trace.jsonsafe import load_json
 
 __all__ = [
     "Bundle", "BundleCheck", "BundleCommand", "new_bundle", "open_bundle", "close_bundle", "verify_bundle",

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import parity.trace.writer as W
 from parity.errors import StageKeyError, TraceError, UsageError
 from parity.trace import load_trace
-from parity.trace._safetensors import TensorEntry, encode_header
+from parity.trace.safetensors_header import TensorEntry, encode_header
 from parity.trace.writer import TraceWriter, _emit, _flat_texts
 
 _renderers = [pytest.param(True, id="C renderer"), pytest.param(False, id="Python renderer")]
@@ -210,7 +210,7 @@ def test_many_scalars_are_split_into_readable_shards(tmp_path):
     import numpy as np
 
     from parity.trace import TraceWriter, load_trace
-    from parity.trace._safetensors import read_header
+    from parity.trace.safetensors_header import read_header
 
     n = 5000
     path = tmp_path / "scalars.trace"

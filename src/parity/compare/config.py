@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import ConfigError, StageKeyError
 from ..limits import MAX_NESTING
-from ..trace.keys import _NAME_RE, split_key
+from ..trace.keys import NAME_RE as _NAME_RE, split_key
 from .align import StageTransform, apply_renames, parse_renames, parse_transforms
 from .tolerance import _FIELDS as _TOLERANCE_FIELDS
 from .tolerance import ToleranceRules, glob_to_regex

@@ -149,7 +149,7 @@ def gc_paused() -> Iterator[None]:
 def _depth_ok(text: str) -> bool:
     if text.count("[") + text.count("{") <= MAX_NESTING:
         return True
-    from ..trace._safetensors import nesting_depth
+    from ..trace.jsonsafe import nesting_depth
 
     return nesting_depth(text.encode("utf-8")) <= MAX_NESTING
 

@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..trace.keys import IDENT_RE as _IDENT_RE
 
 __all__ = ["PathPattern", "Rule", "Tolerance", "RuleSet", "Normalized", "Normalizer", "NumberedId", "TolerantNumber",
            "unmark", "canonical", "format_path"]
 
 _TOKEN_RE = re.compile(r"\[(\*|[0-9]+)\]|([^.\[\]]+)")
 _DROP = object()
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def format_path(path: Sequence[str | int]) -> str:

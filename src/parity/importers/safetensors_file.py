@@ -5,7 +5,7 @@ is already a valid key), memory-mapped, in its own dtype. A safetensors header i
 with no execution order, so the order comes from a ``parity.order`` metadata entry (written by
 :func:`export_safetensors`), else it is inferred from the names.
 
-The header is parsed and checked by parity's own codec (:mod:`parity.trace._safetensors`), which
+The header is parsed and checked by parity's own codec (:mod:`parity.trace.safetensors_header`), which
 also streams the export; the ``safetensors`` package reads what it writes (tests check it).
 """
 
@@ -20,10 +20,11 @@ import numpy as np
 
 from ..errors import ImportFormatError, TraceFormatError, UsageError
 from ..safefs import atomic_file, refuse_symlink
-from ..trace._safetensors import TensorEntry, encode_header, load_json, read_header
+from ..trace.jsonsafe import load_json
+from ..trace.safetensors_header import TensorEntry, encode_header, read_header
 from ..trace.dtypes import DTYPES, storage_dtype
 from ..trace.reader import Trace, load_trace
-from ..trace.writer import TraceWriter, _byte_chunks
+from ..trace.writer import TraceWriter, byte_chunks
 from ._order import add_keyed, sort_stages
 
 __all__ = ["import_safetensors", "export_safetensors", "refuse_safetensors", "ORDER_METADATA"]
@@ -146,6 +147,6 @@ def export_safetensors(trace: str | os.PathLike[str] | Trace, path: str | os.Pat
     with atomic_file(path) as f:
         f.write(header)
         for i in order:
-            for chunk in _byte_chunks(np.asarray(t.array(chosen[i]))):
+            for chunk in byte_chunks(np.asarray(t.array(chosen[i]))):
                 f.write(chunk)
     return notes

@@ -14,7 +14,7 @@ from typing import Any
 from ..compare.diff import TraceDiff
 from ..errors import ParityError, UsageError
 from ..limits import MAX_NESTING
-from ..trace._safetensors import nesting_depth
+from ..trace.jsonsafe import nesting_depth
 
 __all__ = ["render_json", "diff_schema", "validate_diff_document", "load_result", "SCHEMA_RESOURCE", "MAX_RESULT_BYTES"]
 

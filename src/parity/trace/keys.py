@@ -23,16 +23,18 @@ from collections.abc import Mapping
 from ..errors import StageKeyError
 from ..limits import MAX_INT_DIGITS
 
-__all__ = ["validate_key", "make_key", "split_key", "MAX_KEY_LENGTH"]
+__all__ = ["validate_key", "make_key", "split_key", "MAX_KEY_LENGTH", "NAME_RE", "IDENT_RE"]
 
 MAX_KEY_LENGTH = 512
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9_+\-:@]*"
 _VALUE = r"[A-Za-z0-9_+\-.:@]+"
 _INDEX = rf"[A-Za-z_][A-Za-z0-9_]*={_VALUE}"
 _KEY_RE = re.compile(rf"^(?P<name>{_SEGMENT}(?:\.{_SEGMENT})*)(?:\[(?P<idx>{_INDEX}(?:,{_INDEX})*)\])?(?:#(?P<occ>[0-9]+))?$")
-_NAME_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
+#: A stage name (a key without indices or occurrence).
+NAME_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
 _VALUE_RE = re.compile(rf"^{_VALUE}$")
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: An identifier (an index name), as in Python: a letter or _, then letters, digits and _.
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_BOUND = 10**MAX_INT_DIGITS
 
 
@@ -105,13 +107,13 @@ def make_key(name: str, indices: Mapping[str, object] | None = None, occurrence:
     >>> make_key("x", {"step": 2, "layer": 0}, occurrence=1)
     'x[layer=0,step=2]#1'
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         validate_key(name)  # raises with the grammar message
         raise StageKeyError("a stage name cannot carry its own [indices] or #occurrence here.", stage=str(name))
     key = name
     if indices:
         for k in indices:
-            if not isinstance(k, str) or not _IDENT_RE.match(k):
+            if not isinstance(k, str) or not IDENT_RE.match(k):
                 raise StageKeyError(f"index name {str(k)[:60]!r} must be an identifier.", stage=name)
         parts = [f"{k}={_format_value(k, indices[k], stage=name)}" for k in sorted(indices)]
         key += "[" + ",".join(parts) + "]"

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import StageKeyError, StageNotFoundError, TraceFormatError
 from ..safefs import check_inside
-from ._safetensors import (MAX_INDEX, BadNumber, TensorEntry, holds_bad_number, is_index, load_json, open_regular,
-                           read_header)
+from .jsonsafe import BadNumber, holds_bad_number, load_json
+from .safetensors_header import MAX_INDEX, TensorEntry, is_index, open_regular, read_header
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, DType, storage_dtype
 from .keys import validate_key

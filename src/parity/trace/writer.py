@@ -41,7 +41,7 @@ from .checksum import crc32, crc32_combine, crc32_hex
 from .convert import as_array
 from .dtypes import DTYPES, DType
 from ..redact import redact_args
-from .keys import _IDENT_RE, _INT_BOUND, MAX_KEY_LENGTH, _format_value, make_key, split_key, validate_key
+from .keys import IDENT_RE, _INT_BOUND, MAX_KEY_LENGTH, _format_value, make_key, split_key, validate_key
 
 try:
     import fcntl
@@ -1052,7 +1052,7 @@ class TraceWriter:
                 parts = []
                 for k in sorted(ind):  # type: ignore[union-attr]
                     if k not in names_ok:
-                        if not isinstance(k, str) or not _IDENT_RE.match(k):
+                        if not isinstance(k, str) or not IDENT_RE.match(k):
                             raise StageKeyError(f"index name {k!r} must be an identifier.", stage=name)
                         names_ok.add(k)
                     v = ind[k]  # type: ignore[index]
@@ -1396,7 +1396,7 @@ class TraceWriter:
                         f.write(block)
                         h = crc32(block, h)
                         small, held = [], 0
-                    chunks = _byte_chunks(arr)
+                    chunks = byte_chunks(arr)
                 for chunk in chunks:
                     f.write(chunk)
                     h = crc32(chunk, h)
@@ -1541,7 +1541,7 @@ def _write_data_file(path: str, header: bytes, data: np.ndarray, size: int, dire
         os.close(fd)
 
 
-def _byte_chunks(arr: np.ndarray):
+def byte_chunks(arr: np.ndarray):
     """Yield the C-order bytes of ``arr`` in bounded pieces, without copying a contiguous array."""
     if arr.ndim == 0 or arr.size == 0:
         yield np.ascontiguousarray(arr).tobytes()
