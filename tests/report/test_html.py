@@ -12,7 +12,7 @@ import pytest
 import parity
 from parity.compare import compare_traces
 from parity.report import render_html
-from parity.report.html import _png
+from parity.report.svg import png as _png
 
 from .cdp import Browser, find_chromium
 

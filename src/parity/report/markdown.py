@@ -13,7 +13,8 @@ from ..compare.diff import StageDiff, Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
-from .text import describe_nothing_compared, dtype_text, format_float, metrics_line, shape_text, verdict_text
+from .format import (describe_nothing_compared, dtype_text, format_float, metrics_line, result_counts, shape_text,
+                     verdict_text)
 from .worst import WorstElement, worst_elements
 
 __all__ = ["render_markdown"]
@@ -127,35 +128,13 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         UsageError: ``traces`` is not AUTO, None or a pair.
 
     Example:
-        >>> import numpy as np, tempfile, os, parity
-        >>> from parity.report import render_markdown
-        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
-        >>> for path, scale in ((r, 1.0), (c, 1.5)):
-        ...     with parity.record(path):
-        ...         _ = parity.tap("x", np.arange(4.0) * scale)
-        >>> md = render_markdown(parity.compare_traces(r, c))
-        >>> md.splitlines()[0], "## First divergence: `x`" in md
+        >>> md = render_markdown(parity.compare_traces("ref.trace", "cand.trace"), max_detail=1)
+        >>> md.splitlines()[0], "## First divergence: `layers.0.attn_scores`" in md
         ('# parity diff: DIVERGENCE FOUND', True)
     """
     pair, note = resolve_traces(diff, traces)
     first = diff.first_divergence
-    c = diff.summary()
-    verdict = verdict_text(diff)
-    out = [f"# parity diff: {verdict}", "", "| | |", "| --- | --- |",
-           f"| reference | {_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
-           f"| candidate | {_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
-    if diff.config_source:
-        out.append(f"| config | {_code(diff.config_source)} |")
-    result = (f"{c['pass']} pass · {c['fail']} fail · {c['expected']} expected · {c['missing']} only in reference · "
-              f"{c['extra']} only in candidate" + (f" · {c['ignored']} ignored" if c["ignored"] else "")
-              + (" · strict" if diff.strict else ""))
-    out += [f"| result | {result} |", f"| parity | {diff.tool_version} |", ""]
-    if note:
-        out += [f"> {_esc(note)}", ""]
-    if diff.unused_config:
-        out += [f"**Unused config entries ({len(diff.unused_config)})**: they match nothing in these traces "
-                "(`--strict` makes them errors).", ""] + [f"- {_esc(u)}" for u in diff.unused_config] + [""]
-
+    out = _summary(diff, note)
     details = detail_stages(diff, max_detail)
     if first is not None:
         out += _stage_section(first, pair, worst, f"## First divergence: `{first.key}`")
@@ -166,30 +145,8 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         out += ["## Nothing compared", ""] + [_esc(line.strip()) for line in describe_nothing_compared(diff)] + [""]
     elif diff.passed:
         out += ["No compared stage diverges.", ""]
-
-    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
-    out += ["## Stages", "",
-            "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |"
-            + (" × noise floor |" if floors else ""),
-            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if floors else "")]
-    for sd in diff.stages:
-        pos = str(sd.ref.position + 1) if sd.ref else ""
-        cells = [pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd), *_metric_cells(sd)]
-        if floors:
-            cells.append(format_float(floor_ratio(sd)))
-        out.append("| " + " | ".join(cells) + " |")
-    out.append("")
-
-    images = [sd for sd in diff.stages if image_of(sd) is not None]
-    if images:
-        out += ["## Images", "", "| stage | Pearson | peaks matched | missing | extra | mean offset (px) |",
-                "| --- | ---: | ---: | ---: | ---: | --- |"]
-        for sd in images:
-            im = image_of(sd)
-            off = f"({im.mean_offset[0]:.3g}, {im.mean_offset[1]:.3g})" if im.mean_offset is not None else "-"
-            out.append(f"| `{sd.key}` | {format_float(im.pearson, 6)} | {im.matched}/{im.ref_peaks} | {im.missing} | "
-                       f"{im.extra} | {off} |")
-        out.append("")
+    out += _stage_table(diff)
+    out += _image_table(diff)
     rest = [sd for sd in details if sd is not first]
     if rest:
         out += ["## Other divergent stages", ""]
@@ -198,10 +155,60 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         left = len(diff.divergent) + len(diff.expected) - len(details)
         if left > 0:
             out += [f"{left} more divergent stage(s) are listed in the table only.", ""]
-    if diff.missing:
-        out += [f"## Only in the reference ({len(diff.missing)})", "", ", ".join(f"`{s.key}`" for s in diff.missing), ""]
-    if diff.extra:
-        out += [f"## Only in the candidate ({len(diff.extra)})", "", ", ".join(f"`{s.key}`" for s in diff.extra), ""]
+    for title, stages in ((f"## Only in the reference ({len(diff.missing)})", diff.missing),
+                          (f"## Only in the candidate ({len(diff.extra)})", diff.extra)):
+        if stages:
+            out += [title, "", ", ".join(f"`{s.key}`" for s in stages), ""]
     while out and out[-1] == "":
         out.pop()
     return "\n".join(out) + "\n"
+
+
+def _summary(diff: TraceDiff, note: str | None) -> list[str]:
+    """The heading, the facts table, the note on the traces and the unused config entries."""
+    out = [f"# parity diff: {verdict_text(diff)}", "", "| | |", "| --- | --- |",
+           f"| reference | {_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
+           f"| candidate | {_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
+    if diff.config_source:
+        out.append(f"| config | {_code(diff.config_source)} |")
+    out += [f"| result | {result_counts(diff)} |", f"| parity | {diff.tool_version} |", ""]
+    if note:
+        out += [f"> {_esc(note)}", ""]
+    if diff.unused_config:
+        out += [f"**Unused config entries ({len(diff.unused_config)})**: they match nothing in these traces "
+                "(`--strict` makes them errors).", ""] + [f"- {_esc(u)}" for u in diff.unused_config] + [""]
+    return out
+
+
+def _stage_table(diff: TraceDiff) -> list[str]:
+    """``## Stages``: one row a stage in execution order (a noise-floor column when any stage has one)."""
+    first = diff.first_divergence
+    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
+    out = ["## Stages", "",
+           "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |"
+           + (" × noise floor |" if floors else ""),
+           "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if floors else "")]
+    for sd in diff.stages:
+        pos = str(sd.ref.position + 1) if sd.ref else ""
+        cells = [pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd), *_metric_cells(sd)]
+        if floors:
+            cells.append(format_float(floor_ratio(sd)))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _image_table(diff: TraceDiff) -> list[str]:
+    """``## Images``: Pearson correlation and peak matching of every image stage (none: nothing)."""
+    images = [sd for sd in diff.stages if image_of(sd) is not None]
+    if not images:
+        return []
+    out = ["## Images", "", "| stage | Pearson | peaks matched | missing | extra | mean offset (px) |",
+           "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for sd in images:
+        im = image_of(sd)
+        off = f"({im.mean_offset[0]:.3g}, {im.mean_offset[1]:.3g})" if im.mean_offset is not None else "-"
+        out.append(f"| `{sd.key}` | {format_float(im.pearson, 6)} | {im.matched}/{im.ref_peaks} | {im.missing} | "
+                   f"{im.extra} | {off} |")
+    out.append("")
+    return out

@@ -2,127 +2,42 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..compare.diff import StageDiff, Status, TraceDiff, Verdict
+from ..compare.diff import Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
+from .format import (  # re-exported: callers import the shared helpers from here too
+    describe_first_divergence,
+    describe_nothing_compared,
+    dtype_text,
+    format_float,
+    metrics_line,
+    shape_text,
+    verdict_text,
+)
 from .worst import WorstElement
 
-__all__ = ["render_text", "format_float", "describe_first_divergence", "verdict_text", "describe_nothing_compared"]
+__all__ = ["render_text", "format_float", "describe_first_divergence", "verdict_text", "describe_nothing_compared",
+           "metrics_line", "shape_text", "dtype_text"]
 
 _STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.EXPECTED: "yellow", Status.MISSING: "magenta",
           Status.EXTRA: "cyan"}
-
-
-def format_float(x: float | None, digits: int = 3) -> str:
-    """Compact number formatting used by every renderer (``nan``, ``inf`` spelled out)."""
-    if x is None:
-        return "-"
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.{digits + 1}g}"
-    return f"{x:.{digits - 1}e}"
-
-
-def metrics_line(m) -> str:
-    """``max rel … · rms … · cosine … · SQNR … dB · max ULP …`` (Markdown and HTML reports)."""
-    return (f"max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
-            f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB · max ULP {format_float(m.max_ulp)}")
-
-
-def shape_text(sd: StageDiff) -> str:
-    """``2×3``, ``scalar``, or ``2×3 vs 3×2`` when the sides differ (shared by every renderer)."""
-    def one(shape: tuple[int, ...]) -> str:
-        return "×".join(str(d) for d in shape) or "scalar"
-
-    if sd.ref and sd.cand and sd.ref.shape != sd.cand.shape:
-        return f"{one(sd.ref.shape)} vs {one(sd.cand.shape)}"
-    side = sd.ref or sd.cand
-    return one(side.shape) if side else "-"
-
-
-def dtype_text(sd: StageDiff) -> str:
-    """``F32``, or ``F32/BF16`` when the sides differ (shared by every renderer)."""
-    if sd.ref and sd.cand and sd.ref.dtype != sd.cand.dtype:
-        return f"{sd.ref.dtype}/{sd.cand.dtype}"
-    side = sd.ref or sd.cand
-    return (side.dtype or "-") if side else "-"
 
 
 def _index(w: WorstElement) -> str:
     return "[" + ", ".join(str(i) for i in w.index) + "]"
 
 
-_VERDICT_TEXT = {Verdict.PARITY: "PARITY HOLDS", Verdict.DIVERGENCE: "DIVERGENCE FOUND",
-                 Verdict.NOTHING_COMPARED: "NOTHING COMPARED"}
+_COLUMNS = (("#", "right"), ("stage", "left"), ("status", "left"), ("shape", "left"), ("dtype", "left"),
+            ("max abs", "right"), ("max rel", "right"), ("cosine", "right"), ("SQNR dB", "right"),
+            ("mismatched", "right"))
 
-
-def verdict_text(diff: TraceDiff) -> str:
-    """``PARITY HOLDS``, ``DIVERGENCE FOUND`` or ``NOTHING COMPARED`` (shared by every renderer)."""
-    return _VERDICT_TEXT[diff.verdict]
-
-
-def describe_nothing_compared(diff: TraceDiff) -> list[str]:
-    """Plain-text lines explaining a comparison in which no stage was present on both sides.
-
-    Empty unless :attr:`TraceDiff.nothing_compared`. Shared by the text and Markdown reports.
-
-    Example:
-        >>> import numpy as np, tempfile, os, parity
-        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
-        >>> with parity.record(r):
-        ...     _ = parity.tap("pix0_vector", np.ones(3))
-        >>> with parity.record(c):
-        ...     _ = parity.tap("pix0_vector_meters", np.ones(3))
-        >>> describe_nothing_compared(parity.compare_traces(r, c))[0]
-        'Nothing was compared: no stage is present in both traces (1 only in the reference, 1 only in the candidate).'
-    """
-    if not diff.nothing_compared:
-        return []
-    n_ref, n_cand = len(diff.missing), len(diff.extra)
-    if n_ref == 0 and n_cand == 0:
-        return ["Nothing was compared: both traces are empty" + (" (or every stage is ignored)." if diff.ignored else "."),
-                "  An empty comparison is not parity."]
-    return [f"Nothing was compared: no stage is present in both traces ({n_ref} only in the reference, "
-            f"{n_cand} only in the candidate).",
-            "  An empty comparison is not parity. If the two sides name the same quantities differently, "
-            "`parity align REF CAND` suggests pairs and can write them as [aliases]."]
-
-
-def describe_first_divergence(diff: TraceDiff) -> list[str]:
-    """Plain-text lines explaining the first divergence (shared by text and Markdown reports)."""
-    first = diff.first_divergence
-    if first is None:
-        return []
-    lines = [f"First divergence: {first.key} (stage {first.ref.position + 1 if first.ref else '?'} of the reference)"]
-    if first.message:
-        lines.append(f"  {first.message}")
-    m = first.metrics
-    if m is not None and m.max_abs_index is not None:
-        lines.append(f"  worst element {m.max_abs_index}: reference {format_float(m.max_abs_ref, 6)}, "
-                     f"candidate {format_float(m.max_abs_cand, 6)}")
-        lines.append(f"  max rel {format_float(m.max_rel_err)} · rms {format_float(m.rms_err)} · cosine "
-                     f"{format_float(m.cosine, 6)} · SQNR {format_float(m.sqnr_db)} dB")
-    image = image_of(first)
-    if image is not None:
-        lines.append(f"  image: {image.summary()}")
-    for d in first.diagnoses:
-        lines.append(f"  likely: {d.summary}")
-    later = len(diff.divergent) - 1
-    if later > 0:
-        lines.append(f"  {later} later stage(s) also diverge; fix this one first, later errors may be propagated.")
-    return lines
+_Row = tuple[list[Text | str], str | None]  # (cells, row style); an elision row has "" in cells 0 and 2
 
 
 def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bool = False, max_passing: int = 40,
@@ -141,36 +56,34 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
             :func:`parity.report.worst_elements`), listed under it so a user can go to them.
 
     Example:
-        >>> import io, numpy as np, tempfile, os, parity
+        >>> import io
         >>> from rich.console import Console
-        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
-        >>> for path, scale in ((r, 1.0), (c, 2.0)):
-        ...     with parity.record(path):
-        ...         _ = parity.tap("x", np.arange(3.0) * scale)
         >>> out = io.StringIO()
-        >>> render_text(parity.compare_traces(r, c), Console(file=out, width=120))
+        >>> render_text(parity.compare_traces("ref.trace", "cand.trace"), Console(file=out, width=120))
         >>> out.getvalue().splitlines()[-1]
-        'DIVERGENCE FOUND: 0 pass, 1 fail, 0 expected, 0 only in reference, 0 only in candidate'
+        'DIVERGENCE FOUND: 5 pass, 26 fail, 0 expected, 0 only in reference, 0 only in candidate'
     """
     console = console or Console()
+    console.print(_stage_table(diff, _stage_rows(diff, show_all, max_passing), console.width))
+    _print_notes(diff, console)
+    _print_conclusion(diff, console, worst)
+
+
+def _stage_rows(diff: TraceDiff, show_all: bool, max_passing: int) -> list[_Row]:
+    """One row a stage, long runs of passing stages folded into one ``… N passing stages`` row."""
     first = diff.first_divergence
-    title = f"parity diff  {diff.ref_path}  →  {diff.cand_path}"
-    rows = list(diff.stages)
-    passing = [s for s in rows if s.status == Status.PASS]
+    passing = [s for s in diff.stages if s.status == Status.PASS]
     hide: set[int] = set()
     if not show_all and len(passing) > max_passing:
         keep = {id(s) for s in passing[: max_passing // 2]} | {id(s) for s in passing[-max_passing // 2:]}
         hide = {id(s) for s in passing if id(s) not in keep}
-    columns = (("#", "right"), ("stage", "left"), ("status", "left"), ("shape", "left"), ("dtype", "left"),
-               ("max abs", "right"), ("max rel", "right"), ("cosine", "right"), ("SQNR dB", "right"),
-               ("mismatched", "right"))
-    body: list[tuple[list[Text | str], str | None]] = []  # (cells, row style); cells[1] None marks an elision row
+    body: list[_Row] = []
     hidden_run = 0
 
-    def elided() -> tuple[list[Text | str], str | None]:
+    def elided() -> _Row:
         return ["", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim")] + [""] * 8, None
 
-    for sd in rows:
+    for sd in diff.stages:
         if id(sd) in hide:
             hidden_run += 1
             continue
@@ -189,23 +102,34 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
                       f"{m.mismatched}/{m.count}" if m else "-"], "on grey15" if sd is first else None))
     if hidden_run:
         body.append(elided())
-    # On a narrow terminal the stage names must stay readable: drop the least telling columns
-    # (dtype, shape, SQNR, cosine) rather than squeeze every column to an ellipsis.
+    return body
+
+
+def _stage_table(diff: TraceDiff, body: list[_Row], console_width: int) -> Table:
+    """The rows as a rich table. On a narrow terminal the stage names must stay readable: drop the
+    least telling columns (dtype, shape, SQNR, cosine) rather than squeeze every column to an ellipsis."""
     def width(i: int) -> int:
         cells = [len(str(cells[i])) for cells, _ in body if not (i == 1 and cells[0] == "" and cells[2] == "")]
-        return max([len(columns[i][0])] + cells) + 3
+        return max([len(_COLUMNS[i][0])] + cells) + 3
 
-    shown = list(range(len(columns)))
+    shown = list(range(len(_COLUMNS)))
     for drop in (4, 3, 8, 7):
-        if sum(width(i) for i in shown) + 1 <= console.width:
+        if sum(width(i) for i in shown) + 1 <= console_width:
             break
         shown.remove(drop)
-    table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    table = Table(title=f"parity diff  {diff.ref_path}  →  {diff.cand_path}", title_justify="left", show_lines=False,
+                  pad_edge=False)
     for i in shown:
-        table.add_column(columns[i][0], justify=columns[i][1], no_wrap=i != 1, overflow="fold" if i == 1 else "ellipsis")
+        table.add_column(_COLUMNS[i][0], justify=_COLUMNS[i][1], no_wrap=i != 1,
+                         overflow="fold" if i == 1 else "ellipsis")
     for cells, style in body:
         table.add_row(*[cells[i] for i in shown], style=style)
-    console.print(table)
+    return table
+
+
+def _print_notes(diff: TraceDiff, console: Console) -> None:
+    """Under the table: noise floors, image stages, expected divergences, one-sided stages, warnings."""
+    first = diff.first_divergence
     floored = sorted(((floor_ratio(sd), sd) for sd in diff.stages if floor_ratio(sd) is not None), key=lambda t: -t[0])
     if floored:
         above = [(r, sd) for r, sd in floored if r > 1]
@@ -221,13 +145,10 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
         console.print(Text(f"… and {len(images) - 10} more image stages (see the JSON or HTML report)", style="dim"))
     for sd in diff.expected:
         console.print(Text(f"expected divergence {sd.key}: {sd.expected_reason}", style="yellow"))
-    missing, extra = diff.missing, diff.extra
-    if missing:
-        console.print(Text(f"Only in the reference ({len(missing)}): " + ", ".join(s.key for s in missing[:20])
-                           + (" …" if len(missing) > 20 else ""), style="magenta"))
-    if extra:
-        console.print(Text(f"Only in the candidate ({len(extra)}): " + ", ".join(s.key for s in extra[:20])
-                           + (" …" if len(extra) > 20 else ""), style="cyan"))
+    for side, stages, style in (("reference", diff.missing, "magenta"), ("candidate", diff.extra, "cyan")):
+        if stages:
+            console.print(Text(f"Only in the {side} ({len(stages)}): " + ", ".join(s.key for s in stages[:20])
+                               + (" …" if len(stages) > 20 else ""), style=style))
     if not diff.ref_complete or not diff.cand_complete:
         which = [n for n, ok in (("reference", diff.ref_complete), ("candidate", diff.cand_complete)) if not ok]
         console.print(Text(f"warning: the {' and '.join(which)} trace is incomplete (capture interrupted).", style="yellow"))
@@ -236,6 +157,11 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
                            "traces; --strict makes them errors):", style="yellow"))
         for u in diff.unused_config:
             console.print(Text(f"  {u}", style="yellow"))
+
+
+def _print_conclusion(diff: TraceDiff, console: Console, worst: Sequence[WorstElement]) -> None:
+    """The first divergence explained (with its worst elements), logits, and the verdict line."""
+    first = diff.first_divergence
     for line in describe_nothing_compared(diff):
         console.print(Text(line, style="bold red" if line.startswith("Nothing") else None))
     for line in describe_first_divergence(diff):
@@ -251,7 +177,7 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
     for line in describe_logits(diff):
         console.print(line, markup=False)
     c = diff.summary()
-    verdict = verdict_text(diff)
-    console.print(Text(f"{verdict}: {c['pass']} pass, {c['fail']} fail, {c['expected']} expected, {c['missing']} only in "
-                       f"reference, {c['extra']} only in candidate" + (f", {c['ignored']} ignored" if c["ignored"] else "")
+    console.print(Text(f"{verdict_text(diff)}: {c['pass']} pass, {c['fail']} fail, {c['expected']} expected, "
+                       f"{c['missing']} only in reference, {c['extra']} only in candidate"
+                       + (f", {c['ignored']} ignored" if c["ignored"] else "")
                        + (" (strict)" if diff.strict else ""), style="bold green" if diff.passed else "bold red"))
