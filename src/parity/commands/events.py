@@ -108,19 +108,30 @@ def do_diff(ref: str, cand: str, *, config: str | None = None, preset: str | Non
     (also used by ``parity diff`` when both traces are event traces)."""
     from ..events import compare_events, render_event_html, render_event_json, render_event_markdown, render_event_text
 
+    _check_outputs(as_json, md_out)
+    d = compare_events(ref, cand, config, preset=preset, min_score=min_score, skip_malformed=skip_malformed)
+    _emit(d, as_json, md_out, html_out, render_event_json, render_event_markdown, render_event_html, render_event_text)
+    sys.exit(exitcodes.for_result(d.passed))
+
+
+def _check_outputs(as_json: bool, md_out: str | None) -> None:
     if as_json and md_out == "-":
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
-    d = compare_events(ref, cand, config, preset=preset, min_score=min_score, skip_malformed=skip_malformed)
-    md = render_event_markdown(d) if md_out else None
+
+
+def _emit(result, as_json: bool, md_out: str | None, html_out: str | None, to_json, to_markdown, to_html,
+          to_text) -> None:
+    """Print ``result`` (JSON, the Markdown with ``--md -``, else the terminal report) and write
+    the ``--md`` / ``--html`` files: one place for ``diff`` and ``diff-dirs``."""
+    md = to_markdown(result) if md_out else None
     if as_json:
-        click.echo(render_event_json(d))
+        click.echo(to_json(result))
     elif md_out == "-":
         click.echo(md, nl=False)
     else:
-        render_event_text(d, _console())
+        to_text(result, _console())
     _write(md_out, md)
-    _write(html_out, render_event_html(d) if html_out else None)
-    sys.exit(exitcodes.for_result(d.passed))
+    _write(html_out, to_html(result) if html_out else None)
 
 
 @events_group.command("diff-dirs")
@@ -139,21 +150,13 @@ def diff_dirs_cmd(ref_dir, cand_dir, config, preset, min_score, skip_malformed, 
     from ..events import (compare_event_dirs, render_event_dirs_html, render_event_dirs_json,
                           render_event_dirs_markdown, render_event_dirs_text)
 
-    if as_json and md_out == "-":
-        raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
+    _check_outputs(as_json, md_out)
     r = compare_event_dirs(ref_dir, cand_dir, config, preset=preset, min_score=min_score, min_mean=min_mean,
                            skip_malformed=skip_malformed)
     if not r.fixtures:
         raise UsageError("holds no sessions (NAME.jsonl, NAME.trace or NAME/*.jsonl).", path=ref_dir)
-    md = render_event_dirs_markdown(r) if md_out else None
-    if as_json:
-        click.echo(render_event_dirs_json(r))
-    elif md_out == "-":
-        click.echo(md, nl=False)
-    else:
-        render_event_dirs_text(r, _console())
-    _write(md_out, md)
-    _write(html_out, render_event_dirs_html(r) if html_out else None)
+    _emit(r, as_json, md_out, html_out, render_event_dirs_json, render_event_dirs_markdown, render_event_dirs_html,
+          render_event_dirs_text)
     for f in r.errors:
         Console(stderr=True, highlight=False).print(Text(f"error: {f.name}: {f.error}", style="red"))
     sys.exit(exitcodes.ERROR if r.errors else exitcodes.for_result(r.passed))

@@ -11,18 +11,8 @@ diffs and a similarity score, and render the result::
 """
 
 from .config import EventsConfig, load_events_config
-from .diff import (
-    EventDiff,
-    EventDirDiff,
-    EventOp,
-    EventRef,
-    FieldDiff,
-    FixtureResult,
-    KindCounts,
-    compare_event_dirs,
-    compare_events,
-    session_files,
-)
+from .diff import compare_event_dirs, compare_events, session_files
+from .result import EventDiff, EventDirDiff, EventOp, EventRef, FieldDiff, FixtureResult, KindCounts
 from .jsonl import (
     Event,
     EventLog,

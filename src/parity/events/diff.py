@@ -23,7 +23,6 @@ import difflib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParityError, UsageError
@@ -33,267 +32,22 @@ from .config import EventsConfig, load_events_config
 from .jsonl import Event, EventLog, gc_paused, load_events
 from .normalize import Normalized, Normalizer, NumberedId, RuleSet, TolerantNumber, format_path, unmark
 from .presets import preset_rules
+from .result import (  # re-exported: the result types were defined here first
+    EVENTS_DIFF_SCHEMA,
+    EVENTS_DIFF_SCHEMA_VERSION,
+    EventDiff,
+    EventDirDiff,
+    EventOp,
+    EventRef,
+    FieldDiff,
+    FixtureResult,
+    KindCounts,
+)
 
 __all__ = ["FieldDiff", "EventRef", "EventOp", "KindCounts", "EventDiff", "compare_events", "FixtureResult",
-           "EventDirDiff", "compare_event_dirs", "EVENTS_DIFF_SCHEMA", "EVENTS_DIFF_SCHEMA_VERSION"]
+           "EventDirDiff", "compare_event_dirs", "session_files", "EVENTS_DIFF_SCHEMA", "EVENTS_DIFF_SCHEMA_VERSION"]
 
-EVENTS_DIFF_SCHEMA = "parity.events.diff"
-EVENTS_DIFF_SCHEMA_VERSION = 1
-EVENTS_DIRS_SCHEMA = "parity.events.dirs"
 _TEXT_DIFF_MIN = 60  # strings longer than this (or multi-line) get a unified diff
-
-
-@dataclass(frozen=True)
-class FieldDiff:
-    """One field that differs between two aligned events.
-
-    Attributes:
-        path: the field path, e.g. ``content[1].input.command``.
-        ref, cand: the normalized values (``None`` with ``ref_absent``/``cand_absent`` when one
-            side lacks the field).
-        note: why they differ when not plain inequality (a tolerance, a numbered id).
-        text_diff: a unified diff of the two strings (long or multi-line text fields).
-    """
-
-    path: str
-    ref: Any = None
-    cand: Any = None
-    ref_absent: bool = False
-    cand_absent: bool = False
-    note: str = ""
-    text_diff: list[str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"path": self.path, "ref": self.ref, "cand": self.cand}
-        if self.ref_absent:
-            d["ref_absent"] = True
-        if self.cand_absent:
-            d["cand_absent"] = True
-        if self.note:
-            d["note"] = self.note
-        if self.text_diff is not None:
-            d["text_diff"] = list(self.text_diff)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FieldDiff:
-        return cls(d["path"], d.get("ref"), d.get("cand"), bool(d.get("ref_absent")), bool(d.get("cand_absent")),
-                   d.get("note", ""), list(d["text_diff"]) if d.get("text_diff") is not None else None)
-
-    def describe(self) -> str:
-        """``path: ref -> cand`` on one line (values as compact JSON, cut to 80 characters)."""
-        r = "(absent)" if self.ref_absent else _short_json(self.ref)
-        c = "(absent)" if self.cand_absent else _short_json(self.cand)
-        return f"{self.path}: {r} -> {c}" + (f"  [{self.note}]" if self.note else "")
-
-
-def _short_json(v: Any, limit: int = 80) -> str:
-    text = json.dumps(v, ensure_ascii=False, sort_keys=True)
-    return text if len(text) <= limit else text[:limit - 12] + "…" + text[-10:]
-
-
-@dataclass(frozen=True)
-class EventRef:
-    """One event as a report names it: position, stage key, kind, turn, source line, a summary,
-    and (for events shown in detail) the normalized record."""
-
-    index: int
-    key: str
-    kind: str
-    turn: Any
-    line: int
-    summary: str
-    record: Any = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"index": self.index, "key": self.key, "kind": self.kind, "turn": self.turn, "line": self.line,
-             "summary": self.summary}
-        if self.record is not None:
-            d["record"] = self.record
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EventRef:
-        return cls(d["index"], d["key"], d["kind"], d.get("turn"), d.get("line", 0), d.get("summary", ""),
-                   d.get("record"))
-
-    def label(self) -> str:
-        """``#4 assistant_turn turn=2 (line 5)``."""
-        turn = f" turn={self.turn}" if self.turn is not None else ""
-        return f"#{self.index} {self.kind}{turn} (line {self.line})"
-
-
-@dataclass(frozen=True)
-class EventOp:
-    """A divergent step of the alignment: an edited event (``changed``), or one ``deleted``
-    (reference only) or ``inserted`` (candidate only). ``fields`` is ``None`` past ``max_detail``."""
-
-    op: str
-    ref: EventRef | None
-    cand: EventRef | None
-    similarity: float = 0.0
-    fields: list[FieldDiff] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"op": self.op, "ref": self.ref.to_dict() if self.ref else None,
-                "cand": self.cand.to_dict() if self.cand else None, "similarity": self.similarity,
-                "fields": [f.to_dict() for f in self.fields] if self.fields is not None else None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EventOp:
-        return cls(d["op"], EventRef.from_dict(d["ref"]) if d.get("ref") else None,
-                   EventRef.from_dict(d["cand"]) if d.get("cand") else None, float(d.get("similarity", 0.0)),
-                   [FieldDiff.from_dict(f) for f in d["fields"]] if d.get("fields") is not None else None)
-
-    @property
-    def kind(self) -> str:
-        side = self.ref or self.cand
-        return side.kind if side else ""
-
-    def describe(self) -> str:
-        """One line: ``changed #4 assistant_turn turn=2 (line 5) ~ #4 ... (line 5), similarity 0.83``."""
-        if self.op == "changed":
-            assert self.ref and self.cand
-            return f"changed {self.ref.label()} ~ cand {self.cand.label()}, similarity {self.similarity:.2f}"
-        side = self.ref if self.op == "deleted" else self.cand
-        assert side is not None
-        where = "reference only" if self.op == "deleted" else "candidate only"
-        return f"{self.op} {side.label()} ({where}): {side.summary}"
-
-
-@dataclass
-class KindCounts:
-    """Events of one kind: on each side, and how they aligned."""
-
-    ref: int = 0
-    cand: int = 0
-    equal: int = 0
-    changed: int = 0
-    deleted: int = 0
-    inserted: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, int]) -> KindCounts:
-        return cls(**{k: int(d.get(k, 0)) for k in ("ref", "cand", "equal", "changed", "deleted", "inserted")})
-
-
-@dataclass
-class EventDiff:
-    """The result of comparing two event logs (serializable: :meth:`to_dict` / :meth:`from_dict`).
-
-    Attributes:
-        ref_path, cand_path: what was compared.
-        preset: the normalization preset used.
-        verdict: ``parity``, ``divergence`` or ``nothing_compared``.
-        score: similarity in [0, 1] (see the module docstring).
-        min_score: the gate, when one was set.
-        n_ref, n_cand: records on each side.
-        equal, changed, deleted, inserted: how the events aligned.
-        ops: the divergent steps, in alignment order (the first is :attr:`first_divergence`).
-        alignment: the whole alignment as runs ``[tag, ref_start, ref_end, cand_start, cand_end]``
-            with tags ``equal``, ``changed``, ``deleted``, ``inserted``.
-        kinds: per-kind :class:`KindCounts`, in order of first appearance.
-        unused_rules: normalization rules that matched no field of either log.
-        malformed: malformed lines left out, per side (``{"ref": [...], "cand": [...]}``).
-        notes: anything else a reader should know.
-        rules: every rule applied (one line each).
-    """
-
-    ref_path: str
-    cand_path: str
-    preset: str | None
-    verdict: str
-    score: float
-    min_score: float | None
-    n_ref: int
-    n_cand: int
-    equal: int
-    changed: int
-    deleted: int
-    inserted: int
-    ops: list[EventOp] = field(default_factory=list)
-    alignment: list[list[Any]] = field(default_factory=list)
-    kinds: dict[str, KindCounts] = field(default_factory=dict)
-    unused_rules: list[str] = field(default_factory=list)
-    malformed: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    rules: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        """Whether parity holds (the verdict is ``parity``)."""
-        return self.verdict == "parity"
-
-    @property
-    def exact(self) -> bool:
-        """Whether no event diverges (also when a ``min_score`` let the diff pass)."""
-        return not self.ops and (self.n_ref or self.n_cand) > 0
-
-    @property
-    def first_divergence(self) -> EventOp | None:
-        """The first divergent step in alignment order, or ``None``."""
-        return self.ops[0] if self.ops else None
-
-    @property
-    def deletions(self) -> list[EventOp]:
-        return [o for o in self.ops if o.op == "deleted"]
-
-    @property
-    def insertions(self) -> list[EventOp]:
-        return [o for o in self.ops if o.op == "inserted"]
-
-    @property
-    def hunks(self) -> list[list[Any]]:
-        """Runs of the alignment that are not ``equal``, merged when adjacent:
-        ``[ref_start, ref_end, cand_start, cand_end]``."""
-        out: list[list[Any]] = []
-        for tag, i1, i2, j1, j2 in self.alignment:
-            if tag == "equal":
-                continue
-            if out and out[-1][1] == i1 and out[-1][3] == j1:
-                out[-1][1], out[-1][3] = i2, j2
-            else:
-                out.append([i1, i2, j1, j2])
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (schema ``parity.events.diff`` version 1; see docs/events.md)."""
-        return {
-            "schema": EVENTS_DIFF_SCHEMA, "schema_version": EVENTS_DIFF_SCHEMA_VERSION,
-            "ref": self.ref_path, "cand": self.cand_path, "preset": self.preset, "verdict": self.verdict,
-            "passed": self.passed, "score": self.score, "min_score": self.min_score,
-            "counts": {"ref": self.n_ref, "cand": self.n_cand, "equal": self.equal, "changed": self.changed,
-                       "deleted": self.deleted, "inserted": self.inserted},
-            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
-            "ops": [o.to_dict() for o in self.ops],
-            "alignment": [list(r) for r in self.alignment],
-            "kinds": {k: v.to_dict() for k, v in self.kinds.items()},
-            "unused_rules": list(self.unused_rules), "malformed": {k: list(v) for k, v in self.malformed.items()},
-            "notes": list(self.notes), "rules": list(self.rules),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EventDiff:
-        """Rebuild a result from :meth:`to_dict`'s form.
-
-        Raises:
-            UsageError: not a ``parity.events.diff`` document of a version this parity reads.
-        """
-        if not isinstance(d, Mapping) or d.get("schema") != EVENTS_DIFF_SCHEMA:
-            raise UsageError(f"not a {EVENTS_DIFF_SCHEMA} document.")
-        if not isinstance(d.get("schema_version"), int) or d["schema_version"] > EVENTS_DIFF_SCHEMA_VERSION:
-            raise UsageError(f"{EVENTS_DIFF_SCHEMA} schema_version {d.get('schema_version')!r}; this parity reads "
-                             f"1 to {EVENTS_DIFF_SCHEMA_VERSION}.")
-        c = d["counts"]
-        return cls(d["ref"], d["cand"], d.get("preset"), d["verdict"], float(d["score"]), d.get("min_score"),
-                   c["ref"], c["cand"], c["equal"], c["changed"], c["deleted"], c["inserted"],
-                   [EventOp.from_dict(o) for o in d.get("ops", [])], [list(r) for r in d.get("alignment", [])],
-                   {k: KindCounts.from_dict(v) for k, v in d.get("kinds", {}).items()}, list(d.get("unused_rules", [])),
-                   {k: list(v) for k, v in d.get("malformed", {}).items()}, list(d.get("notes", [])),
-                   list(d.get("rules", [])))
 
 
 # -- comparing values ---------------------------------------------------------------------------------
@@ -338,15 +92,25 @@ def _leaves(v: Any) -> int:
     return 1
 
 
+def _children(a: Any, b: Any):
+    """``(key, a's child, b's child)`` of two dicts (a's keys first) or two lists, ``_ABSENT`` where
+    one side lacks it."""
+    if type(a) is dict:
+        for k in list(a) + [k for k in b if k not in a]:
+            yield k, a.get(k, _ABSENT), b.get(k, _ABSENT)
+    else:
+        for j in range(max(len(a), len(b))):
+            yield j, a[j] if j < len(a) else _ABSENT, b[j] if j < len(b) else _ABSENT
+
+
 def _compare(a: Any, b: Any, path: tuple[str | int, ...], ids: _Ids, commit: bool, out: list[FieldDiff] | None
              ) -> tuple[int, int]:
     """(leaf fields, differing leaf fields) of two normalized values; differences appended to ``out``."""
     ta, tb = type(a), type(b)
-    if ta is dict and tb is dict:
+    if (ta is dict and tb is dict) or (ta is list and tb is list):
         total = diff = 0
-        for k in list(a) + [k for k in b if k not in a]:
-            x, y = a.get(k, _ABSENT), b.get(k, _ABSENT)
-            if x is _ABSENT or y is _ABSENT:
+        for k, x, y in _children(a, b):
+            if x is _ABSENT or y is _ABSENT:  # a field on one side only: all its leaves differ
                 n = _leaves(x if y is _ABSENT else y)
                 total += n
                 diff += n
@@ -355,23 +119,6 @@ def _compare(a: Any, b: Any, path: tuple[str | int, ...], ids: _Ids, commit: boo
                                          None if y is _ABSENT else unmark(y), x is _ABSENT, y is _ABSENT))
                 continue
             t, d = _compare(x, y, path + (k,), ids, commit, out)
-            total += t
-            diff += d
-        return max(total, 1), diff
-    if ta is list and tb is list:
-        total = diff = 0
-        for j in range(max(len(a), len(b))):
-            if j >= len(a) or j >= len(b):
-                x = a[j] if j < len(a) else _ABSENT
-                y = b[j] if j < len(b) else _ABSENT
-                n = _leaves(x if y is _ABSENT else y)
-                total += n
-                diff += n
-                if out is not None:
-                    out.append(FieldDiff(format_path(path + (j,)), None if x is _ABSENT else unmark(x),
-                                         None if y is _ABSENT else unmark(y), x is _ABSENT, y is _ABSENT))
-                continue
-            t, d = _compare(a[j], b[j], path + (j,), ids, commit, out)
             total += t
             diff += d
         return max(total, 1), diff
@@ -489,119 +236,14 @@ def _compare_events(ref, cand, config, preset, min_score, skip_malformed, max_de
         min_score = cfg.min_score
     if min_score is not None and not 0 <= min_score <= 1:
         raise UsageError(f"min_score must be from 0 to 1, got {min_score!r}.")
-    detail_limit = cfg.max_detail if max_detail is None else max_detail
     hits: dict[int, int] = {}
     na = Normalizer(rules, hits)
     nb = Normalizer(rules, hits)
-    norm_a = [na.normalize(e.record) for e in a.events]
-    norm_b = [nb.normalize(e.record) for e in b.events]
-    intern: dict[str, int] = {}
-    seq_a = [intern.setdefault(n.identity, len(intern)) for n in norm_a]
-    seq_b = [intern.setdefault(n.identity, len(intern)) for n in norm_b]
-    del intern
-    opcodes = diff_sequences(seq_a, seq_b)
-
-    ids = _Ids()
-    ops: list[EventOp] = []
-    alignment: list[list[Any]] = []
-    kinds: dict[str, KindCounts] = {}
-    for e in a.events:
-        kinds.setdefault(e.kind, KindCounts()).ref += 1
-    for e in b.events:
-        kinds.setdefault(e.kind, KindCounts()).cand += 1
-    counts = {"equal": 0, "changed": 0, "deleted": 0, "inserted": 0}
-    sim_sum = 0.0
-
-    def run(tag: str, i1: int, i2: int, j1: int, j2: int) -> None:
-        if alignment and alignment[-1][0] == tag and alignment[-1][2] == i1 and alignment[-1][4] == j1:
-            alignment[-1][2], alignment[-1][4] = i2, j2
-        else:
-            alignment.append([tag, i1, i2, j1, j2])
-
-    def detail() -> bool:
-        return len(ops) < detail_limit
-
-    def pair(i: int, j: int, known_equal: bool) -> None:
-        nonlocal sim_sum
-        x, y = norm_a[i], norm_b[j]
-        if known_equal and not (x.marked or y.marked):
-            counts["equal"] += 1
-            kinds[a.events[i].kind].equal += 1
-            sim_sum += 1.0
-            run("equal", i, i + 1, j, j + 1)
-            return
-        fields: list[FieldDiff] = []
-        total, differing = _compare(x.value, y.value, (), ids, True, fields)
-        if not fields:
-            counts["equal"] += 1
-            kinds[a.events[i].kind].equal += 1
-            sim_sum += 1.0
-            run("equal", i, i + 1, j, j + 1)
-            return
-        sim = max(0.0, (total - differing) / total) if total else 0.0
-        sim = min(sim, 1.0 - 1.0 / (total + 1))  # a divergent pair is never fully similar
-        counts["changed"] += 1
-        kinds[a.events[i].kind].changed += 1
-        sim_sum += sim
-        d = detail()
-        ops.append(EventOp("changed", _ref(a.events[i], x, d), _ref(b.events[j], y, d), round(sim, 6),
-                           fields if d else None))
-        run("changed", i, i + 1, j, j + 1)
-
-    def single(side: str, i: int) -> None:
-        ev, nv = (a.events[i], norm_a[i]) if side == "deleted" else (b.events[i], norm_b[i])
-        counts[side] += 1
-        setattr(kinds[ev.kind], side, getattr(kinds[ev.kind], side) + 1)
-        r = _ref(ev, nv, detail())
-        ops.append(EventOp(side, r if side == "deleted" else None, r if side == "inserted" else None))
-
-    marked_a = [n.marked for n in norm_a]
-    k = 0
-    while k < len(opcodes):
-        tag, i1, i2, j1, j2 = opcodes[k]
-        if tag == "equal":
-            if any(marked_a[i1:i2]) or any(norm_b[j].marked for j in range(j1, j2)):
-                for off in range(i2 - i1):
-                    pair(i1 + off, j1 + off, True)
-            else:
-                n = i2 - i1
-                counts["equal"] += n
-                sim_sum += n
-                for i in range(i1, i2):
-                    kinds[a.events[i].kind].equal += 1
-                run("equal", i1, i2, j1, j2)
-            k += 1
-            continue
-        # a block of deletions and/or insertions: pair edited events by edit distance
-        di1, di2, dj1, dj2 = i1, i2, j1, j2
-        if tag == "delete" and k + 1 < len(opcodes) and opcodes[k + 1][0] == "insert" and opcodes[k + 1][1] == i2:
-            dj1, dj2 = opcodes[k + 1][3], opcodes[k + 1][4]
-            k += 2
-        else:
-            k += 1
-
-        def sim(i: int, j: int, di1=di1, dj1=dj1) -> float:
-            t, dd = _compare(norm_a[di1 + i].value, norm_b[dj1 + j].value, (), ids, False, None)
-            return (t - dd) / t if t else 0.0
-
-        steps = refine_block(di2 - di1, dj2 - dj1, lambda i, di1=di1: a.events[di1 + i].kind,
-                             lambda j, dj1=dj1: b.events[dj1 + j].kind, sim)
-        ci, cj = di1, dj1
-        for si, sj in steps:
-            if si is not None and sj is not None:
-                pair(ci, cj, False)
-                ci, cj = ci + 1, cj + 1
-            elif si is not None:
-                single("deleted", ci)
-                run("deleted", ci, ci + 1, cj, cj)
-                ci += 1
-            else:
-                single("inserted", cj)
-                run("inserted", ci, ci, cj, cj + 1)
-                cj += 1
-
+    walk = _Walk(a, b, [na.normalize(e.record) for e in a.events], [nb.normalize(e.record) for e in b.events],
+                 cfg.max_detail if max_detail is None else max_detail)
+    walk.walk()
     total = len(a.events) + len(b.events)
-    score = (2.0 * sim_sum / total) if total else 1.0
+    score = (2.0 * walk.sim_sum / total) if total else 1.0
     score = round(min(1.0, max(0.0, score)), 6)
     if total == 0:
         verdict = "nothing_compared"
@@ -609,8 +251,18 @@ def _compare_events(ref, cand, config, preset, min_score, skip_malformed, max_de
     elif min_score is not None:
         verdict = "parity" if score >= min_score else "divergence"
     else:
-        verdict = "parity" if not ops else "divergence"
+        verdict = "parity" if not walk.ops else "divergence"
     unused = [r.describe() for i, r in enumerate(rules.rules) if not hits.get(i)]
+    malformed = _malformed(a, b, notes)
+    counts = walk.counts
+    return EventDiff(os.fspath(a.source), os.fspath(b.source), used_preset, verdict, score, min_score,
+                     len(a.events), len(b.events), counts["equal"], counts["changed"], counts["deleted"],
+                     counts["inserted"], walk.ops, walk.alignment, walk.kinds, unused, malformed, notes,
+                     [r.describe() for r in rules.rules])
+
+
+def _malformed(a: EventLog, b: EventLog, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The malformed lines left out, per side, each side's also said in a note."""
     malformed = {}
     if a.malformed:
         malformed["ref"] = [{"line": m.line, "reason": m.reason} for m in a.malformed]
@@ -620,89 +272,120 @@ def _compare_events(ref, cand, config, preset, min_score, skip_malformed, max_de
         notes.append(f"{len(lst)} malformed line(s) of the {'reference' if side == 'ref' else 'candidate'} were left "
                      f"out of the comparison (lines {', '.join(str(m['line']) for m in lst[:10])}"
                      f"{', …' if len(lst) > 10 else ''}).")
-    return EventDiff(os.fspath(a.source), os.fspath(b.source), used_preset, verdict, score, min_score,
-                     len(a.events), len(b.events), counts["equal"], counts["changed"], counts["deleted"],
-                     counts["inserted"], ops, alignment, kinds, unused, malformed, notes,
-                     [r.describe() for r in rules.rules])
+    return malformed
+
+
+class _Walk:
+    """Walks the edit-distance alignment of two normalized logs: pairs edited events, counts per
+    kind, records the divergent steps (field-level diffs for the first ``detail_limit``) and the
+    sum of the pairs' similarities."""
+
+    def __init__(self, a: EventLog, b: EventLog, norm_a: list[Normalized], norm_b: list[Normalized],
+                 detail_limit: int):
+        self.a, self.b, self.norm_a, self.norm_b, self.detail_limit = a, b, norm_a, norm_b, detail_limit
+        self.ids = _Ids()
+        self.ops: list[EventOp] = []
+        self.alignment: list[list[Any]] = []
+        self.kinds: dict[str, KindCounts] = {}
+        for e in a.events:
+            self.kinds.setdefault(e.kind, KindCounts()).ref += 1
+        for e in b.events:
+            self.kinds.setdefault(e.kind, KindCounts()).cand += 1
+        self.counts = {"equal": 0, "changed": 0, "deleted": 0, "inserted": 0}
+        self.sim_sum = 0.0
+
+    def walk(self) -> None:
+        intern: dict[str, int] = {}
+        seq_a = [intern.setdefault(n.identity, len(intern)) for n in self.norm_a]
+        seq_b = [intern.setdefault(n.identity, len(intern)) for n in self.norm_b]
+        del intern
+        opcodes = diff_sequences(seq_a, seq_b)
+        k = 0
+        while k < len(opcodes):
+            tag, i1, i2, j1, j2 = opcodes[k]
+            if tag == "equal":
+                self.equal_block(i1, i2, j1, j2)
+                k += 1
+                continue
+            # a block of deletions and/or insertions: pair edited events by edit distance
+            if tag == "delete" and k + 1 < len(opcodes) and opcodes[k + 1][0] == "insert" and opcodes[k + 1][1] == i2:
+                j1, j2 = opcodes[k + 1][3], opcodes[k + 1][4]
+                k += 2
+            else:
+                k += 1
+            self.edit_block(i1, i2, j1, j2)
+
+    def run(self, tag: str, i1: int, i2: int, j1: int, j2: int) -> None:
+        al = self.alignment
+        if al and al[-1][0] == tag and al[-1][2] == i1 and al[-1][4] == j1:
+            al[-1][2], al[-1][4] = i2, j2
+        else:
+            al.append([tag, i1, i2, j1, j2])
+
+    def equal_block(self, i1: int, i2: int, j1: int, j2: int) -> None:
+        if any(n.marked for n in self.norm_a[i1:i2]) or any(n.marked for n in self.norm_b[j1:j2]):
+            for off in range(i2 - i1):  # marked values (ids, tolerances) may still differ
+                self.pair(i1 + off, j1 + off, True)
+            return
+        n = i2 - i1
+        self.counts["equal"] += n
+        self.sim_sum += n
+        for i in range(i1, i2):
+            self.kinds[self.a.events[i].kind].equal += 1
+        self.run("equal", i1, i2, j1, j2)
+
+    def edit_block(self, i1: int, i2: int, j1: int, j2: int) -> None:
+        def sim(i: int, j: int) -> float:
+            t, dd = _compare(self.norm_a[i1 + i].value, self.norm_b[j1 + j].value, (), self.ids, False, None)
+            return (t - dd) / t if t else 0.0
+
+        steps = refine_block(i2 - i1, j2 - j1, lambda i: self.a.events[i1 + i].kind,
+                             lambda j: self.b.events[j1 + j].kind, sim)
+        ci, cj = i1, j1
+        for si, sj in steps:
+            if si is not None and sj is not None:
+                self.pair(ci, cj, False)
+                ci, cj = ci + 1, cj + 1
+            elif si is not None:
+                self.single("deleted", ci)
+                self.run("deleted", ci, ci + 1, cj, cj)
+                ci += 1
+            else:
+                self.single("inserted", cj)
+                self.run("inserted", ci, ci, cj, cj + 1)
+                cj += 1
+
+    def pair(self, i: int, j: int, known_equal: bool) -> None:
+        x, y = self.norm_a[i], self.norm_b[j]
+        kind = self.kinds[self.a.events[i].kind]
+        fields: list[FieldDiff] = []
+        if not (known_equal and not (x.marked or y.marked)):
+            total, differing = _compare(x.value, y.value, (), self.ids, True, fields)
+        if not fields:
+            self.counts["equal"] += 1
+            kind.equal += 1
+            self.sim_sum += 1.0
+            self.run("equal", i, i + 1, j, j + 1)
+            return
+        sim = max(0.0, (total - differing) / total) if total else 0.0
+        sim = min(sim, 1.0 - 1.0 / (total + 1))  # a divergent pair is never fully similar
+        self.counts["changed"] += 1
+        kind.changed += 1
+        self.sim_sum += sim
+        d = len(self.ops) < self.detail_limit
+        self.ops.append(EventOp("changed", _ref(self.a.events[i], x, d), _ref(self.b.events[j], y, d), round(sim, 6),
+                                fields if d else None))
+        self.run("changed", i, i + 1, j, j + 1)
+
+    def single(self, side: str, i: int) -> None:
+        ev, nv = (self.a.events[i], self.norm_a[i]) if side == "deleted" else (self.b.events[i], self.norm_b[i])
+        self.counts[side] += 1
+        setattr(self.kinds[ev.kind], side, getattr(self.kinds[ev.kind], side) + 1)
+        r = _ref(ev, nv, len(self.ops) < self.detail_limit)
+        self.ops.append(EventOp(side, r if side == "deleted" else None, r if side == "inserted" else None))
 
 
 # -- directories of sessions ---------------------------------------------------------------------------
-
-@dataclass
-class FixtureResult:
-    """One reference session compared with its candidate (matched by name)."""
-
-    name: str
-    ref: str | None
-    cand: str | None
-    score: float
-    passed: bool
-    verdict: str
-    counts: dict[str, int] = field(default_factory=dict)
-    first_divergence: str | None = None
-    error: str | None = None
-    diff: EventDiff | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "cand": self.cand, "score": self.score, "passed": self.passed,
-                "verdict": self.verdict, "counts": dict(self.counts), "first_divergence": self.first_divergence,
-                "error": self.error, "diff": self.diff.to_dict() if self.diff else None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FixtureResult:
-        return cls(d["name"], d.get("ref"), d.get("cand"), float(d["score"]), bool(d["passed"]), d["verdict"],
-                   dict(d.get("counts", {})), d.get("first_divergence"), d.get("error"),
-                   EventDiff.from_dict(d["diff"]) if d.get("diff") else None)
-
-
-@dataclass
-class EventDirDiff:
-    """Candidate sessions compared with reference fixtures, matched by name.
-
-    Attributes:
-        fixtures: one :class:`FixtureResult` per reference fixture (a missing candidate scores 0).
-        extra: candidate sessions without a reference fixture (listed, not scored).
-        mean_score: the mean of the fixtures' scores (the aggregate), ``min``: the lowest.
-        min_score, min_mean: the gates in force.
-    """
-
-    ref_dir: str
-    cand_dir: str
-    fixtures: list[FixtureResult]
-    extra: list[str]
-    mean_score: float
-    lowest_score: float
-    min_score: float | None = None
-    min_mean: float | None = None
-
-    @property
-    def passed(self) -> bool:
-        """Every fixture passed (and the mean reaches ``min_mean`` when given); none is missing or unreadable."""
-        if not self.fixtures:
-            return False
-        if not all(f.passed for f in self.fixtures):
-            return False
-        return self.min_mean is None or self.mean_score >= self.min_mean
-
-    @property
-    def errors(self) -> list[FixtureResult]:
-        return [f for f in self.fixtures if f.error]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"schema": EVENTS_DIRS_SCHEMA, "schema_version": 1, "ref": self.ref_dir, "cand": self.cand_dir,
-                "passed": self.passed, "aggregate": {"mean_score": self.mean_score, "lowest_score": self.lowest_score,
-                                                     "fixtures": len(self.fixtures),
-                                                     "passed": sum(f.passed for f in self.fixtures)},
-                "min_score": self.min_score, "min_mean": self.min_mean,
-                "fixtures": [f.to_dict() for f in self.fixtures], "extra": list(self.extra)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EventDirDiff:
-        if d.get("schema") != EVENTS_DIRS_SCHEMA:
-            raise UsageError(f"not a {EVENTS_DIRS_SCHEMA} document.")
-        agg = d["aggregate"]
-        return cls(d["ref"], d["cand"], [FixtureResult.from_dict(f) for f in d["fixtures"]], list(d.get("extra", [])),
-                   float(agg["mean_score"]), float(agg["lowest_score"]), d.get("min_score"), d.get("min_mean"))
 
 
 def session_files(directory: str | os.PathLike[str]) -> dict[str, str]:

@@ -155,7 +155,8 @@ def _depth_ok(text: str) -> bool:
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    """``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON; the line is malformed."""
+    raise ImportFormatError(f"{name} is not a JSON number")
 
 
 def check_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -170,6 +171,8 @@ def check_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"nests JSON more than {MAX_NESTING} levels deep"
     try:
         rec = json.loads(text, parse_constant=_reject_constant)
+    except ImportFormatError as e:
+        return None, f"not valid JSON ({e.message})"
     except ValueError as e:
         msg = str(e)
         return None, f"not valid JSON ({msg})"
@@ -236,7 +239,7 @@ def parse_jsonl(data: bytes, source: str = "<bytes>", *, skip_malformed: bool = 
         if text.count("{") + text.count("[") <= MAX_NESTING:
             try:
                 rec = loads(text, parse_constant=_reject_constant)
-            except (ValueError, RecursionError):
+            except (ValueError, ImportFormatError, RecursionError):
                 rec = None
         if type(rec) is not dict or type(rec.get("v")) is not int or rec["v"] not in SUPPORTED_VERSIONS \
                 or type(rec.get("kind")) is not str or not rec["kind"]:

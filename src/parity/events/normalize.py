@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ImportFormatError
 from ..trace.keys import IDENT_RE as _IDENT_RE
 
 __all__ = ["PathPattern", "Rule", "Tolerance", "RuleSet", "Normalized", "Normalizer", "NumberedId", "TolerantNumber",
@@ -310,7 +310,7 @@ def _mask(o: object) -> str:
         return f"<{o.group}>"
     if type(o) is TolerantNumber:
         return "<NUM>"
-    raise TypeError(f"{type(o).__name__} in a normalized record")
+    raise ImportFormatError(f"a normalized record holds a {type(o).__name__}; event records hold JSON values only.")
 
 
 def unmark(v: Any) -> Any:

@@ -4,7 +4,7 @@ Every format shows the verdict and score, the first divergent event with its fie
 (long or multi-line text fields as a unified diff, never two walls of text), the divergent
 events, per-kind counts side by side, the rules that matched nothing, and the notes.
 
->>> from parity.events.diff import EventDiff
+>>> from parity.events import EventDiff
 >>> d = EventDiff("a.jsonl", "b.jsonl", "ccpa", "parity", 1.0, None, 3, 3, 3, 0, 0, 0)
 >>> render_event_markdown(d).splitlines()[0]
 '# Event diff: PARITY HOLDS'
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .diff import EventDiff, EventDirDiff, EventOp, FieldDiff
+from .result import EventDiff, EventDirDiff, EventOp, FieldDiff
 
 __all__ = ["render_event_text", "render_event_json", "render_event_markdown", "render_event_html",
            "render_event_dirs_text", "render_event_dirs_json", "render_event_dirs_markdown", "render_event_dirs_html",
