@@ -271,16 +271,24 @@ def test_repeated_text_values_and_named_fields_take_the_fast_path_with_the_same_
         assert _chunked(lines, (), blocks=True, c_scanner=True, chunk=30) == want
 
 
-def test_blocks_are_the_lines_of_chunks():
+def test_blocks_hold_every_line_as_a_terminal_shows_it_for_any_read_size():
+    """One reader serves both scanners: its blocks, split as the Python scanner splits them
+    (block_lines) or as the C scanner does (the test's own split), are the file's lines."""
+    from parity.importers._line_reader import block_lines, read_blocks, visible_line
+
     data = b"a\r\nb\n\nprogress\rTRACE_C: x=1\r\n\nlast"
+    want = [b"a", b"b", b"", b"TRACE_C: x=1", b"", b"last"]
+    assert [visible_line(x) for x in data.split(b"\n")] == want
     for size in (1, 2, 3, 5, 8, 64):
-        want = [line for part in L._chunks(io.BytesIO(data), size) for line in part]
+        blocks = list(read_blocks(io.BytesIO(data), size))
+        assert [line for b in blocks for line in block_lines(*b)] == want, size
         got = []
-        for head, block, start, stop in L._blocks(io.BytesIO(data), size):
-            got.append(L._cr(head))
+        for head, block, start, stop in blocks:
+            got.append(visible_line(head))
             if start <= stop:
-                got.extend(L._cr(x) for x in block[start:stop].split(b"\n"))
+                got.extend(visible_line(x) for x in block[start:stop].split(b"\n"))
         assert got == want, size
+    assert list(read_blocks(io.BytesIO(b"x\n"), 64)) == [(b"x", b"x\n", 2, 1)]  # no empty line after the last newline
 
 
 # -- whole imports: the fast path writes the trace the slow path writes -----------------------------

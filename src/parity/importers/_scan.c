@@ -38,7 +38,7 @@
  *   Values.take() -> bytes      the values pushed so far (native-endian doubles); empties the buffer
  *   len(Values)                 how many values it holds
  *   parse_float(token: bytes)   -> float, or None when the token is not in the grammar above
- *   scan_chunk(...)             LineParser._parse_chunk's loop (see "the chunk scanner" below)
+ *   scan_chunk(...)             _line_scan.scan_chunk in C (see "the chunk scanner" below)
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -802,7 +802,7 @@ static PyTypeObject ValuesType = {
 /* -- the chunk scanner ---------------------------------------------------------------------------
  *
  * scan_chunk(parser, lines, lineno, index_value, malformed) -> (lineno, skipped, traced) runs
- * LineParser._parse_chunk's loop (parity/importers/lines.py) in C: the same prefix test, the same
+ * the loop of its Python twin (parity/importers/_line_scan.py) in C: the same prefix test, the same
  * fast paths for the common trace lines (key=numbers, key: numbers, key numbers, several
  * key=number pairs, indexed family lines, named fields, text values seen before), appending to the
  * parser's output columns
@@ -819,7 +819,7 @@ typedef struct {
     PyObject *names_cache, *names;       /* _Names._cache (bytes -> (name, original)); _Names */
     PyObject *texts;                     /* LineParser._texts: short values _parse_value() found text */
     PyObject *parse_body, *sample;       /* bound methods */
-    PyObject *index_value, *malformed;   /* lines._index_value; lines._Malformed */
+    PyObject *index_value, *malformed;   /* _line_grammar._index_value, _Malformed */
     PyObject *out[5];                    /* names, shapes, indices, lines, originals */
     long long fields, every;
     int fast;
@@ -827,7 +827,7 @@ typedef struct {
 
 #define MAX_PAIRS 64
 
-static inline int is_lead_ws(unsigned char c) { /* lines._WS */
+static inline int is_lead_ws(unsigned char c) { /* _line_grammar._WS */
     return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
 }
 
@@ -1044,7 +1044,7 @@ static PyObject *index_dict(Ctx *c, const unsigned char *k, Py_ssize_t kn, const
     return d;
 }
 
-/* "[it=3] a=1 b=2": LineParser._fast_pairs().  1 taken, 0 not taken (nothing changed), -1 error. */
+/* "[it=3] a=1 b=2": _line_scan._fast_pairs().  1 taken, 0 not taken (nothing changed), -1 error. */
 static int fast_pairs(Ctx *c, const unsigned char *b, Py_ssize_t n, Py_ssize_t lineno, int indexed) {
     if (find_byte(b, n, '[') != NULL || find_byte(b, n, ']') != NULL) return 0;
     const unsigned char *tok[MAX_PAIRS];
@@ -1247,7 +1247,7 @@ static int scan_one(Ctx *c, const unsigned char *s, Py_ssize_t n, Py_ssize_t lin
     return 0;
 }
 
-/* lines._cr(): a terminal shows what follows the last carriage return */
+/* _line_reader.visible_line(): a terminal shows what follows the last carriage return */
 static inline void carriage_return(const unsigned char **s, Py_ssize_t *n) {
     if (*n == 0 || memchr(*s, '\r', (size_t)*n) == NULL) return;
     while (*n > 0 && (*s)[*n - 1] == '\r') (*n)--;
@@ -1260,8 +1260,8 @@ static inline void carriage_return(const unsigned char **s, Py_ssize_t *n) {
 }
 
 /* scan_chunk(parser, lines, lineno, index_value, malformed): lines is a list of bytes (one line
- * each, newline removed and _cr() applied), or a tuple (head, block, start, stop): the line head,
- * then the lines of block[start:stop] split at "\n" (none when start > stop), _cr() applied here. */
+ * each, newline removed and visible_line() applied), or a tuple (head, block, start, stop): the line head,
+ * then the lines of block[start:stop] split at "\n" (none when start > stop), visible_line() applied here. */
 static PyObject *scan_chunk(PyObject *Py_UNUSED(mod), PyObject *args) {
     PyObject *parser, *lines, *index_value, *malformed;
     Py_ssize_t lineno;
