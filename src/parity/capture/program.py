@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import CaptureError, UsageError
-from ..importers.lines import LineParser, LineStats, _cr
+from ..importers.lines import LineParser, LineStats, visible_line as _cr
 from ..redact import redact_args
 from ..trace.writer import TraceWriter
 
