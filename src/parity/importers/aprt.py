@@ -30,8 +30,9 @@ from ..limits import MAX_INT_DIGITS
 from ..safefs import atomic_write, check_inside, refuse_symlink
 from ..trace.dtypes import to_float64
 from ..trace.keys import validate_key
-from ..trace.reader import Trace, load_trace
+from ..trace.reader import Trace
 from ..trace.writer import TraceWriter
+from ._export import export_target, tensor_stages
 from ._order import add_keyed, read_order_file, sort_stages
 
 __all__ = ["MAGIC", "WHOLE_MODEL", "AprtStage", "read_aprt", "write_aprt", "encode_aprt", "import_aprt", "export_aprt",
@@ -294,21 +295,11 @@ def export_aprt(trace: str | os.PathLike[str] | Trace, out_dir: str | os.PathLik
         UsageError: ``out_dir`` exists and is not empty, or is a symbolic link; two stages would
             land in one file (``layers.0.a`` and ``layers.00.a`` both give ``layer-0/a.bin``).
     """
-    t = trace if isinstance(trace, Trace) else load_trace(trace)
-    out_dir = os.fspath(out_dir)
-    refuse_symlink(out_dir, error=UsageError, what="output directory")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UsageError("exists and is not an empty directory; refusing to write an APRT dump into it.", path=out_dir)
-    wanted = set(stages) if stages is not None else None
+    t, out_dir = export_target(trace, out_dir, folder=True, contents="an APRT dump")
     chosen = []
     notes: list[str] = []
     by_rel: dict[str, str] = {}
-    for s in t:
-        if wanted is not None and s.key not in wanted:
-            continue
-        if s.kind != "tensor":
-            notes.append(f'stage "{s.key}" is text; APRT holds only float32 values, skipped.')
-            continue
+    for s in tensor_stages(t, stages, notes, text_note="; APRT holds only float32 values"):
         m = re.match(r"^layers\.([0-9]+)\.(.+)$", s.key)
         layer = int(m.group(1)) if m and len(m.group(1)) <= 10 and int(m.group(1)) < WHOLE_MODEL else None
         rel = f"layer-{layer}/{m.group(2)}.bin" if layer is not None else f"{s.key}.bin"

@@ -25,8 +25,9 @@ from ..limits import MAX_DEFLATE_RATIO, MAX_INT_DIGITS, check_size
 from ..safefs import atomic_file, check_inside, refuse_symlink
 from ..trace.dtypes import dtype_of_array, to_float64
 from ..trace.keys import validate_key
-from ..trace.reader import Trace, load_trace
+from ..trace.reader import Trace
 from ..trace.writer import TraceWriter
+from ._export import export_target, tensor_stages
 from ._order import add_keyed, read_order_file, sort_stages
 
 __all__ = ["import_numpy", "export_npz", "export_npy_dir", "refuse_numpy", "NpyHeader", "read_npy_header"]
@@ -65,8 +66,8 @@ class NpyHeader:
     nbytes: int
 
 
-def _parse_header_dict(text: str, fail: Callable[[str], Exception]) -> dict[str, object]:
-    """Parse the Python-literal dict of an .npy header by hand: strings, True/False, tuples of ints."""
+def _header_tokens(text: str, fail: Callable[[str], Exception]) -> list[tuple[str, str]]:
+    """The tokens ``(kind, text)`` of an .npy header: str, int, num, name, punct."""
     tokens: list[tuple[str, str]] = []
     pos = 0
     while True:
@@ -76,7 +77,7 @@ def _parse_header_dict(text: str, fail: Callable[[str], Exception]) -> dict[str,
                        "(string, True/False, tuple of integers) was expected")
         kind = m.lastgroup
         if kind == "end":
-            break
+            return tokens
         value = m.group(kind)
         if kind == "num":
             digits = value[:-1] if value.endswith("L") else value
@@ -87,70 +88,94 @@ def _parse_header_dict(text: str, fail: Callable[[str], Exception]) -> dict[str,
                 kind, value = "int", digits
         tokens.append((kind, value))
         pos = m.end()
-    i = 0
 
-    def take(expected: str | None = None) -> tuple[str, str]:
-        nonlocal i
-        if i >= len(tokens):
-            raise fail("its header ends before its dict is closed")
-        tok = tokens[i]
+
+class _HeaderDict:
+    """Reads the tokens of an .npy header dict left to right (no ``eval``, no ``ast``)."""
+
+    def __init__(self, text: str, fail: Callable[[str], Exception]):
+        self.tokens = _header_tokens(text, fail)
+        self.i = 0
+        self.fail = fail
+
+    def take(self, expected: str | None = None) -> tuple[str, str]:
+        if self.i >= len(self.tokens):
+            raise self.fail("its header ends before its dict is closed")
+        tok = self.tokens[self.i]
         if expected is not None and tok[1] != expected:
-            raise fail(f"its header holds {tok[1]!r} where {expected!r} was expected")
-        i += 1
+            raise self.fail(f"its header holds {tok[1]!r} where {expected!r} was expected")
+        self.i += 1
         return tok
 
-    def value() -> object:
-        kind, tok = take()
+    def items(self, close: str, what: str, item: Callable[[str, str], None]) -> bool:
+        """Items separated by commas up to ``close`` (a trailing comma allowed), each token that
+        starts one handed to ``item``; whether the last item was followed by a comma."""
+        comma = False
+        while True:
+            kind, tok = self.take()
+            if tok == close:
+                return comma
+            item(kind, tok)
+            kind, tok = self.take()
+            comma = tok == ","
+            if tok == close:
+                return comma
+            if not comma:
+                raise self.fail(f"its {what} holds {tok!r} where ',' or {close!r} was expected")
+
+    def value(self) -> object:
+        """A string, True/False, or a tuple of non-negative integers (a shape)."""
+        kind, tok = self.take()
         if kind == "str":
             return tok[1:-1]
         if kind == "name" and tok in ("True", "False"):
             return tok == "True"
         if tok == "[":
-            raise fail("its header describes a structured dtype (a list of fields), which a trace cannot store")
+            raise self.fail("its header describes a structured dtype (a list of fields), which a trace cannot store")
         if tok != "(":
-            raise fail(f"its header holds {tok[:40]!r} where a value was expected")
+            raise self.fail(f"its header holds {tok[:40]!r} where a value was expected")
         dims: list[int] = []
-        comma = False
-        while True:
-            kind, tok = take()
-            if tok == ")":
-                break
+
+        def dim(kind: str, tok: str) -> None:
             if kind != "int":
-                raise fail(f"its shape holds {tok[:40]!r}; expected non-negative integers")
+                raise self.fail(f"its shape holds {tok[:40]!r}; expected non-negative integers")
             dims.append(int(tok))
             if len(dims) > _MAX_NDIM:
-                raise fail(f"its shape has more than {_MAX_NDIM} dimensions")
-            kind, tok = take()
-            comma = tok == ","
-            if tok == ")":
-                break
-            if not comma:
-                raise fail(f"its shape holds {tok!r} where ',' or ')' was expected")
+                raise self.fail(f"its shape has more than {_MAX_NDIM} dimensions")
+
+        comma = self.items(")", "shape", dim)
         if len(dims) == 1 and not comma:
-            raise fail("its shape is a parenthesised integer, not a tuple")
+            raise self.fail("its shape is a parenthesised integer, not a tuple")
         return tuple(dims)
 
-    take("{")
-    out: dict[str, object] = {}
-    while True:
-        kind, tok = take()
-        if tok == "}":
-            break
-        if kind != "str":
-            raise fail(f"its header dict has key {tok!r}; expected a string")
-        key = tok[1:-1]
-        take(":")
-        if key in out:
-            raise fail(f"its header gives {key!r} twice")
-        out[key] = value()
-        kind, tok = take()
-        if tok == "}":
-            break
-        if tok != ",":
-            raise fail(f"its header holds {tok!r} where ',' or '}}' was expected")
-    if i != len(tokens):
-        raise fail("its header holds more after its dict")
-    return out
+    def read(self) -> dict[str, object]:
+        """The whole dict; nothing may follow it."""
+        out: dict[str, object] = {}
+
+        def entry(kind: str, tok: str) -> None:
+            if kind != "str":
+                raise self.fail(f"its header dict has key {tok!r}; expected a string")
+            key = tok[1:-1]
+            self.take(":")
+            if key in out:
+                raise self.fail(f"its header gives {key!r} twice")
+            out[key] = self.value()
+
+        self.take("{")
+        self.items("}", "header", entry)
+        if self.i != len(self.tokens):
+            raise self.fail("its header holds more after its dict")
+        return out
+
+
+def _parse_header_dict(text: str, fail: Callable[[str], Exception]) -> dict[str, object]:
+    """Parse the Python-literal dict of an .npy header by hand: strings, True/False, tuples of ints.
+
+    Example:
+        >>> _parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", ValueError)
+        {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}
+    """
+    return _HeaderDict(text, fail).read()
 
 
 def read_npy_header(read: Callable[[int], bytes], available: int, *, path: str, member: str | None = None
@@ -512,13 +537,8 @@ def _sources(full: str, rel: str, top: bool, seen: dict[str, _Source]) -> dict[s
 
 
 def _exportable(t: Trace, stages: Iterable[str] | None, notes: list[str]) -> Iterable[tuple[str, np.ndarray]]:
-    wanted = set(stages) if stages is not None else None
-    for s in t:
-        if wanted is not None and s.key not in wanted:
-            continue
-        if s.kind != "tensor":
-            notes.append(f'stage "{s.key}" is text, skipped.')
-            continue
+    """(key, array) of each tensor stage to export, bf16/f8 widened to float32 (noted)."""
+    for s in tensor_stages(t, stages, notes):
         arr = t.array(s)
         info = s.dtype_info
         if info is not None and info.numpy is None:
@@ -541,11 +561,7 @@ def export_npz(trace: str | os.PathLike[str] | Trace, path: str | os.PathLike[st
     Raises:
         UsageError: ``path`` already exists or is a symbolic link.
     """
-    t = trace if isinstance(trace, Trace) else load_trace(trace)
-    path = os.fspath(path)
-    refuse_symlink(path, error=UsageError, what="output file")
-    if os.path.exists(path):
-        raise UsageError("already exists; refusing to overwrite it.", path=path)
+    t, path = export_target(trace, path, folder=False)
     notes: list[str] = []
     with atomic_file(path) as f, zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
         for key, arr in _exportable(t, stages, notes):
@@ -561,11 +577,7 @@ def export_npy_dir(trace: str | os.PathLike[str] | Trace, out_dir: str | os.Path
     Raises:
         UsageError: ``out_dir`` exists and is not empty, or is a symbolic link.
     """
-    t = trace if isinstance(trace, Trace) else load_trace(trace)
-    out_dir = os.fspath(out_dir)
-    refuse_symlink(out_dir, error=UsageError, what="output directory")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UsageError("exists and is not an empty directory; refusing to write into it.", path=out_dir)
+    t, out_dir = export_target(trace, out_dir, folder=True)
     os.makedirs(out_dir, exist_ok=True)
     refuse_symlink(out_dir, error=UsageError, what="output directory")
     notes: list[str] = []

@@ -18,13 +18,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import ImportFormatError, TraceFormatError, UsageError
-from ..safefs import atomic_file, refuse_symlink
+from ..errors import ImportFormatError, TraceFormatError
+from ..safefs import atomic_file
 from ..trace.jsonsafe import load_json
 from ..trace.safetensors_header import TensorEntry, encode_header, read_header
 from ..trace.dtypes import DTYPES, storage_dtype
-from ..trace.reader import Trace, load_trace
+from ..trace.reader import Trace
 from ..trace.writer import TraceWriter, byte_chunks
+from ._export import export_target, tensor_stages
 from ._order import add_keyed, sort_stages
 
 __all__ = ["import_safetensors", "export_safetensors", "refuse_safetensors", "ORDER_METADATA"]
@@ -122,21 +123,9 @@ def export_safetensors(trace: str | os.PathLike[str] | Trace, path: str | os.Pat
     Raises:
         UsageError: ``path`` already exists or is a symbolic link.
     """
-    t = trace if isinstance(trace, Trace) else load_trace(trace)
-    path = os.fspath(path)
-    refuse_symlink(path, error=UsageError, what="output file")
-    if os.path.exists(path):
-        raise UsageError("already exists; refusing to overwrite it.", path=path)
-    wanted = set(stages) if stages is not None else None
+    t, path = export_target(trace, path, folder=False)
     notes: list[str] = []
-    chosen = []
-    for s in t:
-        if wanted is not None and s.key not in wanted:
-            continue
-        if s.kind != "tensor":
-            notes.append(f'stage "{s.key}" is text, skipped.')
-            continue
-        chosen.append(s)
+    chosen = list(tensor_stages(t, stages, notes))
     order = sorted(range(len(chosen)), key=lambda i: -chosen[i].dtype_info.itemsize)  # keeps tensors aligned
     layout, offset = [], 0
     for i in order:
