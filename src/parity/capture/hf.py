@@ -47,6 +47,10 @@ def load_hf_model(model_dir: str, *, dtype: str = "float32", steps: int | None =
     Raises:
         UsageError: torch/transformers missing, the directory is not a model transformers can
             load offline, or a bad option.
+
+    >>> load_hf_model("no-such-model")
+    Traceback (most recent call last):
+    parity.errors.UsageError: no-such-model: is not a directory; parity capture hf loads local model directories only.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory: never reach the network
     try:
@@ -136,6 +140,10 @@ def read_prompts(path: str) -> list[str]:
 
     Raises:
         UsageError: the file cannot be read, is not UTF-8, or holds no prompt.
+
+    >>> _ = open("prompts.txt", "w").write("hello world\\n\\n  the cat sat\\n")
+    >>> read_prompts("prompts.txt")
+    ['hello world', '  the cat sat']
     """
     try:
         with open(path, "rb") as f:

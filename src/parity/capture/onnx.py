@@ -70,6 +70,10 @@ class OnnxCapture:
         keys: stage keys in execution order.
         aligned: canonical stage key → ONNX value name, for the values a preset recognised.
         preset: the preset used for alignment, or ``None``.
+
+    Example (the result of the model in :func:`capture_onnx`'s example):
+        >>> OnnxCapture("o.trace", ("act.r", "y")).keys[-1]
+        'y'
     """
 
     path: str
@@ -85,6 +89,11 @@ def load_inputs(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
         UsageError: the file cannot be read or holds no arrays.
+
+    Example:
+        >>> np.savez("in.npz", x=np.zeros((1, 3), np.float32))
+        >>> {k: v.shape for k, v in load_inputs("in.npz").items()}
+        {'x': (1, 3)}
     """
     p = os.fspath(path)
     if os.path.isdir(p):
@@ -412,14 +421,53 @@ def capture_onnx(
     onnx = _need("onnx")
     ort = _need("onnxruntime")
     mpath = os.fspath(model)
+    proto = _read_model(onnx, mpath)
+    feeds_in = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
+    order, already = _expose_all_values(onnx, proto.graph)
+    session = _session(ort, proto, mpath, providers)
+    feeds = _feeds(session, feeds_in, mpath)
+    names = [o.name for o in session.get_outputs()]
+    try:
+        results = session.run(names, feeds)
+    except Exception as e:  # noqa: BLE001
+        raise CaptureError(f"ONNX Runtime failed to run the model: {e}.", path=mpath) from e
+    values = {n: r for n, r in zip(names, results) if isinstance(r, np.ndarray)}
+
+    g = _Graph(proto.graph)
+    resolved: Preset | None = None
+    if preset == "auto":
+        resolved = _detect(g, values)
+    elif preset is not None:
+        resolved = get_preset(preset)
+    aligned = align_graph(g, values, resolved) if resolved is not None else {}
+    full_meta: dict[str, Any] = {"capture": "parity.capture.onnx", "model": os.path.basename(mpath),
+                                 "onnxruntime": getattr(ort, "__version__", "?"), "preset": resolved.name if resolved else None,
+                                 "providers": list(session.get_providers())}
+    full_meta.update(dict(meta or {}))
+    with TraceWriter(path, meta=full_meta, producer=producer,
+                     command=list(sys.argv) if command is None else command) as writer:
+        keys = _write_values(writer, order, values, g, aligned, already)
+    return OnnxCapture(os.fspath(path), tuple(keys), {k: v for k, (v, _) in aligned.items()},
+                       resolved.name if resolved else None)
+
+
+def _read_model(onnx: Any, mpath: str) -> Any:
+    """The model's graph, without its external data (ONNX Runtime reads that itself)."""
     if not os.path.isfile(mpath):
         raise UsageError("no such ONNX model file.", path=mpath)
     try:
-        proto = onnx.load(mpath, load_external_data=False)
+        return onnx.load(mpath, load_external_data=False)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file
         raise UsageError(f"cannot read the ONNX model: {e}.", path=mpath) from e
-    feeds_in = load_inputs(inputs) if isinstance(inputs, (str, os.PathLike)) else dict(inputs)
-    graph = proto.graph
+
+
+def _expose_all_values(onnx: Any, graph: Any) -> tuple[list[tuple[str, Any]], set[str]]:
+    """Mark every node output a graph output (on the in-memory copy).
+
+    Returns:
+        The values in node (execution) order with the node producing each, and the names of the
+        model's own declared outputs.
+    """
     already = {o.name for o in graph.output}
     order: list[tuple[str, Any]] = []
     seen: set[str] = set()
@@ -432,60 +480,46 @@ def capture_onnx(
                 order.append((o, node))
                 if o not in already:
                     graph.output.append(onnx.ValueInfoProto(name=o))
+    return order, already
+
+
+def _session(ort: Any, proto: Any, mpath: str, providers: Sequence[str] | None) -> Any:
     options = ort.SessionOptions()
     # Initializers stored as external data are read from the model's folder, as for a file path.
     options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                      os.path.dirname(os.path.abspath(mpath)))
     try:
-        session = ort.InferenceSession(proto.SerializeToString(), options,
-                                       providers=list(providers) if providers else ["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), options,
+                                    providers=list(providers) if providers else ["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001
         raise UsageError(f"ONNX Runtime cannot load the model: {e}.", path=mpath) from e
-    feeds = _feeds(session, feeds_in, mpath)
-    names = [o.name for o in session.get_outputs()]
-    try:
-        results = session.run(names, feeds)
-    except Exception as e:  # noqa: BLE001
-        raise CaptureError(f"ONNX Runtime failed to run the model: {e}.", path=mpath) from e
-    values = {n: r for n, r in zip(names, results) if isinstance(r, np.ndarray)}
 
-    g = _Graph(graph)
-    resolved: Preset | None = None
-    if preset == "auto":
-        resolved = _detect(g, values)
-    elif preset is not None:
-        resolved = get_preset(preset)
-    aligned = align_graph(g, values, resolved) if resolved is not None else {}
+
+def _write_values(writer: TraceWriter, order: list[tuple[str, Any]], values: Mapping[str, np.ndarray], g: _Graph,
+                  aligned: Mapping[str, tuple[str, StageSpec]], already: set[str]) -> list[str]:
+    """Write the run's values in node order: canonical keys for aligned values, scoped ONNX names otherwise."""
     by_value: dict[str, list[tuple[str, StageSpec]]] = {}
     for key, (v, spec) in aligned.items():
         by_value.setdefault(v, []).append((key, spec))
-
-    full_meta: dict[str, Any] = {"capture": "parity.capture.onnx", "model": os.path.basename(mpath),
-                                 "onnxruntime": getattr(ort, "__version__", "?"), "preset": resolved.name if resolved else None,
-                                 "providers": list(session.get_providers())}
-    full_meta.update(dict(meta or {}))
     keys: list[str] = []
     used: set[str] = set()
-    with TraceWriter(path, meta=full_meta, producer=producer,
-                     command=list(sys.argv) if command is None else command) as writer:
-        for name, node in order:
-            arr = values.get(name)
-            if arr is None:
-                continue
-            prov = {"onnx_value": name, "node": node.name, "op": node.op_type}
-            canon = by_value.get(name)
-            if canon:
-                for key, spec in canon:
-                    axes = spec.axes if len(spec.axes) == arr.ndim else None
-                    keys.append(writer.add(key, arr, axes=axes, provenance=prov))
-                continue
-            # the model's declared outputs keep their names; other flat names get their module scope
-            key = _key_for(name, g.scopes[g.producer[name]] if name in g.producer and name not in already else "")
-            base, n = key, 1
-            while key in used or key in aligned:
-                n += 1
-                key = f"{base}_{n}"
-            used.add(key)
-            keys.append(writer.add(key, arr, provenance=prov))
-    return OnnxCapture(os.fspath(path), tuple(keys), {k: v for k, (v, _) in aligned.items()},
-                       resolved.name if resolved else None)
+    for name, node in order:
+        arr = values.get(name)
+        if arr is None:
+            continue
+        prov = {"onnx_value": name, "node": node.name, "op": node.op_type}
+        canon = by_value.get(name)
+        if canon:
+            for key, spec in canon:
+                axes = spec.axes if len(spec.axes) == arr.ndim else None
+                keys.append(writer.add(key, arr, axes=axes, provenance=prov))
+            continue
+        # the model's declared outputs keep their names; other flat names get their module scope
+        key = _key_for(name, g.scopes[g.producer[name]] if name in g.producer and name not in already else "")
+        base, n = key, 1
+        while key in used or key in aligned:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        keys.append(writer.add(key, arr, provenance=prov))
+    return keys

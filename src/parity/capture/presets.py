@@ -83,6 +83,9 @@ class StageSpec:
         axes: names of the stored value's axes.
         index: which input or output element (``input``/``output``/``rope``), or which slice (``split``).
         parts: number of slices for ``split``.
+
+    >>> StageSpec("attn_out", "output", "self_attn.o_proj", ("batch", "seq", "hidden")).index
+    0
     """
 
     name: str
@@ -110,6 +113,10 @@ class Preset:
             the model computes them).
         model_stages: whole-model stages.
         notes: remarks shown in the docs (e.g. how post-norm maps onto the vocabulary).
+
+    >>> bert = get_preset("bert")
+    >>> bert.layers, bert.select("attn_*"), bert.spec("ffn_out").module
+    ('encoder.layer', ('attn_scores', 'attn_probs', 'attn_context', 'attn_out', 'attn_residual'), 'output.dense')
     """
 
     name: str
@@ -238,6 +245,11 @@ def register_preset(preset: Preset, *, replace: bool = False) -> None:
 
     Raises:
         UsageError: a preset of that name exists and ``replace`` is false.
+
+    >>> mine = Preset("mine", ("my_llama",), "layers", get_preset("llama").layer_stages, ())
+    >>> register_preset(mine); detect_preset("my_llama").name
+    'mine'
+    >>> del PRESETS["mine"]
     """
     if preset.name in PRESETS and not replace:
         raise UsageError(f'a preset named "{preset.name}" exists; pass replace=True to replace it.')
@@ -308,6 +320,9 @@ def get_preset(name: str | Preset) -> Preset:
 
     Raises:
         UsageError: no preset has that name (the message lists them).
+
+    >>> get_preset("gpt2").spec("q_proj").source
+    'split'
     """
     if isinstance(name, Preset):
         return name
@@ -318,7 +333,11 @@ def get_preset(name: str | Preset) -> Preset:
 
 
 def detect_preset(model_type: str | None) -> Preset | None:
-    """The preset registered for a ``config.model_type``, or ``None``."""
+    """The preset registered for a ``config.model_type``, or ``None``.
+
+    >>> detect_preset("qwen2").name, detect_preset("mamba")
+    ('qwen2', None)
+    """
     if model_type is None:
         return None
     for p in PRESETS.values():

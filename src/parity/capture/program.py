@@ -51,6 +51,11 @@ class ProgramResult:
         stats: the line statistics (trace lines, skipped lines, malformed lines...).
         stderr_tail: the last lines of stderr (for error messages).
         timed_out: the program was killed after ``timeout`` seconds.
+
+    Example (see :func:`capture_program` for one that runs a program):
+        >>> from parity.importers.lines import LineStats
+        >>> ProgramResult("p.trace", ("./prog",), 0, 0, LineStats()).ok     # exit 0, but no trace line
+        False
     """
 
     path: str
@@ -84,6 +89,15 @@ def _program_environment(exe: str | None, env: Mapping[str, str]) -> dict[str, A
     if numeric:
         summary["numeric_env"] = numeric
     return summary
+
+
+def _executable(exe: str, cwd: str | None, env: Mapping[str, str]) -> str | None:
+    """The file the program's ``argv[0]`` runs (looked up on ``PATH``, or relative to ``cwd``), if it exists."""
+    if os.sep not in exe:
+        exe = shutil.which(exe, path=env.get("PATH")) or exe
+    elif cwd and not os.path.isabs(exe):
+        exe = os.path.join(cwd, exe)
+    return exe if os.path.isfile(exe) else None
 
 
 class _Stream:
@@ -146,41 +160,63 @@ def capture_program(
     parser = LineParser(prefixes if not isinstance(prefixes, str) else [prefixes], index_fields)
     run_env = dict(os.environ if env is None else env)
     cwd_s = os.fspath(cwd) if cwd is not None else None
-    exe = argv[0]
-    if os.sep not in exe:
-        exe = shutil.which(exe, path=run_env.get("PATH")) or exe
-    elif cwd_s and not os.path.isabs(exe):
-        exe = os.path.join(cwd_s, exe)
     shown = redact_args(argv)  # secrets on the command line never reach the trace (parity.redact)
     full_meta: dict[str, Any] = {"program": {"argv": shown, "cwd": cwd_s or os.getcwd(),
-                                             **_program_environment(exe if os.path.isfile(exe) else None, run_env)},
+                                             **_program_environment(_executable(argv[0], cwd_s, run_env), run_env)},
                                  "format": "lines", "prefixes": list(parser.prefixes)}
     full_meta.update(meta or {})
     # The writer first: a refused output path must not leave a program running.
     writer = TraceWriter(out, meta=full_meta, producer="parity capture run", command=shown)
+    proc = _start(argv, cwd_s, run_env, writer)
+    log_f = open(log, "wb") if log is not None else None
+    pipes = {"stdout": _Stream("stdout", log_f), "stderr": _Stream("stderr", log_f)}
     try:
-        proc = subprocess.Popen(argv, cwd=cwd_s, env=run_env, stdin=subprocess.DEVNULL,
+        timed_out = _pump(proc, pipes, parser, writer, streams, timeout)
+        returncode = proc.wait()
+    except BaseException as e:
+        proc.kill()
+        proc.wait()
+        writer.close(complete=False, reason=f"{type(e).__name__} while capturing the program")
+        raise
+    finally:
+        for p in (proc.stdout, proc.stderr):
+            if p is not None:
+                p.close()
+        if log_f is not None:
+            log_f.close()
+    code = None if timed_out else returncode
+    complete = _close(writer, parser.stats, pipes, full_meta["program"], code, timed_out, timeout)
+    return ProgramResult(os.fspath(out), tuple(argv), code, len(writer.keys), parser.stats,
+                         tuple(x.decode("utf-8", "replace") for x in pipes["stderr"].tail), timed_out, complete)
+
+
+def _start(argv: list[str], cwd: str | None, env: dict[str, str], writer: TraceWriter) -> subprocess.Popen:
+    """Start the program with both output streams piped; if it cannot start, close ``writer`` incomplete."""
+    try:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as e:
         writer.close(complete=False, reason="the program could not be started")
         raise CaptureError(f"cannot run {argv[0]!r}: {e.strerror or e}.") from e
-    log_f = open(log, "wb") if log is not None else None
-    timed_out = False
-    pipes = {"stdout": _Stream("stdout", log_f), "stderr": _Stream("stderr", log_f)}
+
+
+def _pump(proc: subprocess.Popen, pipes: dict[str, _Stream], parser: LineParser, writer: TraceWriter,
+          streams: Sequence[str], timeout: float | None) -> bool:
+    """Read both pipes as output arrives and write the trace lines of ``streams`` until the program
+    closes them. Returns whether the program was killed by the timeout."""
+    sel = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    sel.register(proc.stdout, selectors.EVENT_READ, pipes["stdout"])
+    sel.register(proc.stderr, selectors.EVENT_READ, pipes["stderr"])
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    open_pipes = 2
     try:
-        sel = selectors.DefaultSelector()
-        assert proc.stdout is not None and proc.stderr is not None
-        sel.register(proc.stdout, selectors.EVENT_READ, pipes["stdout"])
-        sel.register(proc.stderr, selectors.EVENT_READ, pipes["stderr"])
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        open_pipes = 2
         while open_pipes:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             events = sel.select(wait)
             if not events and deadline is not None and time.monotonic() >= deadline:
-                timed_out = True
                 proc.kill()
-                break
+                return True
             for key, _ in events:
                 s: _Stream = key.data
                 chunk = os.read(key.fd, 1 << 16)
@@ -200,35 +236,27 @@ def capture_program(
                     continue
                 s.buf = data[cut + 1:]
                 _handle(parser, writer, s, data[:cut].split(b"\n"), s.name in streams)
-        sel.close()
-        returncode = proc.wait()
-    except BaseException as e:
-        proc.kill()
-        proc.wait()
-        writer.close(complete=False, reason=f"{type(e).__name__} while capturing the program")
-        raise
     finally:
-        for p in (proc.stdout, proc.stderr):
-            if p is not None:
-                p.close()
-        if log_f is not None:
-            log_f.close()
-    st = parser.stats
+        sel.close()
+    return False
+
+
+def _close(writer: TraceWriter, st: LineStats, pipes: dict[str, _Stream], program: dict[str, Any],
+           code: int | None, timed_out: bool, timeout: float | None) -> bool:
+    """Record the exit and the line counts in the trace and close it; returns whether it is complete."""
     st.lines = pipes["stdout"].lineno + pipes["stderr"].lineno
-    code = None if timed_out else returncode
-    writer.update_meta(program={**full_meta["program"], "exit_code": code, "timed_out": timed_out},
+    writer.update_meta(program={**program, "exit_code": code, "timed_out": timed_out},
                        **{"import": {**st.to_dict(), "stdout_lines": pipes["stdout"].lineno,
                                      "stderr_lines": pipes["stderr"].lineno}},
                        printed_digits=st.digits)
     if timed_out:
         reason = f"the program was killed after {timeout} s"
-    elif returncode != 0:
-        reason = f"the program exited with status {returncode}"
+    elif code != 0:
+        reason = f"the program exited with status {code}"
     else:
         reason = None
     writer.close(complete=reason is None, reason=reason)
-    return ProgramResult(os.fspath(out), tuple(argv), code, len(writer.keys), st,
-                         tuple(x.decode("utf-8", "replace") for x in pipes["stderr"].tail), timed_out, reason is None)
+    return reason is None
 
 
 def _handle(parser: LineParser, writer: TraceWriter, s: _Stream, lines: list[bytes], parse: bool) -> None:

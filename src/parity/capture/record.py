@@ -30,7 +30,14 @@ _REPLAY: contextvars.ContextVar[Any] = contextvars.ContextVar("parity_replay", d
 
 
 def active_writer() -> TraceWriter | None:
-    """The :class:`~parity.trace.writer.TraceWriter` of the innermost active :func:`record`, if any."""
+    """The :class:`~parity.trace.writer.TraceWriter` of the innermost active :func:`record`, if any.
+
+    >>> with parity.record("a.trace") as w:
+    ...     active_writer() is w
+    True
+    >>> active_writer() is None
+    True
+    """
     return _WRITER.get()
 
 
@@ -92,6 +99,11 @@ def scope(*parts: object) -> Iterator[str]:
 
     Yields:
         The full prefix now in force (without the trailing dot).
+
+    >>> with parity.record("s.trace"), parity.scope("encoder"), parity.scope("layers", 3) as prefix:
+    ...     _ = parity.tap("out", 1.0)
+    >>> prefix, parity.load_trace("s.trace").keys()
+    ('encoder.layers.3', ['encoder.layers.3.out'])
     """
     if not parts:
         raise UsageError("scope() needs at least one name part, e.g. scope('layers', 3).")
@@ -163,6 +175,14 @@ def tap(
             text with a separator such as ``,`` ``=`` ``]``). The recording is not affected: the
             stages tapped before and after are kept and the trace still closes complete.
         UsageError: at the call, for axes that are not a sequence, or text that is not valid Unicode.
+
+    >>> parity.tap("x", 2.5)                      # no recording: a no-op returning the value
+    2.5
+    >>> with parity.record("t.trace"):
+    ...     for step in range(2):
+    ...         _ = parity.tap("loss", 1.0 / (step + 1), step=step)
+    >>> parity.load_trace("t.trace").keys()
+    ['loss[step=0]', 'loss[step=1]']
     """
     writer = _WRITER.get()
     if writer is None:
