@@ -31,7 +31,7 @@ from typing import IO
 from .errors import ParityError, TraceError
 
 __all__ = ["NOFOLLOW", "inside", "check_inside", "open_new", "temp_name", "atomic_file", "atomic_write",
-           "refuse_symlink"]
+           "refuse_symlink", "removed_on_error"]
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -118,13 +118,33 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     final = os.fspath(final)
     tmp = temp_name(final)
     f = os.fdopen(open_new(tmp), "wb")
-    try:
+    with removed_on_error(tmp):
         with f:
             yield f
         os.replace(tmp, final)
+
+
+@contextmanager
+def removed_on_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Remove the file ``path`` (if it is there) when the block raises, then re-raise: a temporary
+    file never outlives a failed write.
+
+    >>> import os, tempfile
+    >>> part = os.path.join(tempfile.mkdtemp(), "out.tmp")
+    >>> with removed_on_error(part):
+    ...     _ = open(part, "wb").write(b"half")
+    ...     raise OSError("disk full")
+    Traceback (most recent call last):
+    ...
+    OSError: disk full
+    >>> os.path.exists(part)
+    False
+    """
+    try:
+        yield
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(path)
         except OSError:
             pass
         raise

@@ -520,8 +520,8 @@ OLD_FIXED_NAMES = ["manifest.json.tmp", "run.json.tmp", "stages.json.tmp", "pend
 
 
 def test_links_planted_at_temporary_names_are_never_written_through(tmp_path, outside, monkeypatch):
-    from parity.trace import writer as writer_mod
-    monkeypatch.setattr(writer_mod, "_SPILL_BYTES", 0)  # spill rendered entries to their file too
+    from parity.trace import _batch
+    monkeypatch.setattr(_batch, "_SPILL_BYTES", 0)  # spill rendered entries to their file too
     path = str(tmp_path / "w.trace")
     w = TraceWriter(path, buffer_bytes=1 << 20)
     _plant(path, outside, OLD_FIXED_NAMES)
@@ -536,15 +536,15 @@ def test_links_planted_at_temporary_names_are_never_written_through(tmp_path, ou
 
 @pytest.mark.parametrize("impl", ["c", "python"])
 def test_packed_files_never_write_through_a_planted_link(tmp_path, outside, monkeypatch, impl):
-    from parity.trace import writer as writer_mod
+    from parity.trace import datafiles
     from parity.trace.checksum import crc32
     from parity.trace.staging import Arena
     from parity.trace.writer import PackedStage
-    if impl == "c" and writer_mod._stage_write is None:
+    if impl == "c" and datafiles._stage_write is None:
         pytest.skip("the C module parity.trace._stage is not built")
     if impl == "python":
-        monkeypatch.setattr(writer_mod, "_stage_write", None)
-    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+        monkeypatch.setattr(datafiles, "_stage_write", None)
+    monkeypatch.setattr(datafiles, "_DIRECT_MIN", 0)
     path = str(tmp_path / "p.trace")
     w = TraceWriter(path)
     _plant(path, outside, OLD_FIXED_NAMES)

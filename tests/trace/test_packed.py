@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as hst
 from safetensors.numpy import load_file
 
 from parity.errors import TraceError, UsageError
-from parity.trace import TraceWriter, load_trace, writer as writer_mod
+from parity.trace import TraceWriter, datafiles, load_trace, writer as writer_mod
 from parity.trace.checksum import crc32
 from parity.trace.staging import Arena, ArenaPool, release_spare
 from parity.trace.writer import PackedStage
@@ -36,10 +36,10 @@ def values(rng):
 @pytest.fixture(params=["c", "python"])
 def file_writer(request, monkeypatch):
     """Data files written by the C module's GIL-free write_file, or by the Python fallback."""
-    if request.param == "c" and writer_mod._stage_write is None:
+    if request.param == "c" and datafiles._stage_write is None:
         pytest.skip("the C module parity.trace._stage is not built")
     if request.param == "python":
-        monkeypatch.setattr(writer_mod, "_stage_write", None)
+        monkeypatch.setattr(datafiles, "_stage_write", None)
     return request.param
 
 
@@ -47,8 +47,8 @@ def file_writer(request, monkeypatch):
 @pytest.mark.parametrize("with_crc", [True, False])
 def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, file_writer, direct, with_crc):
     if not direct:
-        monkeypatch.setattr(writer_mod, "_O_DIRECT", 0)
-    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+        monkeypatch.setattr(datafiles, "_O_DIRECT", 0)
+    monkeypatch.setattr(datafiles, "_DIRECT_MIN", 0)
     rng = np.random.default_rng(0)
     arena = Arena(4 << 20)
     arena.array[:] = 0xAB  # stale bytes past the data must never reach the file
@@ -75,11 +75,11 @@ def test_packed_file_is_safetensors_with_zlib_crc32(tmp_path, monkeypatch, file_
 
 
 def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch, file_writer):
-    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
+    monkeypatch.setattr(datafiles, "_DIRECT_MIN", 0)
     out = []
     for direct in (True, False):
         if not direct:
-            monkeypatch.setattr(writer_mod, "_O_DIRECT", 0)
+            monkeypatch.setattr(datafiles, "_O_DIRECT", 0)
         arena = Arena(2 << 20)
         for key, v in values(np.random.default_rng(1)):
             pack(arena, key, v)
@@ -92,15 +92,15 @@ def test_direct_and_ordinary_writes_give_identical_traces(tmp_path, monkeypatch,
 
 def test_a_file_system_refusing_direct_io_falls_back(tmp_path, monkeypatch):
     """open(O_DIRECT) succeeds on some file systems but the write fails with EINVAL."""
-    monkeypatch.setattr(writer_mod, "_DIRECT_MIN", 0)
-    monkeypatch.setattr(writer_mod, "_stage_write", None)  # the Python path's fallback (the C one mirrors it)
+    monkeypatch.setattr(datafiles, "_DIRECT_MIN", 0)
+    monkeypatch.setattr(datafiles, "_stage_write", None)  # the Python path's fallback (the C one mirrors it)
     real = os.pwrite
     calls = []
 
     def pwrite(fd, data, offset):
         import fcntl
 
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & writer_mod._O_DIRECT:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & datafiles._O_DIRECT:
             calls.append(offset)
             raise OSError(22, "Invalid argument")
         return real(fd, data, offset)
@@ -112,7 +112,7 @@ def test_a_file_system_refusing_direct_io_falls_back(tmp_path, monkeypatch):
     path = tmp_path / "f.trace"
     with TraceWriter(path) as w:
         w.add_packed(arena.stages, arena.array, size=arena.used)
-    if writer_mod._O_DIRECT:
+    if datafiles._O_DIRECT:
         assert calls == [0]
     t = load_trace(path)
     assert t.verify() == [] and np.array_equal(np.asarray(t["a"]), values(np.random.default_rng(2))[0][1])

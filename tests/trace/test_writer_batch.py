@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import parity.trace.writer as W
+import parity.trace._batch as W  # the batch path: its C renderer, its spill threshold
 from parity.errors import StageKeyError, TraceError, UsageError
 from parity.trace import load_trace
 from parity.trace.safetensors_header import TensorEntry, encode_header

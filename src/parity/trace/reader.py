@@ -20,7 +20,7 @@ from .safetensors_header import MAX_INDEX, TensorEntry, is_index, open_regular, 
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, DType, storage_dtype
 from .keys import validate_key
-from .writer import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
+from .layout import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
 
 __all__ = ["Stage", "Trace", "load_trace"]
 
