@@ -14,7 +14,9 @@ traces stage by stage, and get the first divergent stage in execution order::
 
 from ._version import __version__
 from .capture.record import record, replay, scope, tap
-from .compare import CompareConfig, Diagnosis, StageDiff, StageMetrics, TraceDiff, compare_traces, load_config
+from .compare import CompareConfig, load_config
+from .localize import compare_traces
+from .results import Diagnosis, StageDiff, StageMetrics, TraceDiff
 from .errors import (
     CaptureError,
     ConfigError,

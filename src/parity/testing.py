@@ -174,7 +174,7 @@ def assert_parity(obtained: Any, golden: str | os.PathLike[str], *, update: bool
             or the golden does not exist and ``update`` is false.
         UsageError: ``obtained`` is not a trace, or the golden would be too large.
     """
-    from .compare.diff import compare_traces
+    from .localize.divergence import compare_traces
     from .trace.reader import Trace, load_trace
 
     path = obtained.path if isinstance(obtained, Trace) or hasattr(obtained, "path") else obtained

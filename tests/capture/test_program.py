@@ -11,7 +11,7 @@ import pytest
 import parity
 from parity.capture.program import capture_program
 from parity.cli import main
-from parity.compare import compare_traces
+from parity import compare_traces
 from parity.errors import CaptureError
 
 HERE = os.path.dirname(__file__)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import parity
-from parity.compare import CompareConfig, compare_traces, load_config
+from parity import compare_traces
+from parity.compare import CompareConfig, load_config
 from parity.compare.align import apply_renames, parse_scale, parse_transforms
 from parity.errors import ConfigError
 

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import parity
-from parity.compare import CompareConfig, TraceDiff, compare_traces, load_config
+from parity import compare_traces
+from parity.compare import CompareConfig, TraceDiff, load_config
 from parity.errors import ConfigError, TraceFormatError, UsageError
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import parity
-from parity.compare import compare_traces
+from parity import compare_traces
 from parity.localize.diagnose import MAX_SAMPLE, classify_factor, diagnose_stage
 from parity.trace.reader import Stage
 

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from ..bundle import bundle_command, bundle_option
 from ..localize.bisect import BisectStep, bisect
+from .compare_flags import compare_flags
 
 _STYLE = {"good": "green", "bad": "bold red", "skip": "yellow"}
 
@@ -22,14 +23,12 @@ _STYLE = {"good": "green", "bad": "bold red", "skip": "yellow"}
 @click.option("--stage", help="Only stages matching this glob decide good or bad (default: the whole diff).")
 @click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False, exists=True),
               help="A directory inside the git repository.")
-@click.option("--config", type=click.Path(dir_okay=False), help="TOML comparison config.")
-@click.option("--rtol", type=float, help="Relative tolerance for every stage.")
-@click.option("--atol", type=float, help="Absolute tolerance for every stage.")
+@compare_flags("config", "rtol", "atol")
 @click.option("--timeout", type=float, help="Seconds per capture; a capture that runs longer counts as skip.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @bundle_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def bisect_cmd(good, bad, reference, stage, repo, config, rtol, atol, timeout, as_json, bundle_dir, command):
+def bisect_cmd(good, bad, reference, stage, repo, compare, timeout, as_json, bundle_dir, command):
     """Find the first revision between GOOD and BAD whose capture diverges from the reference.
 
     Each tested revision is checked out in a temporary git worktree (your checkout is never
@@ -49,10 +48,9 @@ def bisect_cmd(good, bad, reference, stage, repo, config, rtol, atol, timeout, a
         console.print(Text.assemble((f"{step.verdict:>4}", _STYLE[step.verdict]), f"  {step.revision[:12]}  ",
                                     (step.subject[:60], "bold"), f"  {step.reason}"))
 
-    tolerances = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
     with bundle_command(bundle_dir, "bisect") as rec:
-        result = bisect(repo, good, bad, reference, list(command), stage=stage, config=config, timeout=timeout,
-                        on_step=show, **tolerances)
+        result = bisect(repo, good, bad, reference, list(command), stage=stage, timeout=timeout, on_step=show,
+                        **compare)
         doc = result.to_dict()
         if as_json:
             click.echo(json.dumps(doc, indent=2))

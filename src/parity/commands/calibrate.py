@@ -14,6 +14,7 @@ from ..errors import UsageError
 from ..localize.calibrate import calibrate
 from ..report.text import format_float
 from ..safefs import atomic_write
+from .compare_flags import compare_flags
 
 
 @click.command("calibrate")
@@ -21,10 +22,10 @@ from ..safefs import atomic_write
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The noise-floor TOML file to write.")
 @click.option("--margin", type=click.FloatRange(min=1.0), default=DEFAULT_MARGIN, show_default=True,
               help="A stage passes when its error is within this many times its floor.")
-@click.option("--config", type=click.Path(dir_okay=False), help="TOML config (aliases, renames) for the pairs.")
+@compare_flags("config")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
 @bundle_option
-def calibrate_cmd(traces, out, margin, config, force, bundle_dir):
+def calibrate_cmd(traces, out, margin, compare, force, bundle_dir):
     """Measure what error rounding alone produces, from pairs HI LO [HI2 LO2 ...].
 
     Each pair captures the same computation on the same inputs at a higher precision (HI, e.g.
@@ -44,7 +45,7 @@ def calibrate_cmd(traces, out, margin, config, force, bundle_dir):
         raise UsageError(f"{out}: exists; give --force to replace it.")
     pairs = list(zip(traces[0::2], traces[1::2]))
     with bundle_command(bundle_dir, "calibrate") as rec:
-        floor = calibrate(pairs, margin=margin, config=config)
+        floor = calibrate(pairs, margin=margin, **compare)
         header = (f"# parity calibrate: noise floors of {len(floor.stages)} stage(s) from {len(pairs)} pair(s): "
                   + ", ".join(f"{hi} / {lo}" for hi, lo in pairs))
         text = floor.to_toml(header)

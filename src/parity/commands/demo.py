@@ -11,7 +11,7 @@ from rich.console import Console
 
 from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
-from ..compare.diff import compare_traces
+from ..localize.divergence import compare_traces
 from ..report.json import render_json
 from ..report.text import render_text
 

@@ -14,12 +14,12 @@ from rich.text import Text
 
 from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
-from ..compare.diff import compare_traces
+from ..localize.divergence import compare_traces
 from ..errors import UsageError
 from ..report.json import render_json
 from ..report.progress import progress_bar
 from ..report.text import format_float, render_text
-
+from .compare_flags import compare_flags
 
 
 def _console() -> Console:
@@ -29,12 +29,7 @@ def _console() -> Console:
 @click.command("diff")
 @click.argument("ref", type=click.Path(file_okay=False))
 @click.argument("cand", type=click.Path(file_okay=False))
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config: tolerances, aliases, ignores.")
-@click.option("--rtol", type=float, help="Relative tolerance for every stage (replaces the dtype default).")
-@click.option("--atol", type=float, help="Absolute tolerance for every stage (replaces the dtype default).")
-@click.option("--strict", is_flag=True, default=None, help="Stages present on one side only fail the comparison.")
-@click.option("--tolerances", "tolerances", type=click.Path(dir_okay=False),
-              help="Noise floors from `parity calibrate`: a stage with a floor passes within its margin.")
+@compare_flags("config", "rtol", "atol", "strict", "tolerances")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON result instead of the table.")
 @click.option("--all", "show_all", is_flag=True, help="Show every passing stage in the table.")
 @click.option("--md", "md_out", metavar="FILE", help="Write the Markdown report to FILE ('-' prints it instead of the table).")
@@ -47,8 +42,7 @@ def _console() -> Console:
 @click.option("--min-score", type=click.FloatRange(0, 1), default=None,
               help="Event traces: pass when the similarity score reaches this (docs/events.md).")
 @bundle_option
-def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_all, md_out, html_out, worst, pairs_file,
-             min_score, bundle_dir):
+def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pairs_file, min_score, bundle_dir):
     """Compare trace CAND against reference trace REF, stage by stage.
 
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
@@ -65,7 +59,8 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
     if is_event_trace(ref) and is_event_trace(cand):  # agent sessions / JSONL event logs (docs/events.md)
         from .events import do_diff
 
-        do_diff(ref, cand, config=config, min_score=min_score, as_json=as_json, md_out=md_out, html_out=html_out)
+        do_diff(ref, cand, config=compare.get("config"), min_score=min_score, as_json=as_json, md_out=md_out,
+                html_out=html_out)
     if min_score is not None:
         raise UsageError("--min-score applies to event traces only (import them with --format events).")
     from ..localize.sets import is_trace_dir
@@ -73,12 +68,10 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
     if pairs_file or (os.path.isdir(ref) and os.path.isdir(cand) and not is_trace_dir(ref) and not is_trace_dir(cand)):
         if html_out:
             raise UsageError("--html renders one pair of traces; with many inputs use --json or --md.")
-        _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, config=config, rtol=rtol, atol=atol,
-                   strict=strict, noise_floor=tolerances)
+        _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare)
     with bundle_command(bundle_dir, "diff") as rec:
         with progress_bar("comparing") as progress:
-            result = compare_traces(ref, cand, config=config, rtol=rtol, atol=atol, strict=strict, progress=progress,
-                                    noise_floor=tolerances)
+            result = compare_traces(ref, cand, progress=progress, **compare)
         md = render_markdown(result, worst=worst) if (md_out or rec) else None
         page = None
         if html_out or rec:
@@ -91,7 +84,7 @@ def diff_cmd(ref, cand, config, rtol, atol, strict, tolerances, as_json, show_al
             click.echo(md, nl=False)
         else:
             render_text(result, _console(), show_all=show_all, worst=first_worst)
-        hint = alignment_hint(result, config)
+        hint = alignment_hint(result, compare.get("config"))
         if hint:
             click.echo("\n".join(hint), err=as_json or md_out == "-")
         for path, text in ((md_out, md), (html_out, page)):

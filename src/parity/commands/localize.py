@@ -12,6 +12,7 @@ from rich.table import Table
 from ..bundle import bundle_command, bundle_option
 from ..localize.local import DEFAULT_OUTLIER, localize
 from ..report.text import format_float
+from .compare_flags import compare_flags
 
 _STYLE = {"culprit": "bold red", "also local": "red", "propagated": "yellow", "ok": None, "missing": "magenta"}
 
@@ -20,16 +21,13 @@ _STYLE = {"culprit": "bold red", "also local": "red", "propagated": "yellow", "o
 @click.argument("ref", type=click.Path(file_okay=False))
 @click.argument("cand", type=click.Path(file_okay=False))
 @click.argument("cand_local", type=click.Path(file_okay=False))
-@click.option("--config", type=click.Path(dir_okay=False), help="TOML comparison config.")
-@click.option("--rtol", type=float, help="Relative tolerance for every stage.")
-@click.option("--atol", type=float, help="Absolute tolerance for every stage.")
-@click.option("--tolerances", type=click.Path(dir_okay=False), help="Noise floors from parity calibrate.")
+@compare_flags("config", "rtol", "atol", "tolerances")
 @click.option("--outlier", type=click.FloatRange(min=0), default=DEFAULT_OUTLIER, show_default=True,
               help="A local error this many times the median local error is a bug (0: tolerances only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--md", "md_out", type=click.Path(dir_okay=False), help="Write a Markdown report to FILE.")
 @bundle_option
-def localize_cmd(ref, cand, cand_local, config, rtol, atol, tolerances, outlier, as_json, md_out, bundle_dir):
+def localize_cmd(ref, cand, cand_local, compare, outlier, as_json, md_out, bundle_dir):
     """Name the stage that introduces the divergence: CAND is the candidate's plain capture,
     CAND_LOCAL the same run under `parity.replay(REF, ...)` (each stage fed the reference's inputs).
 
@@ -40,9 +38,8 @@ def localize_cmd(ref, cand, cand_local, config, rtol, atol, tolerances, outlier,
 
     Exit status: 0 no stage diverges, 1 a divergence (the culprit is named), 2 usage or input error.
     """
-    kw = {k: v for k, v in (("config", config), ("rtol", rtol), ("atol", atol), ("noise_floor", tolerances)) if v is not None}
     with bundle_command(bundle_dir, "localize") as rec:
-        loc = localize(ref, cand, cand_local, outlier=outlier, **kw)
+        loc = localize(ref, cand, cand_local, outlier=outlier, **compare)
         doc = json.dumps(loc.to_dict(), indent=2)
         md = _markdown(loc)
         if as_json:

@@ -37,52 +37,78 @@ import stat
 import tomllib
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..errors import ConfigError, StageKeyError
+from ..errors import ConfigError, StageKeyError, UsageError
 from ..limits import MAX_NESTING
 from ..trace.keys import NAME_RE as _NAME_RE, split_key
 from .align import StageTransform, apply_renames, parse_renames, parse_transforms
 from .tolerance import _FIELDS as _TOLERANCE_FIELDS
 from .tolerance import ToleranceRules, glob_to_regex
 
-__all__ = ["CompareConfig", "load_config"]
+__all__ = ["CompareConfig", "load_config", "as_config", "check_overrides", "OVERRIDES"]
 
-_SECTIONS = {"tolerance", "aliases", "ignore", "expected", "rename", "transforms", "events", "images"}
+def _option(section: str | None, doc: str, **overrides: str) -> dict[str, Any]:
+    """Field metadata: the TOML section the field is read from, what it means, and the keyword
+    overrides (``compare_traces(..., rtol=1e-5)``, the CLI flags) that change it, each with its doc."""
+    return {"section": section, "doc": doc, "overrides": overrides}
+
+
+_TOLERANCE_DOCS = {
+    "rtol": "relative tolerance for every stage (replaces the dtype default)",
+    "atol": "absolute tolerance for every stage (replaces the dtype default)",
+    "cosine_min": "floor on the cosine similarity of every stage",
+    "sqnr_min_db": "floor on the SQNR (dB) of every stage",
+    "correlation_min": "floor on the Pearson correlation of every 2-D stage (makes it an image)",
+}
 
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """How to line two traces up and judge them.
+    """How to line two traces up and judge them: the one schema of the TOML config, of the keyword
+    overrides of :func:`parity.compare_traces` and of the CLI's comparison flags.
 
-    Attributes:
-        tolerance: per-dtype defaults, global overrides and per-stage overrides.
-        aliases: candidate name → reference name. A name matches a whole key's name or its last
-            dotted segments (``attn_weights`` renames ``layers.3.attn_weights`` too); indices and
-            ``#occurrence`` are kept.
-        ignore: glob patterns of (reference-side) stages to leave out.
-        expected: glob pattern → reason, for divergences that are known and accepted.
-        strict: stages present on one side only fail the comparison.
-        source: the file the config came from, for error messages.
-        renames: ``(regex, replacement)`` applied to candidate keys in order, before ``aliases``.
-        transforms: per-stage transforms (see :mod:`parity.compare.align`).
+    Each field's metadata names its TOML section, what it means, and the keyword overrides that
+    change it (:data:`OVERRIDES` collects those; :meth:`merged` applies them). The list below is
+    generated from the fields.
+
+    Example:
+        >>> cfg = CompareConfig.from_dict({"tolerance": {"rtol": 1e-3}, "ignore": {"stages": ["timing.*"]}})
+        >>> cfg.merged(atol=1e-9, strict=True).tolerance.overrides, cfg.is_ignored("timing.step")
+        ({'rtol': 0.001, 'atol': 1e-09}, True)
     """
 
-    tolerance: ToleranceRules = field(default_factory=ToleranceRules)
-    aliases: Mapping[str, str] = field(default_factory=dict)
-    ignore: tuple[str, ...] = ()
-    expected: Mapping[str, str] = field(default_factory=dict)
-    strict: bool = False
-    source: str | None = None
-    renames: tuple[tuple[str, str], ...] = ()
-    transforms: tuple[StageTransform, ...] = ()
-    images: tuple[str, ...] = ()
-    image_settings: Mapping[str, float] = field(default_factory=dict)
+    tolerance: ToleranceRules = field(default_factory=ToleranceRules, metadata=_option(
+        "tolerance", "per-dtype defaults, global overrides and per-stage overrides by glob ([tolerance.stages])",
+        **_TOLERANCE_DOCS, stages='per-stage tolerance tables by glob, e.g. {"layers.*.attn_probs": {"rtol": 1e-3}}'))
+    aliases: Mapping[str, str] = field(default_factory=dict, metadata=_option(
+        "aliases", "candidate name → reference name. A name matches a whole key's name or its last dotted "
+        "segments (attn_weights renames layers.3.attn_weights too); indices and #occurrence are kept",
+        aliases="candidate name → reference name"))
+    ignore: tuple[str, ...] = field(default=(), metadata=_option(
+        "ignore", "glob patterns of (reference-side) stages to leave out", ignore="glob patterns of stages to leave out"))
+    expected: Mapping[str, str] = field(default_factory=dict, metadata=_option(
+        "expected", "glob pattern → reason, for divergences that are known and accepted (reported, not failed)",
+        expected="glob pattern → reason of a known divergence"))
+    strict: bool = field(default=False, metadata=_option(
+        "strict", "stages present on one side only fail the comparison, and so do config entries that match nothing",
+        strict="stages present on one side only fail the comparison"))
+    source: str | None = field(default=None, metadata=_option(None, "the file the config came from, for error messages"))
+    renames: tuple[tuple[str, str], ...] = field(default=(), metadata=_option(
+        "rename", "(regex, replacement) applied to candidate keys in order, before aliases",
+        rename="regex → replacement for candidate keys, applied in order before aliases"))
+    transforms: tuple[StageTransform, ...] = field(default=(), metadata=_option(
+        "transforms", "per-stage transforms that make one side comparable (see parity.compare.align)",
+        transforms="stage glob → transform table(s), as in the TOML [transforms] section"))
+    images: tuple[str, ...] = field(default=(), metadata=_option(
+        "images", "glob patterns of 2-D stages compared as images too (see parity.compare.image)"))
+    image_settings: Mapping[str, float] = field(default_factory=dict, metadata=_option(
+        "images", "radius and threshold of the image metrics of [images]"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> CompareConfig:
-        """Build a config from a parsed TOML document (or an equivalent dict).
+        """Build a config from a parsed TOML document (or an equivalent dict): one section per field.
 
         Every field is checked here, when the config is loaded, not when it is used: numbers must
         be finite (tolerances non-negative), names and patterns strings, and every ``[rename]``
@@ -91,6 +117,9 @@ class CompareConfig:
         Raises:
             ConfigError: unknown sections or fields, or values of the wrong type; the message names
                 ``source`` (the file), the section and key, and what was expected.
+
+        >>> CompareConfig.from_dict({"aliases": {"attn_weights": "attn_probs"}}).rename_candidate("layers.3.attn_weights")
+        'layers.3.attn_probs'
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a comparison config is a table of sections, not {_describe(data)}.", path=source)
@@ -105,18 +134,7 @@ class CompareConfig:
         stages = tol.pop("stages", {})
         rules = _build_tolerance(tol, stages, source)
         aliases = _check_aliases(data.get("aliases", {}), source)
-        ignore = data.get("ignore", {})
-        if isinstance(ignore, Mapping):
-            extra = set(ignore) - {"stages"}
-            if extra:
-                raise ConfigError(f"[ignore] has unknown key(s) {sorted(map(str, extra))}; expected stages = [...].",
-                                  path=source)
-            patterns = ignore.get("stages", [])
-        else:
-            patterns = ignore
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise ConfigError('[ignore] stages must be a list of glob patterns, e.g. stages = ["timing.*"], '
-                              f"not {_describe(patterns)}.", path=source)
+        patterns = _parse_ignore(data.get("ignore", {}), source)
         expected = data.get("expected", {})
         if not isinstance(expected, Mapping):
             raise ConfigError('[expected] maps stage patterns to reasons, e.g. "logits" = "known bf16 drift", '
@@ -135,14 +153,23 @@ class CompareConfig:
                    images, image_settings)
 
     def merged(self, **overrides: Any) -> CompareConfig:
-        """A copy with keyword overrides (``rtol``, ``atol``, ``stages``, ``aliases``, ``strict``, ``rename``,
-        ``transforms``: the last two shaped like their TOML tables).
+        """A copy with keyword overrides: any of :data:`OVERRIDES` (``rtol``, ``atol``, ``stages``,
+        ``aliases``, ``ignore``, ``expected``, ``strict``, ``rename``, ``transforms``...; the
+        tables shaped like their TOML sections). ``None`` leaves a field as it is.
 
         Raises:
+            UsageError: an override that is not one of :data:`OVERRIDES` (the message lists them).
             ConfigError: an override has the wrong type or value (checked as :meth:`from_dict` checks).
+
+        >>> CompareConfig().merged(rtol=1e-3, ignore=["timing.*"]).ignore
+        ('timing.*',)
+        >>> CompareConfig().merged(rtoll=1e-3)
+        Traceback (most recent call last):
+        parity.errors.UsageError: unknown comparison option 'rtoll'; the options are: rtol, atol, cosine_min, sqnr_min_db, correlation_min, stages, aliases, ignore, expected, strict, rename, transforms.
         """
+        check_overrides(overrides)
         tol_over = dict(self.tolerance.overrides)
-        for k in ("rtol", "atol", "cosine_min", "sqnr_min_db"):
+        for k in _TOLERANCE_DOCS:
             if overrides.get(k) is not None:
                 tol_over[k] = overrides[k]
         stage_rules = dict(self.tolerance.stages)
@@ -264,6 +291,75 @@ class CompareConfig:
                               + "; ".join(unused) + ".", path=self.source)
 
 
+#: Every keyword override of the config (``compare_traces(..., rtol=...)``, ``merged``, the CLI's
+#: comparison flags) → what it does; read from the fields of :class:`CompareConfig`.
+OVERRIDES: dict[str, str] = {name: doc for f in fields(CompareConfig) for name, doc in f.metadata["overrides"].items()}
+# the TOML sections (top-level ``strict`` is a key, [events] is read by parity.events)
+_SECTIONS = {f.metadata["section"] for f in fields(CompareConfig) if f.metadata["section"]} - {"strict"} | {"events"}
+
+
+def _fields_doc() -> str:
+    lines = ["", "    Fields (TOML section; keyword overrides):", ""]
+    for f in fields(CompareConfig):
+        where = f"[{f.metadata['section']}]" if f.metadata["section"] not in (None, "strict") else (
+            "strict = true" if f.metadata["section"] else "not in the file")
+        over = ", ".join(f.metadata["overrides"])
+        lines.append(f"    - ``{f.name}`` ({where}{'; ' + over if over else ''}): {f.metadata['doc']}.")
+    return "\n".join(lines) + "\n"
+
+
+CompareConfig.__doc__ = (CompareConfig.__doc__ or "") + _fields_doc()
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> None:
+    """Raise :class:`UsageError` naming any keyword that is not one of :data:`OVERRIDES`.
+
+    >>> check_overrides({"rtol": 1e-5, "strict": None})
+    """
+    unknown = [k for k in overrides if k not in OVERRIDES]
+    if unknown:
+        raise UsageError(f"unknown comparison option{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(k) for k in unknown)}; the options are: {', '.join(OVERRIDES)}.")
+
+
+def as_config(config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None,
+              **overrides: Any) -> CompareConfig:
+    """The config a comparison uses: ``config`` (``None``, a :class:`CompareConfig`, a dict shaped
+    like the TOML file, or a TOML path) with the keyword overrides (:data:`OVERRIDES`) applied.
+
+    Raises:
+        ConfigError: the config file or a value is wrong. UsageError: an unknown override.
+
+    >>> as_config("parity.toml", rtol=1e-3).tolerance.overrides
+    {'rtol': 0.001, 'atol': 1e-06}
+    """
+    if config is None:
+        cfg = CompareConfig()
+    elif isinstance(config, CompareConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = CompareConfig.from_dict(config)
+    else:
+        cfg = load_config(config)
+    return cfg.merged(**overrides)
+
+
+def _parse_ignore(ignore: Any, source: str | None) -> list[str]:
+    """``[ignore] stages = [...]`` (or a bare list) checked: glob patterns."""
+    if isinstance(ignore, Mapping):
+        extra = set(ignore) - {"stages"}
+        if extra:
+            raise ConfigError(f"[ignore] has unknown key(s) {sorted(map(str, extra))}; expected stages = [...].",
+                              path=source)
+        patterns = ignore.get("stages", [])
+    else:
+        patterns = ignore
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError('[ignore] stages must be a list of glob patterns, e.g. stages = ["timing.*"], '
+                          f"not {_describe(patterns)}.", path=source)
+    return patterns
+
+
 def _parse_images(data: Any, source: str | None) -> tuple[tuple[str, ...], dict[str, float]]:
     """``[images] stages = ["detector*"], radius = 2, threshold = 50``: 2-D stages compared as images."""
     if not isinstance(data, Mapping):
@@ -343,13 +439,13 @@ def _build_tolerance(overrides: Mapping[str, object], stages: object, source: st
     if not isinstance(stages, Mapping):
         raise ConfigError(f'[tolerance.stages] maps stage patterns to tables like "logits" = {{ rtol = 1e-3 }}, '
                           f"not {_describe(stages)}.", path=source)
-    for pattern, fields in stages.items():
+    for pattern, entries in stages.items():
         where = f"[tolerance.stages] {_show_key(pattern)}"
         if not isinstance(pattern, str):
             raise ConfigError(f"{where}: a stage pattern must be a string.", path=source)
-        if not isinstance(fields, Mapping):
-            raise ConfigError(f"{where} must be a table like {{ rtol = 1e-3 }}, not {_describe(fields)}.", path=source)
-        for k, v in fields.items():
+        if not isinstance(entries, Mapping):
+            raise ConfigError(f"{where} must be a table like {{ rtol = 1e-3 }}, not {_describe(entries)}.", path=source)
+        for k, v in entries.items():
             if k in _TOLERANCE_FIELDS:
                 _check_number(where, k, v, source)
     try:

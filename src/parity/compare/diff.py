@@ -1,326 +1,65 @@
-"""Compare two traces stage by stage: the one result type every renderer reads.
+"""The per-stage comparison engine: line two traces up and judge every stage.
 
-:func:`compare_traces` walks the reference's stages in execution order, lines each up with a
-candidate stage (by key, after aliases), checks kind, shape, layout and dtype before values, and
-computes the metrics of :mod:`parity.compare.metrics` in one streaming pass per stage. The first
-divergence is the first stage, in the reference's execution order, present on both sides whose
-comparison fails.
+:func:`compare_stages` walks the reference's stages in execution order, lines each up with a
+candidate stage (by key, after renames and aliases), checks kind, shape, layout and dtype before
+values, and computes the metrics of :mod:`parity.compare.metrics` in one streaming pass per stage.
+Its result is a :class:`~parity.results.TraceDiff` (the result types live in
+:mod:`parity.results`; they are re-exported here for the old import paths).
+
+The engine judges stages; it does not explain them. Diagnoses come from a :class:`Diagnoser`
+passed in (:data:`parity.localize.diagnose.DIAGNOSER` is the one parity ships), and event traces
+go to :mod:`parity.events`: :func:`parity.compare_traces` (in :mod:`parity.localize.divergence`)
+composes the three. ``compare_traces`` here is the deprecated old path of :func:`compare_stages`.
+
+Example:
+    >>> diff = compare_stages("ref.trace", "cand.trace", rtol=1e-4, atol=1e-6)
+    >>> diff.first_divergence.key, diff.first_divergence.diagnoses  # no diagnoser given
+    ('layers.0.attn_scores', ())
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Protocol
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import UsageError
+from ..results import DIFF_SCHEMA_VERSION, Diagnosis, SideInfo, StageDiff, StageMetrics, Status, TraceDiff, Verdict
 from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
 from .align import apply_transforms
-from .config import CompareConfig, load_config
+from .config import CompareConfig, as_config
 from .floor import NoiseFloor, load_noise_floor, relative_rms
 from .image import ImageMetrics, image_metrics, is_image_stage
 from .logits import stage_extra
-from .metrics import StageMetrics, compute_metrics
+from .metrics import compute_metrics
 from .tolerance import Tolerance
 
-__all__ = ["Diagnosis", "StageDiff", "TraceDiff", "compare_traces", "DIFF_SCHEMA_VERSION", "Status", "Verdict"]
+__all__ = ["compare_stages", "compare_traces", "Diagnoser", "Progress", "DIFF_SCHEMA_VERSION", "Diagnosis",
+           "SideInfo", "StageDiff", "TraceDiff", "Status", "Verdict"]
 
-#: Version of the JSON form of :class:`TraceDiff` (see docs/json-schema.md).
-DIFF_SCHEMA_VERSION = 1
-
-
-class Verdict:
-    """Values of :attr:`TraceDiff.verdict` (the ``verdict`` field of the JSON document)."""
-
-    PARITY = "parity"  #: every compared stage is within tolerance (exit 0)
-    DIVERGENCE = "divergence"  #: at least one stage diverges, or a one-sided stage under ``strict`` (exit 1)
-    NOTHING_COMPARED = "nothing_compared"  #: no stage is present on both sides (exit 1): never parity
+#: Called as ``progress(done, total, key)`` after each reference stage.
+Progress = Callable[[int, int, str], None]
 
 
-class Status:
-    """Values of :attr:`StageDiff.status`."""
+class Diagnoser(Protocol):
+    """What the engine calls to explain divergences (passed in; see :mod:`parity.localize.diagnose`).
 
-    PASS = "pass"          # present on both sides and within tolerance
-    FAIL = "fail"          # present on both sides and divergent
-    EXPECTED = "expected"  # divergent, but declared as an expected divergence
-    MISSING = "missing"    # only in the reference
-    EXTRA = "extra"        # only in the candidate
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """A likely explanation of a divergent stage, with the evidence for it.
-
-    Attributes:
-        kind: short machine-readable name (``"scale"``, ``"transpose"``, ``"rounding"``...).
-        summary: one human sentence, e.g. ``"candidate = reference × 1.000e-10 (residual 0.6 %)"``.
-        evidence: numbers behind the summary.
+    ``stage`` is called for every failing stage with the two stages and arrays as compared (after
+    transforms) and the metrics, ``None`` for a stage whose shapes differ with the same element
+    count; ``trace`` once at the end with every result, and returns them with trace-level
+    diagnoses added (the first stage where NaN appears, ...).
     """
 
-    kind: str
-    summary: str
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    def stage(self, ref_stage: Stage, cand_stage: Stage, ref_arr: Any, cand_arr: Any,
+              metrics: StageMetrics | None) -> Iterable[Diagnosis]: ...
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "summary": self.summary, "evidence": dict(self.evidence)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Diagnosis:
-        return cls(d["kind"], d["summary"], dict(d.get("evidence", {})))
-
-
-@dataclass(frozen=True)
-class SideInfo:
-    """What one side stored for a stage."""
-
-    key: str
-    dtype: str | None
-    shape: tuple[int, ...]
-    axes: tuple[str, ...] | None = None
-    units: str | None = None
-    position: int = 0
-
-    @classmethod
-    def of(cls, s: Stage) -> SideInfo:
-        return cls(s.key, s.dtype if s.kind == "tensor" else "TEXT", s.shape, s.axes, s.units, s.position)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "dtype": self.dtype, "shape": list(self.shape),
-                "axes": list(self.axes) if self.axes is not None else None, "units": self.units, "position": self.position}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SideInfo:
-        return cls(d["key"], d.get("dtype"), tuple(d.get("shape", ())), tuple(d["axes"]) if d.get("axes") is not None else None,
-                   d.get("units"), int(d.get("position", 0)))
-
-
-@dataclass(frozen=True)
-class StageDiff:
-    """The comparison of one stage.
-
-    Attributes:
-        key: the reference key (or the candidate key for an extra stage).
-        status: one of :class:`Status`.
-        ref: what the reference stored (``None`` for an extra stage).
-        cand: what the candidate stored (``None`` for a missing stage).
-        metrics: value metrics when both sides could be compared element-wise.
-        tolerance: the tolerance applied.
-        problem: why the stage fails: ``"values"``, ``"shape"``, ``"layout"``, ``"kind"``, ``"text"``,
-            ``"cosine"``, ``"sqnr"``; ``None`` when it passes.
-        message: one human sentence about the stage.
-        notes: remarks that do not fail the stage (dtype differs, units differ...).
-        expected_reason: the reason given for an expected divergence.
-        diagnoses: likely explanations of a divergence.
-        extra: further per-stage results, e.g. ``{"logits": {...}}`` (top-k agreement, KL divergence,
-            greedy tokens) for logits stages; see :mod:`parity.compare.logits`.
-    """
-
-    key: str
-    status: str
-    ref: SideInfo | None = None
-    cand: SideInfo | None = None
-    metrics: StageMetrics | None = None
-    tolerance: Tolerance | None = None
-    problem: str | None = None
-    message: str = ""
-    notes: tuple[str, ...] = ()
-    expected_reason: str | None = None
-    diagnoses: tuple[Diagnosis, ...] = ()
-    extra: Mapping[str, Any] | None = None
-
-    @property
-    def passed(self) -> bool:
-        return self.status in (Status.PASS, Status.EXPECTED)
-
-    @property
-    def diverged(self) -> bool:
-        return self.status == Status.FAIL
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "status": self.status,
-            "ref": self.ref.to_dict() if self.ref else None,
-            "cand": self.cand.to_dict() if self.cand else None,
-            "metrics": self.metrics.to_dict() if self.metrics else None,
-            "tolerance": self.tolerance.to_dict() if self.tolerance else None,
-            "problem": self.problem,
-            "message": self.message,
-            "notes": list(self.notes),
-            "expected_reason": self.expected_reason,
-            "diagnoses": [d.to_dict() for d in self.diagnoses],
-            "extra": dict(self.extra) if self.extra else None,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StageDiff:
-        tol = d.get("tolerance")
-        return cls(
-            key=d["key"], status=d["status"],
-            ref=SideInfo.from_dict(d["ref"]) if d.get("ref") else None,
-            cand=SideInfo.from_dict(d["cand"]) if d.get("cand") else None,
-            metrics=StageMetrics.from_dict(d["metrics"]) if d.get("metrics") else None,
-            tolerance=Tolerance(**tol) if tol else None,
-            problem=d.get("problem"), message=d.get("message", ""), notes=tuple(d.get("notes", ())),
-            expected_reason=d.get("expected_reason"),
-            diagnoses=tuple(Diagnosis.from_dict(x) for x in d.get("diagnoses", ())),
-            extra=d.get("extra") or None,
-        )
-
-
-@dataclass(frozen=True)
-class TraceDiff:
-    """The comparison of two traces. Truthy when parity holds.
-
-    Attributes:
-        ref_path, cand_path: the two traces.
-        stages: one :class:`StageDiff` per stage, reference execution order first, then the
-            candidate-only stages in candidate order.
-        strict: whether stages present on one side only fail the comparison.
-        ref_complete, cand_complete: whether each capture finished.
-        ignored: number of stages left out by ``[ignore]``.
-        unused_config: config entries that match nothing in this pair (warnings; errors under ``strict``).
-        config_source: the config file used, if any.
-
-    Example:
-        >>> import numpy as np, tempfile, os, parity
-        >>> d = tempfile.mkdtemp(); r, c = os.path.join(d, "r.trace"), os.path.join(d, "c.trace")
-        >>> for path, scale in ((r, 1.0), (c, 1.001)):
-        ...     with parity.record(path):
-        ...         _ = parity.tap("a", np.ones(4)); _ = parity.tap("b", np.ones(4) * scale)
-        >>> diff = parity.compare_traces(r, c)
-        >>> bool(diff), diff.first_divergence.key
-        (False, 'b')
-    """
-
-    ref_path: str
-    cand_path: str
-    stages: tuple[StageDiff, ...]
-    strict: bool = False
-    ref_complete: bool = True
-    cand_complete: bool = True
-    ignored: int = 0
-    config_source: str | None = None
-    tool_version: str = __version__
-    unused_config: tuple[str, ...] = ()
-
-    @property
-    def compared(self) -> list[StageDiff]:
-        """Stages present on both sides, in reference order."""
-        return [s for s in self.stages if s.ref is not None and s.cand is not None]
-
-    @property
-    def divergent(self) -> list[StageDiff]:
-        """Every failing stage present on both sides, in reference order."""
-        return [s for s in self.stages if s.status == Status.FAIL]
-
-    @property
-    def missing(self) -> list[StageDiff]:
-        return [s for s in self.stages if s.status == Status.MISSING]
-
-    @property
-    def extra(self) -> list[StageDiff]:
-        return [s for s in self.stages if s.status == Status.EXTRA]
-
-    @property
-    def expected(self) -> list[StageDiff]:
-        return [s for s in self.stages if s.status == Status.EXPECTED]
-
-    @property
-    def first_divergence(self) -> StageDiff | None:
-        """The first failing stage in the reference's execution order, or ``None``."""
-        for s in self.stages:
-            if s.status == Status.FAIL:
-                return s
-        return None
-
-    @property
-    def nothing_compared(self) -> bool:
-        """True when no stage is present on both sides: nothing was compared, so parity cannot hold."""
-        return not self.compared
-
-    @property
-    def verdict(self) -> str:
-        """``"parity"``, ``"divergence"`` or ``"nothing_compared"`` (see :class:`Verdict`)."""
-        if self.nothing_compared:
-            return Verdict.NOTHING_COMPARED
-        if self.divergent or (self.strict and (self.missing or self.extra)):
-            return Verdict.DIVERGENCE
-        return Verdict.PARITY
-
-    @property
-    def passed(self) -> bool:
-        """True when at least one stage was compared, no compared stage diverges and, if
-        ``strict``, no stage is one-sided. Two traces that share no stage never pass."""
-        return self.verdict == Verdict.PARITY
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-    def __getitem__(self, key: str) -> StageDiff:
-        for s in self.stages:
-            if s.key == key:
-                return s
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[StageDiff]:
-        return iter(self.stages)
-
-    def summary(self) -> dict[str, int]:
-        """Counts of stages by status."""
-        counts = {k: 0 for k in (Status.PASS, Status.FAIL, Status.EXPECTED, Status.MISSING, Status.EXTRA)}
-        for s in self.stages:
-            counts[s.status] += 1
-        counts["ignored"] = self.ignored
-        return counts
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (schema ``parity.diff`` version :data:`DIFF_SCHEMA_VERSION`)."""
-        first = self.first_divergence
-        return {
-            "schema": "parity.diff",
-            "schema_version": DIFF_SCHEMA_VERSION,
-            "tool_version": self.tool_version,
-            "ref": {"path": self.ref_path, "complete": self.ref_complete},
-            "cand": {"path": self.cand_path, "complete": self.cand_complete},
-            "passed": self.passed,
-            "verdict": self.verdict,
-            "strict": self.strict,
-            "config": self.config_source,
-            "first_divergence": first.key if first else None,
-            "summary": self.summary(),
-            "unused_config": list(self.unused_config),
-            "stages": [s.to_dict() for s in self.stages],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TraceDiff:
-        """Rebuild a result from its JSON form (e.g. a diff computed on another machine).
-
-        Raises:
-            UsageError: the document is not a parity diff of a version this parity reads.
-        """
-        if d.get("schema") != "parity.diff" or not isinstance(d.get("schema_version"), int) or d["schema_version"] > DIFF_SCHEMA_VERSION:
-            raise UsageError(f"not a parity diff document of schema version <= {DIFF_SCHEMA_VERSION}.")
-        return cls(
-            ref_path=d["ref"]["path"], cand_path=d["cand"]["path"],
-            stages=tuple(StageDiff.from_dict(s) for s in d["stages"]),
-            strict=bool(d.get("strict", False)), ref_complete=bool(d["ref"].get("complete", True)),
-            cand_complete=bool(d["cand"].get("complete", True)), ignored=int(d.get("summary", {}).get("ignored", 0)),
-            config_source=d.get("config"), tool_version=d.get("tool_version", __version__),
-            unused_config=tuple(str(u) for u in d.get("unused_config") or ()),
-        )
-
-
-#: Called for every divergent stage with (ref stage, cand stage, ref array, cand array, metrics);
-#: metrics is None for a stage whose shapes differ with the same element count. Returns diagnoses. Set by :mod:`parity.localize` when it is importable.
-Diagnoser = Callable[[Stage, Stage, Any, Any, StageMetrics], "list[Diagnosis]"]
+    def trace(self, results: Sequence[StageDiff], ref: Trace, cand: Trace, config: CompareConfig) -> Sequence[StageDiff]: ...
 
 
 def _fmt(x: float) -> str:
@@ -355,7 +94,7 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
         same_count = rs.size == cs.size
         after = " after transforms" if transformed else ""
         # Same count, other shape: the diagnoser can still tell a transpose (no metrics exist).
-        shape_dx = tuple(diagnoser(rs, cs, ra, ca, None)) if same_count and diagnoser is not None else ()
+        shape_dx = tuple(diagnoser.stage(rs, cs, ra, ca, None)) if same_count and diagnoser is not None else ()
         return replace(base, status=Status.FAIL, problem="shape", notes=tuple(notes), diagnoses=shape_dx,
                        message=f"shape {rs.shape} != {cs.shape}{after}" + (" (same element count: declare a transform to map them; "
                                                                      "parity never flattens silently)." if same_count else "."))
@@ -369,17 +108,9 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     problem, message = None, ""
     floor_info = None
     if floor is not None and floor.get(rs.key) is not None:
-        ok, ratio = floor.judge(rs.key, rel_rms=relative_rms(m.sqnr_db), rms=m.rms_err)
-        floor_info = {"rel_rms": floor.stages[rs.key].rel_rms, "rms": floor.stages[rs.key].rms,
-                      "margin": floor.margin, "ratio": ratio if math.isfinite(ratio) else "inf"}
-        notes.append(f"error is {_fmt(ratio)}× the noise floor (allowed {floor.margin:g}×); element-wise rtol/atol not applied")
-        if m.nan_mismatch or m.inf_mismatch:
-            ok = False
-        if not ok:
-            problem = "noise_floor"
-            message = (f"error is {_fmt(ratio)}× the noise floor of this stage (allowed {floor.margin:g}×)"
-                       + (f"; NaN pattern mismatches: {m.nan_mismatch}, Inf mismatches: {m.inf_mismatch}"
-                          if m.nan_mismatch or m.inf_mismatch else "") + ".")
+        problem, message, floor_info = _floor_verdict(floor, rs.key, m)
+        notes.append(f"error is {_fmt(floor_info['ratio'])}× the noise floor (allowed {floor.margin:g}×); "
+                     "element-wise rtol/atol not applied")
     elif not m.passed:
         problem = "values"
         message = (f"{m.mismatched} / {m.count} elements ({100 * m.mismatched_fraction:.3g}%) outside tolerance; "
@@ -397,7 +128,7 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     status = Status.PASS if problem is None else Status.FAIL
     diagnoses: tuple[Diagnosis, ...] = ()
     if problem is not None and diagnoser is not None:
-        diagnoses = tuple(diagnoser(rs, cs, ra, ca, m))
+        diagnoses = tuple(diagnoser.stage(rs, cs, ra, ca, m))
     extra = stage_extra(rs.key, ra, ca, rs.dtype_info, cs.dtype_info)
     if image is not None:
         extra = {**(extra or {}), "image": image.to_dict()}
@@ -420,99 +151,78 @@ def _image_metrics(rs: Stage, cs: Stage, ra: Any, ca: Any, tol: Tolerance, confi
     return image_metrics(r, c, **(options or {}))
 
 
-def _trace_diagnoses(results: list[StageDiff], ref: Trace, cand: Trace, config: CompareConfig) -> list[StageDiff]:
-    """Trace-level diagnoses (first NaN/Inf, matrices printed as rows...), when parity.localize has them."""
-    try:
-        from ..localize.diagnose import diagnose_trace
-    except ImportError:
-        return results
-    return list(diagnose_trace(results, ref, cand, config))
+def _floor_verdict(floor: NoiseFloor, key: str, m: StageMetrics) -> tuple[str | None, str, dict[str, Any]]:
+    """(problem, message, the ``noise_floor`` extra) of a stage judged against its noise floor."""
+    ok, ratio = floor.judge(key, rel_rms=relative_rms(m.sqnr_db), rms=m.rms_err)
+    info = {"rel_rms": floor.stages[key].rel_rms, "rms": floor.stages[key].rms, "margin": floor.margin,
+            "ratio": ratio if math.isfinite(ratio) else "inf"}
+    if ok and not (m.nan_mismatch or m.inf_mismatch):
+        return None, "", info
+    message = (f"error is {_fmt(ratio)}× the noise floor of this stage (allowed {floor.margin:g}×)"
+               + (f"; NaN pattern mismatches: {m.nan_mismatch}, Inf mismatches: {m.inf_mismatch}"
+                  if m.nan_mismatch or m.inf_mismatch else "") + ".")
+    return "noise_floor", message, info
 
 
-def _default_diagnoser() -> Diagnoser | None:
-    try:
-        from ..localize.diagnose import diagnose_stage
-    except ImportError:
-        return None
-    return diagnose_stage
-
-
-def compare_traces(
-    ref: str | os.PathLike[str] | Trace,
-    cand: str | os.PathLike[str] | Trace,
-    *,
-    config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    stages: Mapping[str, Mapping[str, float]] | None = None,
-    aliases: Mapping[str, str] | None = None,
-    ignore: list[str] | None = None,
-    expected: Mapping[str, str] | None = None,
-    strict: bool | None = None,
-    rename: Mapping[str, str] | None = None,
-    transforms: Mapping[str, Any] | None = None,
-    diagnose: bool = True,
-    progress: Callable[[int, int, str], None] | None = None,
-    noise_floor: NoiseFloor | str | os.PathLike[str] | None = None,
-) -> TraceDiff:
-    """Compare a candidate trace against a reference trace, stage by stage.
-
-    Keyword arguments are the same options as the TOML config (see :mod:`parity.compare.config`)
-    and override it.
+def compare_stages(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,
+                   config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None, *,
+                   diagnoser: Diagnoser | None = None, progress: Progress | None = None,
+                   noise_floor: NoiseFloor | str | os.PathLike[str] | None = None, **overrides: Any) -> TraceDiff:
+    """Compare a candidate trace against a reference trace, stage by stage (no diagnoses unless a
+    ``diagnoser`` is given; :func:`parity.compare_traces` gives one and handles event traces).
 
     Args:
-        ref: the reference trace (path or loaded :class:`~parity.Trace`).
-        cand: the candidate trace.
-        config: a TOML path, a :class:`CompareConfig`, or a dict shaped like the TOML file.
-        rtol, atol: tolerances for every stage (each replaces the dtype default on its own).
-        stages: per-stage tolerance overrides by glob, e.g. ``{"layers.*.attn_probs": {"rtol": 1e-3}}``.
-        aliases: candidate name → reference name.
-        ignore: glob patterns of stages to leave out.
-        expected: glob pattern → reason for known divergences (reported, not failed).
-        strict: stages present on one side only fail the comparison.
-        rename: regex → replacement for candidate keys, applied in order before ``aliases``.
-        transforms: stage glob → transform table(s), as in the TOML ``[transforms]`` section
-            (see :mod:`parity.compare.align`).
-        diagnose: attach diagnoses to divergent stages (per stage, and trace-level ones such as
-            the first stage where NaN appears).
-        progress: called as ``progress(done, total, key)`` after each stage.
+        ref, cand: the two traces (paths or loaded :class:`~parity.Trace`).
+        config, **overrides: the comparison config and keyword overrides of its fields, as
+            :func:`~parity.compare.config.as_config` takes them (see :class:`CompareConfig`).
+        diagnoser: explains failing stages (see :class:`Diagnoser`).
+        progress: called as ``progress(done, total, key)`` after each reference stage.
         noise_floor: per-stage noise floors (a :class:`~parity.compare.floor.NoiseFloor` or the
             file ``parity calibrate`` wrote): a stage with a floor passes when its relative RMS
             error is within the floor's margin, instead of the element-wise rtol/atol.
 
-    Returns:
-        A :class:`TraceDiff`; a numeric mismatch is a result, never an exception. For two event
-        traces (``parity import --format events``), a :class:`parity.events.EventDiff` instead:
-        events are aligned by edit distance (see docs/events.md).
-
     Raises:
         TraceFormatError: a trace cannot be read.
-        ConfigError: the config is wrong, e.g. a pattern matches no stage.
+        ConfigError: the config is wrong (with ``strict``, an entry that matches nothing).
+        UsageError: an unknown override, or two candidate stages map to one reference stage.
+
+    >>> d = compare_stages("ref.trace", "cand.trace", "parity.toml", ignore=["layers.*"])
+    >>> d.summary()["ignored"], [s.key for s in d.stages]
+    (28, ['embedding', 'final_norm', 'logits'])
     """
     rt = ref if isinstance(ref, Trace) else load_trace(ref)
     ct = cand if isinstance(cand, Trace) else load_trace(cand)
-    from ..events import compare_events, is_event_trace  # no torch/numpy-heavy imports: cheap
-
-    if is_event_trace(rt) and is_event_trace(ct):
-        # event logs are aligned by edit distance, not by key (see parity.events): an EventDiff,
-        # with the same passed / first_divergence / to_dict() surface
-        return compare_events(rt, ct, config if isinstance(config, (str, os.PathLike)) else None)  # type: ignore[return-value]
-    if config is None:
-        cfg = CompareConfig()
-    elif isinstance(config, CompareConfig):
-        cfg = config
-    elif isinstance(config, Mapping):
-        cfg = CompareConfig.from_dict(config)
-    else:
-        cfg = load_config(config)
-    cfg = cfg.merged(rtol=rtol, atol=atol, stages=stages, aliases=aliases, ignore=ignore, expected=expected, strict=strict,
-                     rename=rename, transforms=transforms)
+    cfg = as_config(config, **overrides)
     unused = cfg.unused_entries(rt.keys(), ct.keys())
     if unused and cfg.strict:
         cfg.check_patterns(rt.keys(), ct.keys())  # raises, listing them all
-    diagnoser = _default_diagnoser() if diagnose else None
     floor = load_noise_floor(noise_floor) if isinstance(noise_floor, (str, os.PathLike)) else noise_floor
+    results, ignored = _walk(rt, ct, cfg, diagnoser, floor, progress)
+    if diagnoser is not None:
+        results = list(diagnoser.trace(results, rt, ct, cfg))
+    return TraceDiff(ref_path=rt.path, cand_path=ct.path, stages=tuple(results), strict=cfg.strict,
+                     ref_complete=rt.complete, cand_complete=ct.complete, ignored=ignored, config_source=cfg.source,
+                     unused_config=tuple(unused))
 
+
+def compare_traces(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,
+                   config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> TraceDiff:
+    """The old import path ``parity.compare.compare_traces``: :func:`compare_stages`, which
+    attaches no diagnoses (the engine cannot reach :mod:`parity.localize`, the layer above it).
+
+    Deprecated, with a :class:`DeprecationWarning`, so that the missing diagnoses are never
+    silent: call :func:`parity.compare_traces` (diagnoses, event traces, ``local=``), or
+    :func:`compare_stages` for the plain comparison.
+    """
+    warnings.warn("parity.compare.compare_traces is the plain per-stage comparison, without diagnoses; call "
+                  "parity.compare_traces (diagnoses, event traces) or parity.compare.compare_stages",
+                  DeprecationWarning, stacklevel=2)
+    return compare_stages(ref, cand, config, **kwargs)
+
+
+def _candidates_by_reference(ct: Trace, cfg: CompareConfig) -> dict[str, Stage]:
+    """Candidate stages by the reference key they map to (after renames and aliases)."""
     cand_by_ref: dict[str, Stage] = {}
     for cs in ct:
         target = cfg.rename_candidate(cs.key)
@@ -521,6 +231,13 @@ def compare_traces(
             raise UsageError(f'candidate stages "{other}" and "{cs.key}" both map to reference stage "{target}" after aliases.',
                              path=ct.path)
         cand_by_ref[target] = cs
+    return cand_by_ref
+
+
+def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None, floor: NoiseFloor | None,
+          progress: Progress | None) -> tuple[list[StageDiff], int]:
+    """Every stage's result (reference order, then candidate-only stages) and the number ignored."""
+    cand_by_ref = _candidates_by_reference(ct, cfg)
     results: list[StageDiff] = []
     used: set[str] = set()
     ignored = 0
@@ -550,8 +267,4 @@ def compare_traces(
             ignored += 1
             continue
         results.append(StageDiff(key=cs.key, status=Status.EXTRA, cand=SideInfo.of(cs), message="present in the candidate only."))
-    if diagnose:
-        results = _trace_diagnoses(results, rt, ct, cfg)
-    return TraceDiff(ref_path=rt.path, cand_path=ct.path, stages=tuple(results), strict=cfg.strict,
-                     ref_complete=rt.complete, cand_complete=ct.complete, ignored=ignored, config_source=cfg.source,
-                     unused_config=tuple(unused))
+    return results, ignored

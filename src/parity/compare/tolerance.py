@@ -12,39 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
+from ..results import Tolerance
 from ..trace.dtypes import DTYPES
 
 __all__ = ["Tolerance", "DEFAULT_TOLERANCES", "default_tolerance", "ToleranceRules", "glob_to_regex"]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How close a candidate stage must be to its reference.
-
-    Attributes:
-        rtol: relative tolerance.
-        atol: absolute tolerance.
-        cosine_min: optional floor on cosine similarity (stage fails below it).
-        sqnr_min_db: optional floor on the signal-to-quantization-noise ratio in dB.
-        correlation_min: optional floor on the Pearson correlation of a 2-D stage (an image: see
-            :mod:`parity.compare.image`); setting it makes the stage an image.
-    """
-
-    rtol: float
-    atol: float
-    cosine_min: float | None = None
-    sqnr_min_db: float | None = None
-    correlation_min: float | None = None
-
-    def to_dict(self) -> dict[str, float]:
-        d = {"rtol": self.rtol, "atol": self.atol}
-        if self.cosine_min is not None:
-            d["cosine_min"] = self.cosine_min
-        if self.sqnr_min_db is not None:
-            d["sqnr_min_db"] = self.sqnr_min_db
-        if self.correlation_min is not None:
-            d["correlation_min"] = self.correlation_min
-        return d
 
 
 #: (rtol, atol) by safetensors dtype code; floats follow torch.testing.assert_close.

@@ -410,7 +410,8 @@ class _Checker:
         return out
 
     def diff(self, p: ParityRef) -> list[Finding]:
-        from ..compare.diff import Status, compare_traces
+        from ..localize.divergence import compare_traces
+        from ..results import Status
         from ..errors import ParityError
 
         out = [self.trace(p.ref or "", p.line), self.trace(p.cand or "", p.line)]

@@ -65,7 +65,8 @@ def scaffold_contract(ref: str, cand: str, *, root: str = ".", config: str | Non
         >>> [(x["id"], x["status"], x["evidence"]["parity"][0].get("atol")) for x in doc["claims"]]
         [('stage-a', 'discharged', 1e-07), ('stage-b', 'discharged', 0.005)]
     """
-    from ..compare.diff import Status, compare_traces
+    from ..localize.divergence import compare_traces
+    from ..results import Status
 
     ref_rel, cand_rel = _rel(ref, root), _rel(cand, root)
     cfg_rel = _rel(config, root) if config else None

@@ -28,7 +28,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError
+from ..compare.config import check_overrides
+from ..compare.tolerance import glob_to_regex
+from ..errors import ParityError, UsageError
+from .divergence import compare_traces
 
 __all__ = ["BisectStep", "BisectResult", "bisect", "revisions_between"]
 
@@ -161,10 +164,6 @@ def _capture(repo: str, rev: str, command: Sequence[str], workdir: str, timeout:
 
 
 def _checker(reference: str, stage: str | None, config: Any, tolerances: dict[str, Any]) -> Check:
-    from ..compare.diff import compare_traces
-    from ..compare.tolerance import glob_to_regex
-    from ..errors import ParityError
-
     rx = glob_to_regex(stage) if stage else None
 
     def check(trace: str) -> tuple[str, str | None, str]:
@@ -203,13 +202,16 @@ def bisect(repo: str | os.PathLike[str], good: str, bad: str, reference: str | o
         command: the capture command (argv list, or a string split like a shell would); ``{out}``
             stands for the trace path to write. It runs in a worktree of the tested revision.
         stage: a stage glob: only these stages decide good/bad (default: the whole diff).
-        config, **tolerances: as for :func:`parity.compare_traces`.
+        config, **tolerances: as for :func:`parity.compare_traces` (``rtol``, ``atol``... any of
+            :data:`parity.compare.config.OVERRIDES`), checked before the first capture.
         timeout: seconds per capture (a capture that runs longer is "skip").
         on_step: called after each capture (progress).
 
     Raises:
-        UsageError: not a git repository, unknown revisions, an empty command, no ``{out}``.
+        UsageError: not a git repository, unknown revisions, an empty command, no ``{out}``, an
+            unknown comparison option.
     """
+    check_overrides(tolerances)
     repo = os.path.abspath(os.fspath(repo))
     reference = os.path.abspath(os.fspath(reference))
     argv = shlex.split(command) if isinstance(command, str) else list(command)

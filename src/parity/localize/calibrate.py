@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..compare.diff import compare_traces
+from .divergence import compare_traces
 from ..compare.floor import DEFAULT_MARGIN, NoiseFloor, StageFloor, relative_rms
 from ..errors import UsageError
 

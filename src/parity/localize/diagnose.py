@@ -1,6 +1,7 @@
 """Diagnoses: likely explanations of a divergent stage, computed from the data, each with its evidence.
 
-Per stage (:func:`diagnose_stage`, called by :func:`parity.compare_traces` for every failing stage):
+Per stage (:func:`diagnose_stage`, called by the comparison engine for every failing stage when
+:func:`parity.compare_traces` passes it :data:`DIAGNOSER`):
 
 =============  ================================================================================
 kind           what the data show
@@ -37,14 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from ..compare.diff import Diagnosis, StageDiff, Status
-from ..compare.metrics import StageMetrics
+from ..compare.align import apply_transforms
 from ..compare.tolerance import default_tolerance
+from ..results import Diagnosis, StageDiff, StageMetrics, Status
 from ..trace.dtypes import DTYPES, to_float64
 from ..trace.keys import split_key
 from ..trace.reader import Stage, Trace
 
-__all__ = ["diagnose_stage", "diagnose_trace", "classify_factor", "MAX_SAMPLE", "ROUNDING_UNITS"]
+__all__ = ["diagnose_stage", "diagnose_trace", "classify_factor", "DataDiagnoser", "DIAGNOSER", "MAX_SAMPLE",
+           "ROUNDING_UNITS"]
 
 #: Most elements read from each side to diagnose one stage.
 MAX_SAMPLE = 1 << 18
@@ -489,8 +491,6 @@ def _printed_precision(out: list[StageDiff], ref: Trace, cand: Trace, config: An
             rs, cs = ref.stage(sd.ref.key), cand.stage(sd.cand.key)
             ra, ca = ref.array(rs), cand.array(cs)
             if config is not None and getattr(config, "transforms", ()):
-                from ..compare.align import apply_transforms
-
                 rs, ra, _ = apply_transforms(config.transforms, sd.key, "reference", rs, ra)
                 cs, ca, _ = apply_transforms(config.transforms, sd.key, "candidate", cs, ca)
         except Exception:
@@ -512,3 +512,26 @@ def _printed_precision(out: list[StageDiff], ref: Trace, cand: Trace, config: An
             _add(out, i, Diagnosis("rounding", f"every error is within the printed precision ({d} significant digits "
                                    f"in {which}): likely print rounding, not a bug; print more digits (%.17g) or loosen "
                                    "this stage's tolerance.", {"printed_digits": d, "max_units": worst}))
+
+
+class DataDiagnoser:
+    """The :class:`~parity.compare.diff.Diagnoser` the comparison engine is given by
+    :func:`parity.compare_traces`: :func:`diagnose_stage` per failing stage, then
+    :func:`diagnose_trace` over the whole result.
+
+    >>> from parity.compare.diff import compare_stages
+    >>> diff = compare_stages("ref.trace", "cand.trace", diagnoser=DIAGNOSER)
+    >>> [d.kind for d in diff.first_divergence.diagnoses]
+    ['scale']
+    """
+
+    def stage(self, ref_stage: Stage, cand_stage: Stage, ref_arr: Any, cand_arr: Any,
+              metrics: StageMetrics | None) -> list[Diagnosis]:
+        return diagnose_stage(ref_stage, cand_stage, ref_arr, cand_arr, metrics)
+
+    def trace(self, results: Sequence[StageDiff], ref: Trace, cand: Trace, config: Any) -> list[StageDiff]:
+        return diagnose_trace(results, ref, cand, config)
+
+
+#: The diagnoser parity ships (stateless; one instance serves every comparison).
+DIAGNOSER = DataDiagnoser()

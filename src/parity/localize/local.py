@@ -40,10 +40,15 @@ import math
 import os
 import statistics
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from ..compare.diff import StageDiff, TraceDiff, compare_traces
+from ..compare.config import CompareConfig
+from ..compare.diff import compare_stages
 from ..compare.floor import relative_rms
+from ..results import StageDiff, TraceDiff, by_key
+from ..trace.reader import Trace
+from .diagnose import DIAGNOSER
 
 __all__ = ["StageLocality", "Localization", "localize", "DEFAULT_OUTLIER"]
 
@@ -54,13 +59,20 @@ DEFAULT_OUTLIER = 10.0
 def _rel(sd: StageDiff | None) -> float | None:
     if sd is None or sd.metrics is None:
         return None
-    r = relative_rms(sd.metrics.sqnr_db)
-    return r
+    return relative_rms(sd.metrics.sqnr_db)
 
 
 @dataclass(frozen=True)
 class StageLocality:
-    """One stage: accumulated (plain) and local (replayed) error, and its label."""
+    """One stage: accumulated (plain) and local (replayed) error, and its label.
+
+    ``plain_rel`` and ``local_rel`` are relative RMS errors (``None`` when the stage has no
+    metrics); ``plain_status`` / ``local_status`` the stage's :class:`~parity.results.Status` in
+    each diff.
+
+    >>> StageLocality("b", 1, "fail", "fail", 0.2, 0.2, "culprit").to_dict()["local_rel_rms"]
+    0.2
+    """
 
     key: str
     position: int
@@ -80,7 +92,13 @@ class StageLocality:
 
 @dataclass(frozen=True)
 class Localization:
-    """The result of :func:`localize`."""
+    """The result of :func:`localize`: the plain and the replayed diff, and one
+    :class:`StageLocality` per stage of the plain diff, in its order.
+
+    ``noise`` is the median local relative RMS error of the replayed stages (``None`` with fewer
+    than three), ``outlier`` the factor above it that stands out, ``passes`` the forward passes of
+    the candidate that produced the two captures. Truthy when parity holds.
+    """
 
     plain: TraceDiff
     local: TraceDiff
@@ -100,14 +118,21 @@ class Localization:
         return first.key if first else None
 
     def stage(self, key: str) -> StageLocality:
-        for s in self.stages:
-            if s.key == key:
-                return s
-        raise KeyError(key)
+        """The stage ``key`` (``KeyError`` if there is none)."""
+        return by_key(self.stages, key)
 
     @property
     def passed(self) -> bool:
+        """The plain diff passes and no stage's own computation diverges."""
         return self.plain.passed and self.culprit is None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def local_failing(self) -> list[str]:
+        """Stages whose own computation diverges (the culprit, then every "also local" one)."""
+        return [s.key for s in self.stages if s.label in ("culprit", "also local")]
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": "parity.localize", "schema_version": 1, "passed": self.passed, "culprit": self.culprit,
@@ -116,19 +141,26 @@ class Localization:
                 "cand_local": self.local.cand_path, "stages": [s.to_dict() for s in self.stages]}
 
 
-def localize(ref: str | os.PathLike[str], cand: str | os.PathLike[str], cand_local: str | os.PathLike[str], *,
-             outlier: float = DEFAULT_OUTLIER, passes: int = 2, **compare_kwargs: Any) -> Localization:
+def localize(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,
+             cand_local: str | os.PathLike[str] | Trace,
+             config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None, *,
+             outlier: float = DEFAULT_OUTLIER, passes: int = 2, diagnose: bool = True,
+             noise_floor: Any = None, **overrides: Any) -> Localization:
     """Compare the plain and the replayed candidate captures against ``ref`` and label each stage.
+
+    ``parity.compare_traces(ref, cand, local=cand_local, ...)`` calls this.
 
     Args:
         ref: the reference trace; cand: the candidate's plain capture; cand_local: the
             candidate captured under ``parity.replay(ref, ...)``.
+        config, noise_floor, **overrides: as for :func:`parity.compare_traces` (the same for
+            both diffs); diagnose: attach diagnoses to both.
         outlier: a local error this many times the median local error stands out (0 disables).
         passes: forward passes of the candidate that produced the traces (reported).
-        **compare_kwargs: as for :func:`parity.compare_traces` (config, rtol, atol, ...).
     """
-    plain = compare_traces(ref, cand, **compare_kwargs)
-    local = compare_traces(ref, cand_local, **compare_kwargs)
+    diagnoser = DIAGNOSER if diagnose else None
+    plain = compare_stages(ref, cand, config, diagnoser=diagnoser, noise_floor=noise_floor, **overrides)
+    local = compare_stages(ref, cand_local, config, diagnoser=diagnoser, noise_floor=noise_floor, **overrides)
     by_key_local = {s.key: s for s in local.stages}
     rels = [r for s in local.compared if (r := _rel(s)) is not None and math.isfinite(r)]
     noise = statistics.median(rels) if len(rels) >= 3 else None  # too few stages: no noise estimate

@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compare.diff import TraceDiff, compare_traces
+from ..results import TraceDiff, by_key
+from .divergence import compare_traces
 from ..errors import UsageError
 
 __all__ = ["StageAcross", "SetDiff", "compare_sets", "trace_pairs", "is_trace_dir"]
@@ -126,10 +127,8 @@ class SetDiff:
         return [n for n, d in zip(self.names, self.diffs) if not d.passed]
 
     def stage(self, key: str) -> StageAcross:
-        for s in self.stages:
-            if s.key == key:
-                return s
-        raise KeyError(key)
+        """The stage ``key`` (``KeyError`` if no input has it)."""
+        return by_key(self.stages, key)
 
     @property
     def first_divergence(self) -> StageAcross | None:
