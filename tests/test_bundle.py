@@ -1,6 +1,7 @@
 """Evidence bundles: layout, no collisions, exact command lines, no secrets, verify catches every change."""
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-import parity.bundle as bundle_mod
+import parity.bundle as bundle_pkg
+import parity.bundle.folder as bundle_mod  # where new_bundle looks collect_environment and the clock up
 from parity.bundle import (
     BundleCheck, bundle_command, close_bundle, collect_environment, invocation, new_bundle, open_bundle,
     redact_command_line, verify_bundle,
@@ -58,7 +60,7 @@ def test_new_bundle_layout(tmp_path, fast_env):
     assert set(env) == {"recorded_at", "parity", "python", "packages", "torch", "run", "platform", "cpu",
                         "memory_bytes", "git", "settings"}
     assert env["packages"]["numpy"] == np.__version__
-    assert set(env["settings"]) == set(bundle_mod.ENV_SETTINGS)
+    assert set(env["settings"]) == set(bundle_pkg.ENV_SETTINGS)
 
 
 def test_git_sha_and_dirty_flag(tmp_path, fast_env):
@@ -235,4 +237,4 @@ def test_secrets_in_the_environment_never_reach_a_bundle(traces, tmp_path, monke
             assert secret.encode() not in data, f"{var} leaked into {name}"
             assert var.encode() not in data, f"the name {var} leaked into {name}"
     env1 = json.loads(files["1/env.json"])
-    assert env1["torch"]["installed"] is (bundle_mod.importlib.util.find_spec("torch") is not None)
+    assert env1["torch"]["installed"] is (importlib.util.find_spec("torch") is not None)

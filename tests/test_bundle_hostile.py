@@ -7,7 +7,7 @@ import os
 import click
 import pytest
 
-from parity import bundle as bundle_mod
+from parity.bundle import folder as bundle_mod
 from parity.bundle import (bundle_command, close_bundle, invocation, new_bundle, open_bundle,
                            verify_bundle)
 from parity.cli import EXIT_ERROR, EXIT_INTERNAL, main

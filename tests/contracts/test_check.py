@@ -197,7 +197,7 @@ def test_a_trace_supports_functional_and_a_corrupt_one_is_broken(py_project, tra
 
 @pytest.fixture
 def sealed_bundle(py_project, trace_pair, monkeypatch):
-    import parity.bundle as bundle_mod
+    import parity.bundle.folder as bundle_mod  # where new_bundle looks collect_environment up
 
     real = bundle_mod.collect_environment
     monkeypatch.setattr(bundle_mod, "collect_environment", lambda **kw: real(**{**kw, "probe_torch": False}))

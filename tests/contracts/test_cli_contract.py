@@ -26,7 +26,7 @@ claims:
 
 @pytest.fixture
 def fast_env(monkeypatch):
-    import parity.bundle as bundle_mod
+    import parity.bundle.folder as bundle_mod  # where new_bundle looks collect_environment up
 
     real = bundle_mod.collect_environment
     monkeypatch.setattr(bundle_mod, "collect_environment", lambda **kw: real(**{**kw, "probe_torch": False}))

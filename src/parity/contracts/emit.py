@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any
 
+from ..errors import UsageError
 from ._yaml import _scalar
 
 __all__ = ["dump_yaml"]
@@ -47,7 +48,8 @@ def _scalar_text(v: Any) -> str:
         return r if isinstance(_scalar(r, True), float) else f"{r}.0"
     if isinstance(v, str):
         return _str(v)
-    raise TypeError(f"cannot write {type(v).__name__} to a contract")
+    raise UsageError(f"cannot write a {type(v).__name__} to a contract; its values are strings, numbers, "
+                     "booleans, null, lists and mappings.")
 
 
 def _flow_text(v: Any) -> str:

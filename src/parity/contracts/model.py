@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UsageError
 from ._yaml import Node
 from .errors import Problem
 
@@ -279,10 +280,16 @@ class Contract:
         return d
 
     def claim(self, claim_id: str) -> Claim:
+        """The claim with id ``claim_id``.
+
+        Raises:
+            UsageError: the contract has no such claim (the message lists the ids it has).
+        """
         for c in self.claims:
             if c.id == claim_id:
                 return c
-        raise KeyError(claim_id)
+        ids = ", ".join(c.id for c in self.claims[:20]) or "none"
+        raise UsageError(f"contract {self.id!r} has no claim {claim_id!r} (its claims: {ids}).", path=self.path)
 
 
 # -- building ------------------------------------------------------------------------------------

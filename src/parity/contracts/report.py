@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .check import CheckReport
+from .result import CheckReport
 
 __all__ = ["render_check_text", "render_check_markdown"]
 

@@ -71,15 +71,49 @@ def scaffold_contract(ref: str, cand: str, *, root: str = ".", config: str | Non
     ref_rel, cand_rel = _rel(ref, root), _rel(cand, root)
     cfg_rel = _rel(config, root) if config else None
     diff = compare_traces(ref, cand, config=config, diagnose=False)
-    claims: list[dict[str, Any]] = []
+    holds = (Status.PASS, Status.EXPECTED)
+    plan, loosened = _plan(diff, holds)
+    if loosened:  # confirm the loosened stages hold at the tolerances proposed for them
+        again = compare_traces(ref, cand, config=config, stages={_glob_literal(k): v for k, v in loosened.items()},
+                               diagnose=False)
+        for s in again.stages:
+            if s.key in loosened and s.status not in holds:
+                loosened[s.key] = {}
+    evidence: dict[str, Any] = {"ref": ref_rel, "cand": cand_rel}
+    if cfg_rel:
+        evidence["config"] = cfg_rel
+    claims = _claims(plan, loosened, evidence)
+    one_sided = [s.key for s in diff.stages if s.ref is None or s.cand is None]
+    desc = (f"Scaffolded by `parity contract new` from {ref_rel} (reference) and {cand_rel} (candidate): "
+            f"{len(claims)} compared stages, each at the tolerance that held when it was written.")
+    if one_sided:
+        desc += f" Stages on one side only (no claim): {', '.join(one_sided[:20])}" + (" ..." if len(one_sided) > 20 else "") + "."
+    doc: dict[str, Any] = {"parity_contract": 1,
+                           "id": contract_id or _ident(f"{os.path.basename(ref_rel)}-vs-{os.path.basename(cand_rel)}"),
+                           "version": "1", "description": desc, "claims": claims}
+    return doc
+
+
+def _glob_literal(key: str) -> str:
+    """``key`` as a stage pattern that matches only itself (glob characters bracketed)."""
+    return re.sub(r"([*?\[\]])", r"[\1]", key)
+
+
+_Plan = list[tuple[str, dict[str, Any], str | None]]
+
+
+def _plan(diff: Any, holds: tuple[str, ...]) -> tuple[_Plan, dict[str, dict[str, float]]]:
+    """``(key, tolerance fields, why it cannot hold or None)`` per compared stage, and the stages
+    whose tolerance had to be loosened (``rtol`` 0, ``atol`` rounded up from the max error).
+    ``holds``: the statuses of a stage within its tolerance."""
     loosened: dict[str, dict[str, float]] = {}
-    plan: list[tuple[str, dict[str, Any], str | None]] = []
+    plan: _Plan = []
     for s in diff.stages:
         if s.ref is None or s.cand is None:
             continue
         tol = s.tolerance.to_dict() if s.tolerance is not None else {}
         note = None
-        if s.status in (Status.PASS, Status.EXPECTED):
+        if s.status in holds:
             fields = {k: tol[k] for k in ("rtol", "atol", "cosine_min", "sqnr_min_db") if k in tol}
         else:
             m = s.metrics
@@ -94,12 +128,12 @@ def scaffold_contract(ref: str, cand: str, *, root: str = ".", config: str | Non
                         fields[k] = tol[k]
                 loosened[s.key] = fields
         plan.append((s.key, fields, note))
-    if loosened:
-        stages_override = {re.sub(r"([*?\[\]])", r"[\1]", k): v for k, v in loosened.items()}
-        again = compare_traces(ref, cand, config=config, stages=stages_override, diagnose=False)
-        for s in again.stages:
-            if s.key in loosened and s.status not in (Status.PASS, Status.EXPECTED):
-                loosened[s.key] = {}
+    return plan, loosened
+
+
+def _claims(plan: _Plan, loosened: dict[str, dict[str, float]], evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """One claim per planned stage (unique ids ``stage-KEY``), ``discharged`` when it holds."""
+    claims: list[dict[str, Any]] = []
     used: set[str] = set()
     for key, fields, note in plan:
         cid = base = "stage-" + _ident(key)
@@ -109,11 +143,7 @@ def scaffold_contract(ref: str, cand: str, *, root: str = ".", config: str | Non
         used.add(cid)
         if key in loosened and not loosened[key]:
             note = "does not hold even with atol at its max error (a cosine or SQNR floor fails)"
-        ev: dict[str, Any] = {"ref": ref_rel, "cand": cand_rel}
-        if cfg_rel:
-            ev["config"] = cfg_rel
-        ev.update(fields)
-        ev["stages"] = [re.sub(r"([*?\[\]])", r"[\1]", key)]
+        ev: dict[str, Any] = {**evidence, **fields, "stages": [_glob_literal(key)]}
         tol_text = ", ".join(f"{k} {v:g}" for k, v in fields.items())
         claim: dict[str, Any] = {"id": cid, "statement": f"stage {key} of the candidate matches the reference within {tol_text}",
                                  "status": "proposed" if note else "discharged"}
@@ -123,12 +153,4 @@ def scaffold_contract(ref: str, cand: str, *, root: str = ".", config: str | Non
         if note:
             claim["evidence"]["notes"] = [note]
         claims.append(claim)
-    one_sided = [s.key for s in diff.stages if s.ref is None or s.cand is None]
-    desc = (f"Scaffolded by `parity contract new` from {ref_rel} (reference) and {cand_rel} (candidate): "
-            f"{len(claims)} compared stages, each at the tolerance that held when it was written.")
-    if one_sided:
-        desc += f" Stages on one side only (no claim): {', '.join(one_sided[:20])}" + (" ..." if len(one_sided) > 20 else "") + "."
-    doc: dict[str, Any] = {"parity_contract": 1,
-                           "id": contract_id or _ident(f"{os.path.basename(ref_rel)}-vs-{os.path.basename(cand_rel)}"),
-                           "version": "1", "description": desc, "claims": claims}
-    return doc
+    return claims
