@@ -101,6 +101,13 @@ def load_contracts(paths: Iterable[str | os.PathLike[str]], *, root: str | None 
     Per file: strict YAML, the schema, unique claim ids, ``binds_to``. Across files (``resolve``):
     unique contract ids and ``depends_on`` naming a contract among them, without cycles. Problems
     are collected, not raised, so one run reports them all.
+
+    Example:
+        >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: x\\nclaims:\\n- id: a\\n  statment: s\\n"
+        ...                               "  status: proposed\\n")
+        >>> r = load_contracts(["c.yaml"])
+        >>> r.files, [str(p) for p in r.errors][:1]
+        (['c.yaml'], ["c.yaml:5:3: unknown key 'statment' in a claim; did you mean 'statement'?"])
     """
     result = LoadResult()
     try:

@@ -420,6 +420,13 @@ def export_events(trace: str | os.PathLike[str] | Trace, out: str | os.PathLike[
 
     Records, malformed lines kept by ``skip_malformed``, blank lines, a byte-order mark and the
     final newline come back as they were (a gzip source comes back uncompressed). Returns the bytes written.
+
+    Example:
+        >>> line = '{"v":1,"kind":"user_prompt","turn":1,"text":"hi"}\\r\\n'
+        >>> _ = open("s.jsonl", "w", newline="").write(line)
+        >>> _ = import_events("s.jsonl", "s.trace")
+        >>> export_events("s.trace", "back.jsonl"), open("back.jsonl", newline="").read() == line
+        (51, True)
     """
     log = load_events(trace if isinstance(trace, Trace) else load_trace(os.fspath(trace)))
     data = render_jsonl(log)

@@ -179,6 +179,12 @@ class EventDiff:
         malformed: malformed lines left out, per side (``{"ref": [...], "cand": [...]}``).
         notes: anything else a reader should know.
         rules: every rule applied (one line each).
+
+    Example:
+        >>> d = EventDiff("a.jsonl", "b.jsonl", "ccpa", "divergence", 0.8, None, 2, 3, 2, 0, 0, 1,
+        ...               alignment=[["equal", 0, 2, 0, 2], ["inserted", 2, 2, 2, 3]])
+        >>> d.passed, d.hunks, EventDiff.from_dict(d.to_dict()) == d
+        (False, [[2, 2, 2, 3]], True)
     """
 
     ref_path: str
