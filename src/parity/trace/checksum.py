@@ -22,14 +22,21 @@ import zlib
 
 import numpy as np
 
+from ..errors import UsageError
+
 try:  # built from _stage.c where a C compiler was found
     from . import _stage  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised by tests that force the fallback
     _stage = None
 
-__all__ = ["crc32", "copy_crc32", "copy_crc32_at", "crc32_combine", "crc32_hex", "implementation"]
+__all__ = ["crc32", "copy_crc32", "copy_crc32_at", "crc32_combine", "crc32_hex", "implementation", "ByteRangeError"]
 
 _POLY = 0xEDB88320  # the bit-reflected CRC-32 polynomial
+
+
+class ByteRangeError(UsageError, ValueError):
+    """The bytes asked for do not fit the buffers given (a copy into a buffer of another size, a
+    range outside it, a negative length). Also a ``ValueError``, as the C module raises."""
 
 
 def implementation() -> str:
@@ -54,7 +61,7 @@ def copy_crc32(dst: np.ndarray, src: object, value: int = 0) -> int:
     s = np.frombuffer(src, dtype=np.uint8) if not isinstance(src, np.ndarray) else src.reshape(-1).view(np.uint8)
     d = dst.reshape(-1).view(np.uint8) if isinstance(dst, np.ndarray) else np.frombuffer(dst, dtype=np.uint8)
     if d.nbytes != s.nbytes:
-        raise ValueError(f"copy_crc32: dst holds {d.nbytes} bytes but src {s.nbytes}.")
+        raise ByteRangeError(f"copy_crc32: dst holds {d.nbytes} bytes but src {s.nbytes}; give buffers of one size.")
     np.copyto(d, s)
     return zlib.crc32(d, value)
 
@@ -64,7 +71,7 @@ def copy_crc32_at(dst: np.ndarray, offset: int, address: int, nbytes: int) -> in
     ``uint8`` array) and return their CRC-32. For values whose memory the caller holds (a tensor's
     ``data_ptr()``), without making a buffer object for each: cheaper for small values."""
     if offset < 0 or nbytes < 0 or offset + nbytes > dst.nbytes:
-        raise ValueError(f"copy_crc32_at: bytes [{offset}, {offset} + {nbytes}) are outside dst of {dst.nbytes} bytes")
+        raise ByteRangeError(f"copy_crc32_at: bytes [{offset}, {offset} + {nbytes}) are outside dst of {dst.nbytes} bytes.")
     if _stage is not None:
         return _stage.copy_crc32_at(dst, offset, address, nbytes)
     if not nbytes:
@@ -90,7 +97,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     if _stage is not None:
         return _stage.crc32_combine(crc1, crc2, len2)
     if len2 < 0:
-        raise ValueError(f"crc32_combine: len2 must be >= 0, not {len2}.")
+        raise ByteRangeError(f"crc32_combine: len2 must be >= 0, not {len2}.")
     if len2 == 0:
         return crc1 ^ crc2  # as zlib: crc2 of nothing is 0
     # crc(A+B) = crc1 * x^(8 len2) + crc2 (mod P): square-and-multiply on x^8 (0x00800000 reflected)

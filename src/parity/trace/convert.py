@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
-from .dtypes import DTYPES, DType, dtype_of_array
+from .dtypes import DTYPES, DType, UnsupportedDTypeError, dtype_of_array
 
 __all__ = ["as_array"]
 
@@ -68,6 +68,6 @@ def as_array(value: object, *, stage: str | None = None) -> tuple[np.ndarray, DT
         arr = arr.astype(arr.dtype.newbyteorder("="))
     try:
         d = dtype_of_array(arr)
-    except TypeError as e:
+    except UnsupportedDTypeError as e:
         raise UsageError(f"{e}.", stage=stage) from e
     return arr, d

@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DType", "DTYPES", "dtype_of_array", "storage_dtype", "to_float64", "is_float", "bits_view"]
+from ..errors import UsageError
+
+__all__ = ["DType", "DTYPES", "UnsupportedDTypeError", "dtype_of_array", "storage_dtype", "to_float64", "is_float",
+           "bits_view"]
+
+
+class UnsupportedDTypeError(UsageError, TypeError):
+    """A value's dtype cannot be stored in a trace (complex, object, strings), or widened here (a
+    float8 stage without the ``ml_dtypes`` package). Also a ``TypeError``, as NumPy raises for a
+    dtype it cannot use."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ def dtype_of_array(arr: np.ndarray) -> DType:
     """Return the storable dtype of a NumPy array.
 
     Raises:
-        TypeError: the array's dtype cannot be stored (e.g. complex, object, strings).
+        UnsupportedDTypeError: the array's dtype cannot be stored (e.g. complex, object, strings).
     """
     dt = arr.dtype
     d = _BY_DTYPE.get(dt)
@@ -84,7 +93,7 @@ def dtype_of_array(arr: np.ndarray) -> DType:
     if d is not None and len(_BY_DTYPE) < 64:
         _BY_DTYPE[dt] = d
     if d is None:
-        raise TypeError(
+        raise UnsupportedDTypeError(
             f"dtype {dt} cannot be stored; supported: " + ", ".join(sorted(_BY_NAME)) + " (cast it first)"
         )
     return d
@@ -125,7 +134,7 @@ def to_float64(arr: np.ndarray, d: DType, out: np.ndarray | None = None) -> np.n
         return out
     ml = _ml_dtypes()
     if ml is None:
-        raise TypeError(f"widening {d.name} needs the ml_dtypes package (pip install ml_dtypes)")
+        raise UnsupportedDTypeError(f"widening {d.name} needs the ml_dtypes package (pip install ml_dtypes)")
     typed = bits_view(arr, d).view(getattr(ml, d.name))
     if out is None:
         return typed.astype(np.float64)

@@ -123,22 +123,21 @@ def load_json(raw: bytes, *, path: str | os.PathLike[str], what: str = "file",
     if depth > MAX_NESTING:
         raise error(f"the {what} nests JSON arrays or objects {depth} deep; parity reads at most "
                     f"{MAX_NESTING} levels (limits.MAX_NESTING); it is corrupt or hostile.", path=path)
-    if sys.get_int_max_str_digits() in range(1, _INT_DIGITS + 1):
-        long_int = None  # int() itself refuses long literals (ValueError below), at no cost here
-    else:  # the limit was lifted in this process: look for long literals first
-        long_int = _LONG_INT.search(text)
+    too_long = (f"the {what} holds an integer literal of more than {_INT_DIGITS} digits; it is corrupt "
+                "or hostile.")
+    # int() itself refuses long literals (ValueError below), unless the limit was lifted in this
+    # process: then look for them first
+    if sys.get_int_max_str_digits() not in range(1, _INT_DIGITS + 1) and _LONG_INT.search(text):
+        raise error(too_long, path=path)
     bad: list[BadNumber] = []
     outer = getattr(_found, "bad", None)
     _found.bad = bad
     try:
-        if long_int is not None:
-            raise ValueError("long integer")
         doc = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         raise error(f"is not valid JSON ({e}); the {what} is corrupt or truncated.", path=path) from e
     except ValueError as e:  # not a JSONDecodeError: only int() refusing a long literal raises this
-        raise error(f"the {what} holds an integer literal of more than {_INT_DIGITS} digits; it is corrupt "
-                    "or hostile.", path=path) from e
+        raise error(too_long, path=path) from e
     finally:
         _found.bad = outer
     return doc, bad
