@@ -5,7 +5,8 @@ member (in the archive's order); a folder is walked recursively and ``layers/3/a
 becomes ``layers.3.attn_out`` (an ``.npz`` inside a folder prefixes its members with its path).
 Arrays keep their dtype (bfloat16 and float8 need the ``ml_dtypes`` package). Execution order:
 ``order.txt`` in the folder (relative paths, one per line), else inferred from the names.
-Nothing is ever unpickled: object arrays are refused.
+Nothing is ever unpickled: object arrays are refused; each ``.npy`` header is parsed by hand and
+checked before its data is read (:mod:`parity.importers._npy_header`).
 """
 
 from __future__ import annotations
@@ -15,240 +16,26 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 import numpy as np
 
 from ..errors import ImportFormatError, UsageError
-from ..limits import MAX_DEFLATE_RATIO, MAX_INT_DIGITS, check_size
+from ..limits import MAX_DEFLATE_RATIO, check_size
 from ..safefs import atomic_file, check_inside, refuse_symlink
 from ..trace.dtypes import dtype_of_array, to_float64
 from ..trace.keys import validate_key
 from ..trace.reader import Trace
 from ..trace.writer import TraceWriter
 from ._export import export_target, tensor_stages
+from ._npy_header import NPY_MAGIC, NpyHeader, read_npy_header
 from ._order import add_keyed, read_order_file, sort_stages
 
 __all__ = ["import_numpy", "export_npz", "export_npy_dir", "refuse_numpy", "NpyHeader", "read_npy_header"]
 
-NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 _BAD = re.compile(r"[^A-Za-z0-9_+\-:@.\[\]=,#]+")
-#: The longest .npy header read (NumPy itself refuses more than 10000 bytes by default).
-MAX_NPY_HEADER = 65536
-_MAX_NDIM = 64
-#: dtypes an .npy may hold (``descr`` without its byte order): those a trace stores.
-_DESCRS = ("b1", "u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8")
-_DESCR = re.compile(r"([<>|=]?)(b1|u1|i1|u2|i2|u4|i4|u8|i8|f2|f4|f8|\?)")
-_TOKEN = re.compile(r"[ \t\n]*(?:(?P<str>'[^'\\\n]*'|\"[^\"\\\n]*\")|(?P<num>[-+]?[0-9.][0-9.eExX+\-]*L?)"
-                    r"|(?P<name>True|False|None|inf|nan)"
-                    r"|(?P<punct>[{}():,\[\]])|(?P<end>$))")
 _CHUNK = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class NpyHeader:
-    """The checked header of one ``.npy`` (a file or an ``.npz`` member).
-
-    Attributes:
-        dtype: the array's dtype (one a trace can store).
-        shape: the array's shape.
-        fortran_order: whether the data is in column-major order.
-        offset: byte offset of the data from the start of the ``.npy``.
-        nbytes: bytes of data the header promises.
-    """
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    fortran_order: bool
-    offset: int
-    nbytes: int
-
-
-def _header_tokens(text: str, fail: Callable[[str], Exception]) -> list[tuple[str, str]]:
-    """The tokens ``(kind, text)`` of an .npy header: str, int, num, name, punct."""
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while True:
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise fail(f"its header holds {text[pos:pos + 20]!r} at character {pos}, where a Python literal "
-                       "(string, True/False, tuple of integers) was expected")
-        kind = m.lastgroup
-        if kind == "end":
-            return tokens
-        value = m.group(kind)
-        if kind == "num":
-            digits = value[:-1] if value.endswith("L") else value
-            if digits.isdigit() and digits.isascii():
-                if len(digits) > MAX_INT_DIGITS:
-                    raise fail(f"its header holds an integer of {len(digits)} digits; a dimension has at most "
-                               f"{MAX_INT_DIGITS}")
-                kind, value = "int", digits
-        tokens.append((kind, value))
-        pos = m.end()
-
-
-class _HeaderDict:
-    """Reads the tokens of an .npy header dict left to right (no ``eval``, no ``ast``)."""
-
-    def __init__(self, text: str, fail: Callable[[str], Exception]):
-        self.tokens = _header_tokens(text, fail)
-        self.i = 0
-        self.fail = fail
-
-    def take(self, expected: str | None = None) -> tuple[str, str]:
-        if self.i >= len(self.tokens):
-            raise self.fail("its header ends before its dict is closed")
-        tok = self.tokens[self.i]
-        if expected is not None and tok[1] != expected:
-            raise self.fail(f"its header holds {tok[1]!r} where {expected!r} was expected")
-        self.i += 1
-        return tok
-
-    def items(self, close: str, what: str, item: Callable[[str, str], None]) -> bool:
-        """Items separated by commas up to ``close`` (a trailing comma allowed), each token that
-        starts one handed to ``item``; whether the last item was followed by a comma."""
-        comma = False
-        while True:
-            kind, tok = self.take()
-            if tok == close:
-                return comma
-            item(kind, tok)
-            kind, tok = self.take()
-            comma = tok == ","
-            if tok == close:
-                return comma
-            if not comma:
-                raise self.fail(f"its {what} holds {tok!r} where ',' or {close!r} was expected")
-
-    def value(self) -> object:
-        """A string, True/False, or a tuple of non-negative integers (a shape)."""
-        kind, tok = self.take()
-        if kind == "str":
-            return tok[1:-1]
-        if kind == "name" and tok in ("True", "False"):
-            return tok == "True"
-        if tok == "[":
-            raise self.fail("its header describes a structured dtype (a list of fields), which a trace cannot store")
-        if tok != "(":
-            raise self.fail(f"its header holds {tok[:40]!r} where a value was expected")
-        dims: list[int] = []
-
-        def dim(kind: str, tok: str) -> None:
-            if kind != "int":
-                raise self.fail(f"its shape holds {tok[:40]!r}; expected non-negative integers")
-            dims.append(int(tok))
-            if len(dims) > _MAX_NDIM:
-                raise self.fail(f"its shape has more than {_MAX_NDIM} dimensions")
-
-        comma = self.items(")", "shape", dim)
-        if len(dims) == 1 and not comma:
-            raise self.fail("its shape is a parenthesised integer, not a tuple")
-        return tuple(dims)
-
-    def read(self) -> dict[str, object]:
-        """The whole dict; nothing may follow it."""
-        out: dict[str, object] = {}
-
-        def entry(kind: str, tok: str) -> None:
-            if kind != "str":
-                raise self.fail(f"its header dict has key {tok!r}; expected a string")
-            key = tok[1:-1]
-            self.take(":")
-            if key in out:
-                raise self.fail(f"its header gives {key!r} twice")
-            out[key] = self.value()
-
-        self.take("{")
-        self.items("}", "header", entry)
-        if self.i != len(self.tokens):
-            raise self.fail("its header holds more after its dict")
-        return out
-
-
-def _parse_header_dict(text: str, fail: Callable[[str], Exception]) -> dict[str, object]:
-    """Parse the Python-literal dict of an .npy header by hand: strings, True/False, tuples of ints.
-
-    Example:
-        >>> _parse_header_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", ValueError)
-        {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)}
-    """
-    return _HeaderDict(text, fail).read()
-
-
-def read_npy_header(read: Callable[[int], bytes], available: int, *, path: str, member: str | None = None
-                    ) -> NpyHeader:
-    """Read and check an ``.npy`` header without ``eval``, ``ast`` or unpickling.
-
-    ``read(n)`` returns the next ``n`` bytes; ``available`` is the size of the whole ``.npy``
-    (the file, or the member's declared uncompressed size). The magic, version, header length,
-    the dict (exactly ``descr``, ``fortran_order`` and ``shape``), the dtype (one a trace stores)
-    and the data size (against ``available`` and :func:`parity.limits.max_stage_bytes`) are all
-    checked before anything is allocated.
-
-    Raises:
-        ImportFormatError: naming ``path`` (and ``member``), on anything malformed.
-    """
-    where = f"member {member!r} " if member is not None else ""
-
-    def fail(msg: str) -> ImportFormatError:
-        return ImportFormatError(f"{where}is not a valid .npy: {msg}.", path=path)
-
-    head = read(10)
-    if head[:6] != NPY_MAGIC:
-        raise fail("it does not start with the .npy magic \\x93NUMPY")
-    if len(head) < 10:
-        raise fail(f"it is {len(head)} bytes long, shorter than an .npy preamble (10 bytes)")
-    major, minor = head[6], head[7]
-    if major not in (1, 2, 3) or minor != 0:
-        raise fail(f"its version {major}.{minor} is unknown (1.0, 2.0 and 3.0 exist)")
-    if major == 1:
-        (hlen,) = struct.unpack("<H", head[8:10])
-        start = 10
-    else:
-        more = read(2)
-        if len(more) < 2:
-            raise fail("it is cut short inside its preamble")
-        (hlen,) = struct.unpack("<I", head[8:10] + more)
-        start = 12
-    if hlen > MAX_NPY_HEADER or start + hlen > available:
-        raise fail(f"its header is {hlen} bytes long, more than the {max(available - start, 0)} bytes that follow"
-                   if start + hlen > available else f"its header is {hlen} bytes long; at most {MAX_NPY_HEADER} are read")
-    raw = read(hlen)
-    if len(raw) < hlen:
-        raise fail(f"its header of {hlen} bytes is cut short at {len(raw)}")
-    try:
-        text = raw.decode("utf-8" if major == 3 else "latin-1")
-    except UnicodeDecodeError as e:
-        raise fail(f"its header is not UTF-8 (byte {e.start})") from e
-    fields = _parse_header_dict(text, fail)
-    if set(fields) != {"descr", "fortran_order", "shape"}:
-        raise fail(f"its header has keys {sorted(fields)}; expected exactly descr, fortran_order and shape")
-    descr, fortran, shape = fields["descr"], fields["fortran_order"], fields["shape"]
-    if not isinstance(descr, str):
-        raise fail("its descr is not a dtype string")
-    if not isinstance(fortran, bool):
-        raise fail("its fortran_order is not True or False")
-    if not isinstance(shape, tuple):
-        raise fail("its shape is not a tuple")
-    m = _DESCR.fullmatch(descr)
-    if m is None:
-        if descr.lstrip("<>|=") == "O":
-            raise ImportFormatError(f"{where}cannot be read without unpickling: it holds Python objects "
-                                    "(dtype object); parity never unpickles.", path=path)
-        raise ImportFormatError(f"{where}holds dtype {descr!r}, which a trace cannot store; supported: "
-                                f"{', '.join(_DESCRS)} (a bfloat16 saved by np.save reads back as V2: save it as "
-                                "float32).", path=path)
-    dtype = np.dtype(descr)
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * dtype.itemsize
-    what = f"{where}the array of shape {shape} and dtype {dtype}"
-    check_size(nbytes, what, path=path, available=available - start - hlen)
-    return NpyHeader(dtype, shape, fortran, start + hlen, nbytes)
 
 
 def _is(path: str, magic: bytes) -> bool:
@@ -293,7 +80,13 @@ def _walk(root: str, follow_symlinks: bool = False) -> list[str]:
 
 
 def refuse_numpy(path: str, *, follow_symlinks: bool = False) -> str | None:
-    """``None`` if ``path`` is an ``.npy``/``.npz`` file or a folder holding some, else why not."""
+    """``None`` if ``path`` is an ``.npy``/``.npz`` file or a folder holding some, else why not.
+
+    Example:
+        >>> np.save("x.npy", np.zeros(2))
+        >>> refuse_numpy("x.npy"), refuse_numpy("ref.trace")
+        (None, 'holds no .npy or .npz files')
+    """
     if os.path.isdir(path):
         return None if _walk(path, follow_symlinks) else "holds no .npy or .npz files"
     if _is(path, NPY_MAGIC):
@@ -467,6 +260,13 @@ def import_numpy(path: str | os.PathLike[str], writer: TraceWriter, *, order: st
     Raises:
         ImportFormatError: a file is truncated or corrupt, holds object arrays or an unstorable
             dtype, is a symbolic link out of the folder, or two files give the same stage.
+
+    Example:
+        >>> import os; os.makedirs("acts/layers/0")
+        >>> np.save("acts/layers/0/q_proj.npy", np.ones(2)); np.savez("acts/out.npz", logits=np.zeros(3))
+        >>> with parity.TraceWriter("n.trace") as w:
+        ...     import_numpy("acts", w)
+        ['layers.0.q_proj', 'out.logits']
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -560,6 +360,12 @@ def export_npz(trace: str | os.PathLike[str] | Trace, path: str | os.PathLike[st
 
     Raises:
         UsageError: ``path`` already exists or is a symbolic link.
+
+    Example:
+        >>> export_npz("ref.trace", "ref.npz", stages=["embedding", "logits"])
+        []
+        >>> np.load("ref.npz")["logits"].shape
+        (8, 64)
     """
     t, path = export_target(trace, path, folder=False)
     notes: list[str] = []
@@ -576,6 +382,12 @@ def export_npy_dir(trace: str | os.PathLike[str] | Trace, out_dir: str | os.Path
 
     Raises:
         UsageError: ``out_dir`` exists and is not empty, or is a symbolic link.
+
+    Example:
+        >>> export_npy_dir("ref.trace", "npy", stages=["embedding", "logits"])
+        []
+        >>> sorted(os.listdir("npy")), np.load("npy/embedding.npy").dtype
+        (['embedding.npy', 'logits.npy', 'order.txt'], dtype('float64'))
     """
     t, out_dir = export_target(trace, out_dir, folder=True)
     os.makedirs(out_dir, exist_ok=True)
