@@ -36,8 +36,8 @@ from typing import Any
 from ..errors import ImportFormatError, UsageError
 from ..trace.writer import TraceWriter
 
-__all__ = ["Importer", "ImportReport", "register_importer", "importers", "get_importer", "find_importer",
-           "import_files", "export_trace", "EXPORT_FORMATS"]
+__all__ = ["Importer", "ImportReport", "register_importer", "unregister_importer", "importers", "get_importer",
+           "find_importer", "import_files", "export_trace", "EXPORT_FORMATS"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,15 @@ class Importer:
         refuse: ``refuse(path) -> None`` when the importer can read ``path``, else the reason why not.
         run: ``run(path, writer, **options) -> dict`` adds the stages to ``writer`` and returns
             statistics (at least ``{"stages": n}``). Options it does not know are ignored.
+
+    Example (an importer of comma-separated numbers, tried before the built-in ones):
+        >>> def run(path, writer, **options):
+        ...     return {"stages": len([writer.add("v", np.loadtxt(path, delimiter=","))])}
+        >>> register_importer(Importer("csv", "numbers", lambda p: None if p.endswith(".csv") else "no .csv", run), first=True)
+        >>> _ = open("x.csv", "w").write("1,2,3\\n")
+        >>> import_files(["x.csv"], "x.trace").formats, parity.load_trace("x.trace")["v"].tolist()
+        (['csv'], [1.0, 2.0, 3.0])
+        >>> unregister_importer("csv")
     """
 
     name: str
@@ -62,7 +71,14 @@ _REGISTRY: dict[str, Importer] = {}
 
 
 def register_importer(importer: Importer, *, first: bool = False) -> None:
-    """Add an importer (``first=True`` tries it before the built-in ones)."""
+    """Add an importer (``first=True`` tries it before the built-in ones); one of the same name is replaced.
+
+    Example (see :class:`Importer` for one that reads files):
+        >>> register_importer(Importer("never", "reads nothing", lambda p: "is never read", lambda p, w: {}))
+        >>> [i.name for i in importers()][-2:]
+        ['lines', 'never']
+        >>> unregister_importer("never")
+    """
     global _REGISTRY
     if first:
         _REGISTRY = {importer.name: importer, **{k: v for k, v in _REGISTRY.items() if k != importer.name}}
@@ -70,8 +86,22 @@ def register_importer(importer: Importer, *, first: bool = False) -> None:
         _REGISTRY[importer.name] = importer
 
 
+def unregister_importer(name: str) -> None:
+    """Remove the importer called ``name`` (no error when there is none).
+
+    Example:
+        >>> unregister_importer("no such format")
+    """
+    _REGISTRY.pop(name, None)
+
+
 def importers() -> list[Importer]:
-    """The registered importers, in the order they are tried."""
+    """The registered importers, in the order they are tried.
+
+    Example:
+        >>> [i.name for i in importers()]
+        ['aprt', 'npy', 'safetensors', 'lines']
+    """
     return list(_REGISTRY.values())
 
 
@@ -80,6 +110,10 @@ def get_importer(name: str) -> Importer:
 
     Raises:
         UsageError: no such importer.
+
+    Example:
+        >>> get_importer("npy").description
+        '.npy / .npz files and folders of them'
     """
     try:
         return _REGISTRY[name]
@@ -134,6 +168,11 @@ def find_importer(path: str | os.PathLike[str], format: str | None = None, *,
 
     Raises:
         ImportFormatError: no importer accepts the file; the message gives each one's reason.
+
+    Example:
+        >>> np.save("x.npy", np.zeros(3)); _ = open("run.log", "w").write("TRACE_C: e=1\\n")
+        >>> find_importer("x.npy").name, find_importer("run.log").name
+        ('npy', 'lines')
     """
     return _find(os.fspath(path), format, follow_symlinks)[0]
 
@@ -149,6 +188,11 @@ class ImportReport:
         stats: per input, the importer's statistics (lines read, skipped, malformed...; for a
             log whose printed names had to be cleaned, ``renamed``/``renames`` and
             ``collided``/``collisions`` as in :meth:`~parity.importers.lines.LineStats.rename_dict`).
+
+    Example:
+        >>> np.save("x.npy", np.zeros(3))
+        >>> report = import_files(["x.npy"], "x.trace"); report.stages, report.formats, report.stats
+        (1, ['npy'], [{'source': 'x.npy', 'format': 'npy', 'stages': 1}])
     """
 
     path: str
@@ -186,6 +230,12 @@ def import_files(
         ImportFormatError: an input cannot be read (the message names it); the trace is then left
             marked incomplete.
         UsageError: bad options (e.g. a log without ``prefixes``).
+
+    Example (a log and an array, in that order, into one trace):
+        >>> _ = open("run.log", "w").write("starting\\nTRACE_C: e=1.5\\n"); np.save("w.npy", np.ones(2))
+        >>> report = import_files(["run.log", "w.npy"], "both.trace", prefixes=["TRACE_C"])
+        >>> report.formats, parity.load_trace(report.path).keys()
+        (['lines', 'npy'], ['e', 'w'])
     """
     if not paths:
         raise UsageError("give at least one file to import.")
@@ -344,6 +394,12 @@ def export_trace(trace: Any, out: str | os.PathLike[str], format: str, stages: S
 
     Raises:
         UsageError: unknown format, or ``out`` already exists (nothing is overwritten).
+
+    Example:
+        >>> export_trace("ref.trace", "ref.npz", "npz", stages=["embedding", "logits"])
+        []
+        >>> sorted(np.load("ref.npz"))
+        ['embedding', 'logits']
     """
     try:
         fn = EXPORT_FORMATS[format]

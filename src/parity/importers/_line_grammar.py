@@ -45,6 +45,12 @@ class ParsedField:
         indices: indices from an indexed line, e.g. ``{"it": 3}``.
         line: 1-based line number in the log (or stream).
         original: the name as printed, when sanitising changed it.
+
+    Example:
+        >>> from parity.importers.lines import parse_lines
+        >>> f, = parse_lines(["TRACE_C: rot[0]=1 2"], "TRACE_C")
+        >>> f.name, f.original, f.value.tolist(), f.indices, f.line
+        ('rot_0', 'rot[0]', [1.0, 2.0], None, 1)
     """
 
     name: str

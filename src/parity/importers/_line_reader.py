@@ -32,7 +32,14 @@ Block = tuple[bytes, bytes, int, int]
 
 
 def open_log(path: str) -> IO[bytes]:
-    """Open a log for reading bytes, decompressing it if it is gzip (by its magic, not its name)."""
+    """Open a log for reading bytes, decompressing it if it is gzip (by its magic, not its name).
+
+    Example:
+        >>> import gzip
+        >>> with gzip.open("run.txt", "wb") as f: _ = f.write(b"TRACE_C: e=1\\n")
+        >>> with open_log("run.txt") as f: f.read()
+        b'TRACE_C: e=1\\n'
+    """
     f = open(path, "rb")
     if f.read(2) == b"\x1f\x8b":
         f.close()
@@ -178,6 +185,15 @@ def pump(parser: LineParser, stream: IO[bytes], writer: TraceWriter, chunk_size:
     Raises:
         ImportFormatError: naming ``name`` and the line: a line too long, a corrupt gzip stream,
             a read error, or a line past a hard limit of the parser.
+
+    Example:
+        >>> import io
+        >>> from parity.importers.lines import LineParser
+        >>> p = LineParser(["TRACE_C"])
+        >>> with parity.TraceWriter("p.trace") as w:
+        ...     pump(p, io.BytesIO(b"TRACE_C: e=1\\nTRACE_C: e=2\\n"), w, 16, "<stream>", {"stream": "stdout"})
+        >>> p.stats.lines, parity.load_trace("p.trace").stage("e#1").provenance
+        (2, {'line': 2, 'stream': 'stdout'})
     """
     # A big log makes millions of small, acyclic objects (manifest entries) that stay alive: the
     # cyclic GC would rescan all of them again and again (measured: 15 % of a 300 MB import).

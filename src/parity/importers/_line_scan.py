@@ -73,19 +73,21 @@ def scan_chunk(p: LineParser, lines: list[bytes] | Block, lineno: int) -> tuple[
 
     Returns:
         ``(last line number, lines skipped, trace lines)``, as ``_scan.scan_chunk`` returns them.
+
+    Example:
+        >>> from parity.importers.lines import LineParser
+        >>> p = LineParser(["TRACE_C"])
+        >>> scan_chunk(p, [b"banner", b"TRACE_C: x=1 2", b"TRACE_C: s=ok"], 10)
+        (13, 1, 2)
+        >>> p._out_names, p._out_shapes, p._out_lines
+        (['x', 's'], [(2,), 'ok'], [12, 13])
     """
     if isinstance(lines, tuple):
         lines = block_lines(*lines)
-    st = p.stats
     prefixes = p._bprefixes
     body_of = p._body
     parse_body = p._parse_body
     fast = not p._bindex  # an --index-field can be any key: every line takes _fields
-    plain_keys = p._plain_keys
-    plain_key = p._plain_key
-    push = p._values.push
-    names, shapes, idxs = p._out_names, p._out_shapes, p._out_indices
-    out_lines, originals = p._out_lines, p._out_originals
     skipped = traced = 0
     for line in lines:
         lineno += 1
@@ -101,45 +103,48 @@ def scan_chunk(p: LineParser, lines: list[bytes] | Block, lineno: int) -> tuple[
             continue
         traced += 1
         raw, indexed = found
-        if fast:
-            body = raw.strip()
-            if indexed:
-                if _fast_pairs(p, body, lineno, True):
-                    continue
-            else:
-                eq = body.find(b"=", 0, 256)
-                if eq > 0:
-                    # _fields() reads "key=value" as one pair when the key holds no ":", " " or
-                    # "\t", the line holds no other "=", and no blank follows the "=" (else it
-                    # would rewrite " = " first); its value then takes push() as here.
-                    k = body[:eq]
-                    hit = plain_keys.get(k)
-                    if hit is None:
-                        hit = plain_key(k)
-                    if not hit:
-                        pass
-                    elif body.find(b"=", eq + 1) >= 0:  # several pairs
-                        if _fast_pairs(p, body, lineno, False):
-                            continue
-                    elif body[eq + 1:eq + 2] not in (b" ", b"\t"):
-                        v = body[eq + 1:].strip()
-                        shape = push(v) if v else None
-                        if shape is not None:
-                            st.fields += 1
-                            if st.fields % p._sample_every == 0:
-                                p._sample_digits(v)
-                            names.append(hit[0])
-                            shapes.append(shape)
-                            idxs.append(None)
-                            out_lines.append(lineno)
-                            originals.append(hit[1])
-                            continue
-                        if v and (_fast_named(p, hit[0], v, lineno) or _fast_text(p, hit, v, lineno)):
-                            continue
-                elif eq < 0 and _fast_colon(p, body, lineno):
-                    continue
+        if fast and (_fast_pairs(p, raw.strip(), lineno, True) if indexed else _fast_plain(p, raw.strip(), lineno)):
+            continue
         parse_body(raw, indexed, lineno)
     return lineno, skipped, traced
+
+
+def _fast_plain(p: LineParser, body: bytes, lineno: int) -> bool:
+    """The body of a plain (not indexed) trace line, when a fast path takes it; False: not taken."""
+    eq = body.find(b"=", 0, 256)
+    if eq < 0:
+        return _fast_colon(p, body, lineno)
+    if eq == 0:
+        return False
+    # _fields() reads "key=value" as one pair when the key holds no ":", " " or "\t", the line
+    # holds no other "=", and no blank follows the "=" (else it would rewrite " = " first); its
+    # value then takes push() as here.
+    k = body[:eq]
+    hit = p._plain_keys.get(k)
+    if hit is None:
+        hit = p._plain_key(k)
+    if not hit:
+        return False
+    if body.find(b"=", eq + 1) >= 0:  # several pairs
+        return _fast_pairs(p, body, lineno, False)
+    if body[eq + 1:eq + 2] in (b" ", b"\t"):
+        return False
+    v = body[eq + 1:].strip()
+    if not v:
+        return False
+    shape = p._values.push(v)
+    if shape is None:
+        return _fast_named(p, hit[0], v, lineno) or _fast_text(p, hit, v, lineno)
+    st = p.stats
+    st.fields += 1
+    if st.fields % p._sample_every == 0:
+        p._sample_digits(v)
+    p._out_names.append(hit[0])
+    p._out_shapes.append(shape)
+    p._out_indices.append(None)
+    p._out_lines.append(lineno)
+    p._out_originals.append(hit[1])
+    return True
 
 
 def _fast_field(p: LineParser, name: str, original: str | None, v: bytes, shape: tuple[int, ...],

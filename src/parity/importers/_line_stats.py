@@ -38,6 +38,15 @@ class LineStats:
             ``../x``, ``．．/x`` and ``.\\x``), each with up to 20 of those printed names, in the
             order first stored; their values are stored as occurrences ``_x``, ``_x#1``... and keep
             the printed name in their provenance. At most 100 listed; ``collided`` counts them all.
+
+    Example:
+        >>> from parity.importers.lines import import_log
+        >>> _ = open("run.log", "w").write("banner\\nTRACE_C: rot[1]=2\\nTRACE_C: [\\n")
+        >>> st = import_log("run.log", "run.trace", prefixes="TRACE_C")
+        >>> st.lines, st.trace_lines, st.skipped, st.malformed, st.fields, st.renamed
+        (3, 2, 1, 1, 1, 1)
+        >>> st.rename_lines()[1:]
+        ["line 2: renamed 'rot[1]' -> 'rot_1'"]
     """
 
     lines: int = 0

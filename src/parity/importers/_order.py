@@ -40,7 +40,12 @@ def _natural(segment: str) -> tuple:
 
 
 def order_key(key: str) -> tuple:
-    """Sort key giving the inferred execution order of ``key`` (see the module docstring)."""
+    """Sort key giving the inferred execution order of ``key`` (see the module docstring).
+
+    Example:
+        >>> order_key("embedding") < order_key("layers.0.q_proj") < order_key("logits")
+        True
+    """
     segs = key.split(".")
     head = segs[0]
     phase = 0 if _FIRST.match(head) else 2 if (_LAST.match(head) and len(segs) == 1) else 1
@@ -52,7 +57,12 @@ def order_key(key: str) -> tuple:
 
 
 def sort_stages(keys: Iterable[str]) -> list[str]:
-    """``keys`` in inferred execution order."""
+    """``keys`` in inferred execution order.
+
+    Example:
+        >>> sort_stages(["logits", "layers.10.q_proj", "layers.2.ffn_out", "layers.2.attn_norm", "embed"])
+        ['embed', 'layers.2.attn_norm', 'layers.2.ffn_out', 'layers.10.q_proj', 'logits']
+    """
     return sorted(keys, key=order_key)
 
 
@@ -64,6 +74,11 @@ def read_order_file(path: str, known: Iterable[str]) -> list[str]:
     Raises:
         ImportFormatError: the file is not UTF-8 text (the line is named), an entry names nothing
             that exists, or is listed twice.
+
+    Example:
+        >>> _ = open("order.txt", "w").write("# run order\\nb.npy\\na.npy\\n")
+        >>> read_order_file("order.txt", ["a.npy", "b.npy"])
+        ['b.npy', 'a.npy']
     """
     known = set(known)
     out: list[str] = []
@@ -107,7 +122,15 @@ def _short(text: str, limit: int = 120) -> str:
 
 def add_keyed(writer, key: str, value: object, **kwargs) -> str:
     """``writer.add`` for a key read from a file name: a ``#n`` suffix is dropped (the writer
-    numbers repeated keys itself) and integer index values become ints."""
+    numbers repeated keys itself) and integer index values become ints.
+
+    Example:
+        >>> with parity.TraceWriter("k.trace") as w:
+        ...     add_keyed(w, "e[it=3]#4", np.float64(1.5))
+        'e[it=3]'
+        >>> parity.load_trace("k.trace").stage("e[it=3]").indices
+        {'it': 3}
+    """
     name, idx, _occ = split_key(key)
     indices = {k: int(v) if _INT.fullmatch(v) else v for k, v in idx.items()}
     return writer.add(make_key(name), value, indices=indices or None, **kwargs)

@@ -53,6 +53,11 @@ class AprtStage:
     Attributes:
         layer: the layer index, or ``None`` for a whole-model stage.
         values: the float32 values (a read-only memory map).
+
+    Example:
+        >>> write_aprt("logits.bin", np.float32([0.5, 2]))
+        >>> read_aprt("logits.bin")
+        AprtStage(layer=None, values=memmap([0.5, 2. ], dtype=float32))
     """
 
     layer: int | None
@@ -126,6 +131,11 @@ def write_aprt(path: str | os.PathLike[str], values: object, layer: int | None =
 
     Raises:
         UsageError: ``path`` is a symbolic link (parity never writes through one).
+
+    Example:
+        >>> write_aprt("q_proj.bin", np.float32([1, 2, 3]), layer=0)
+        >>> open("q_proj.bin", "rb").read()[:12] == encode_aprt(np.float32([1, 2, 3]), layer=0)[:12]
+        True
     """
     data = encode_aprt(values, layer)
     path = os.fspath(path)
@@ -189,6 +199,11 @@ def refuse_aprt(path: str, *, follow_symlinks: bool = False) -> str | None:
     Raises:
         ImportFormatError: a ``.bin`` file or ``layer-N/`` directory of the dump is a symbolic
             link out of it (unless ``follow_symlinks``).
+
+    Example:
+        >>> write_aprt("x.bin", np.float32([1]))
+        >>> refuse_aprt("x.bin"), refuse_aprt("ref.trace")
+        (None, 'holds no .bin files nor layer-N/ directories')
     """
     if os.path.isdir(path):
         found = _scan(path, follow_symlinks)
@@ -229,6 +244,13 @@ def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str
         ImportFormatError: a file is malformed, or lies in ``layer-N/`` but its header names
             another layer (or a whole-model file names a layer), a file or directory is a
             symbolic link out of the dump, or two files give the same stage.
+
+    Example:
+        >>> import os; os.makedirs("dump/layer-0")
+        >>> write_aprt("dump/layer-0/q_proj.bin", np.float32([1, 2]), layer=0); write_aprt("dump/logits.bin", np.float32([3]))
+        >>> with parity.TraceWriter("a.trace") as w:
+        ...     import_aprt("dump", w)
+        ['layers.0.q_proj', 'logits']
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -245,9 +267,9 @@ def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str
                                   error=ImportFormatError)
     if order_path:
         listed = read_order_file(order_path, found)
-        rels = listed + sort_stages_by_key([r for r in found if r not in set(listed)], found)
+        rels = listed + _sort_by_key([r for r in found if r not in set(listed)], found)
     else:
-        rels = sort_stages_by_key(list(found), found)
+        rels = _sort_by_key(list(found), found)
     keys = []
     for rel in rels:
         key, expected = found[rel]
@@ -263,7 +285,8 @@ def import_aprt(path: str | os.PathLike[str], writer: TraceWriter, *, order: str
     return keys
 
 
-def sort_stages_by_key(rels: list[str], found: dict[str, tuple[str, int | None]]) -> list[str]:
+def _sort_by_key(rels: list[str], found: dict[str, tuple[str, int | None]]) -> list[str]:
+    """The relative paths ``rels`` in the inferred execution order of their stage keys."""
     by_key = {found[r][0]: r for r in rels}
     return [by_key[k] for k in sort_stages(by_key)]
 
@@ -294,6 +317,15 @@ def export_aprt(trace: str | os.PathLike[str] | Trace, out_dir: str | os.PathLik
     Raises:
         UsageError: ``out_dir`` exists and is not empty, or is a symbolic link; two stages would
             land in one file (``layers.0.a`` and ``layers.00.a`` both give ``layer-0/a.bin``).
+
+    Example:
+        >>> print(*export_aprt("ref.trace", "aprt", stages=["layers.0.attn_scores", "logits"]), sep="\\n")
+        stage "layers.0.attn_scores" (F64) was rounded to float32.
+        stage "layers.0.attn_scores" had shape (4, 8, 8); APRT stores it flat (256 values).
+        stage "logits" (F64) was rounded to float32.
+        stage "logits" had shape (8, 64); APRT stores it flat (512 values).
+        >>> open("aprt/order.txt").read().splitlines()[1:]
+        ['layer-0/attn_scores.bin', 'logits.bin']
     """
     t, out_dir = export_target(trace, out_dir, folder=True, contents="an APRT dump")
     chosen = []

@@ -35,7 +35,13 @@ ORDER_METADATA = "parity.order"
 
 
 def refuse_safetensors(path: str) -> str | None:
-    """``None`` if ``path`` looks like a safetensors file, else why not."""
+    """``None`` if ``path`` looks like a safetensors file, else why not.
+
+    Example:
+        >>> _ = export_safetensors("ref.trace", "ref.safetensors")
+        >>> refuse_safetensors("ref.safetensors"), refuse_safetensors("ref.trace")
+        (None, 'is a directory')
+    """
     if os.path.isdir(path):
         return "is a directory"
     try:
@@ -61,6 +67,12 @@ def import_safetensors(path: str | os.PathLike[str], writer: TraceWriter) -> lis
     Raises:
         ImportFormatError: the file is truncated or not safetensors, a tensor name is not a valid
             stage key, or a bfloat16/float8 tensor is found without the ``ml_dtypes`` package.
+
+    Example (the stages come back in the order the export recorded, ``parity.order``):
+        >>> _ = export_safetensors("ref.trace", "ref.safetensors", stages=["logits", "embedding"])
+        >>> with parity.TraceWriter("s.trace") as w:
+        ...     import_safetensors("ref.safetensors", w)
+        ['embedding', 'logits']
     """
     path = os.fspath(path)
     try:
@@ -122,6 +134,13 @@ def export_safetensors(trace: str | os.PathLike[str] | Trace, path: str | os.Pat
 
     Raises:
         UsageError: ``path`` already exists or is a symbolic link.
+
+    Example:
+        >>> export_safetensors("ref.trace", "ref.safetensors")
+        []
+        >>> from safetensors.numpy import load_file
+        >>> load_file("ref.safetensors")["logits"].shape
+        (8, 64)
     """
     t, path = export_target(trace, path, folder=False)
     notes: list[str] = []
