@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from ._version import __version__
-from .errors import UsageError
+from .errors import StageNotFoundError, UsageError
 
 __all__ = ["by_key", "DIFF_SCHEMA_VERSION", "Verdict", "Status", "Diagnosis", "SideInfo", "Tolerance", "StageMetrics", "StageDiff",
            "TraceDiff"]
@@ -70,7 +70,7 @@ def by_key(items: Iterable[K], key: str) -> K:
     """The first of ``items`` whose ``.key`` is ``key`` (stages of a diff, of a localization...).
 
     Raises:
-        KeyError: none has that key.
+        StageNotFoundError: none has that key (a :class:`KeyError` too).
 
     >>> by_key(parity.compare_traces("ref.trace", "cand.trace").stages, "embedding").status
     'pass'
@@ -78,7 +78,7 @@ def by_key(items: Iterable[K], key: str) -> K:
     for item in items:
         if item.key == key:
             return item
-    raise KeyError(key)
+    raise StageNotFoundError(f'no stage "{key}" in this result.', stage=key)
 
 
 # -- one stage's value metrics ----------------------------------------------------------------

@@ -434,48 +434,59 @@ def suggest_alignment(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLi
     per_ref: dict[int, list[int]] = defaultdict(list)
     for (i, j) in contents:
         per_ref[i].append(j)
-    scored: list[tuple[float, int, int, AlignSuggestion]] = []
+    scored = []
     for pair in set(names) | set(contents):
-        i, j = pair
-        r, c = refs[i], cands[j]
-        by, parts, conf = [], [], 0.0
-        relation, scale, perm, max_rel = "name", None, None, None
-        ambiguous: tuple[str, ...] = ()
-        if pair in contents:
-            score, why, relation, sc, perm, max_rel = contents[pair]
-            others = [cands[k].key for k in per_ref[i] if k != j]
-            if others:
-                score *= 0.6
-                ambiguous = tuple(others[:5])
-            by.append("content")
-            parts.append(why)
-            conf = score
-            scale = sc if relation in ("scale", "transpose", "reshape") and sc != 1.0 else None
-        if pair in names:
-            nscore, nwhy = names[pair]
-            by.insert(0, "name")
-            parts.insert(0, nwhy)
-            conf = 1 - (1 - conf) * (1 - nscore)
-            if pair not in contents:
-                rs, cs = tuple(r.stage.shape), tuple(c.stage.shape)
-                if r.stage.kind == c.stage.kind and rs == cs:
-                    differ = content and _both_loadable(rt, ct, r.stage, c.stage, max_stage_bytes)
-                    parts.append(f"same shape {_shape_text(rs)}" + (", values differ" if differ else ""))
-                    if differ:
-                        conf *= 0.7
-                else:
-                    parts.append(f"but shapes differ: {_shape_text(rs)} vs {_shape_text(cs)}")
-                    conf *= 0.5
-        if ambiguous:
-            parts.append("also fits " + ", ".join(ambiguous))
-        conf = min(conf, 0.99)
+        conf, suggestion = _score_pair(pair, refs, cands, names, contents, per_ref, rt, ct, content, max_stage_bytes)
         if conf >= min_confidence:
-            scored.append((conf, i, j, AlignSuggestion(r.key, c.key, conf, tuple(by), relation, "; ".join(parts),
-                                                       scale, perm, max_rel, ambiguous, tuple(r.stage.shape),
-                                                       tuple(c.stage.shape))))
+            scored.append((conf, pair[0], pair[1], suggestion))
+    return _one_to_one(scored)
+
+
+def _score_pair(pair: tuple[int, int], refs: list, cands: list, names: dict, contents: dict, per_ref: dict[int, list[int]],
+                rt: Trace, ct: Trace, content: bool, max_stage_bytes: int) -> tuple[float, AlignSuggestion]:
+    """The confidence of one (reference, candidate) pair from its name and content clues, and the suggestion."""
+    i, j = pair
+    r, c = refs[i], cands[j]
+    by, parts, conf = [], [], 0.0
+    relation, scale, perm, max_rel = "name", None, None, None
+    ambiguous: tuple[str, ...] = ()
+    if pair in contents:
+        score, why, relation, sc, perm, max_rel = contents[pair]
+        others = [cands[k].key for k in per_ref[i] if k != j]
+        if others:
+            score *= 0.6
+            ambiguous = tuple(others[:5])
+        by.append("content")
+        parts.append(why)
+        conf = score
+        scale = sc if relation in ("scale", "transpose", "reshape") and sc != 1.0 else None
+    if pair in names:
+        nscore, nwhy = names[pair]
+        by.insert(0, "name")
+        parts.insert(0, nwhy)
+        conf = 1 - (1 - conf) * (1 - nscore)
+        if pair not in contents:
+            rs, cs = tuple(r.stage.shape), tuple(c.stage.shape)
+            if r.stage.kind == c.stage.kind and rs == cs:
+                differ = content and _both_loadable(rt, ct, r.stage, c.stage, max_stage_bytes)
+                parts.append(f"same shape {_shape_text(rs)}" + (", values differ" if differ else ""))
+                if differ:
+                    conf *= 0.7
+            else:
+                parts.append(f"but shapes differ: {_shape_text(rs)} vs {_shape_text(cs)}")
+                conf *= 0.5
+    if ambiguous:
+        parts.append("also fits " + ", ".join(ambiguous))
+    conf = min(conf, 0.99)
+    return conf, AlignSuggestion(r.key, c.key, conf, tuple(by), relation, "; ".join(parts), scale, perm, max_rel,
+                                 ambiguous, tuple(r.stage.shape), tuple(c.stage.shape))
+
+
+def _one_to_one(scored: list[tuple[float, int, int, AlignSuggestion]]) -> list[AlignSuggestion]:
+    """The best-scored pairs with each stage in at most one, in the reference's order."""
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
     used_r, used_c, chosen = set(), set(), []
-    for conf, i, j, s in scored:
+    for _conf, i, j, s in scored:
         if i in used_r or j in used_c:
             continue
         used_r.add(i)
