@@ -47,6 +47,9 @@ class Tolerance:
         sqnr_min_db: optional floor on the signal-to-quantization-noise ratio in dB.
         correlation_min: optional floor on the Pearson correlation of a 2-D stage (an image: see
             :mod:`parity.compare.image`); setting it makes the stage an image.
+
+    >>> Tolerance(1e-5, 1e-8, cosine_min=0.999).to_dict()
+    {'rtol': 1e-05, 'atol': 1e-08, 'cosine_min': 0.999}
     """
 
     rtol: float
@@ -150,6 +153,10 @@ class StageMetrics:
         rtol: relative tolerance applied.
         atol: absolute tolerance applied.
         extra: results of the metrics registered with :func:`register_metric`, by name.
+
+    >>> m = parity.compare_traces("ref.trace", "cand.trace")["embedding"].metrics
+    >>> m.passed, StageMetrics.from_dict(m.to_dict()) == m
+    (True, True)
     """
 
     count: int
@@ -263,7 +270,11 @@ class StageMetrics:
 
 # -- one stage's and one trace's comparison -------------------------------------------------------
 class Verdict:
-    """Values of :attr:`TraceDiff.verdict` (the ``verdict`` field of the JSON document)."""
+    """Values of :attr:`TraceDiff.verdict` (the ``verdict`` field of the JSON document).
+
+    >>> parity.compare_traces("ref.trace", "cand.trace").verdict == Verdict.DIVERGENCE
+    True
+    """
 
     PARITY = "parity"  #: every compared stage is within tolerance (exit 0)
     DIVERGENCE = "divergence"  #: at least one stage diverges, or a one-sided stage under ``strict`` (exit 1)
@@ -271,7 +282,11 @@ class Verdict:
 
 
 class Status:
-    """Values of :attr:`StageDiff.status`."""
+    """Values of :attr:`StageDiff.status`.
+
+    >>> [s.key for s in parity.compare_traces("ref.trace", "cand.trace") if s.status == Status.PASS][:2]
+    ['embedding', 'layers.0.attn_norm']
+    """
 
     PASS = "pass"          # present on both sides and within tolerance
     FAIL = "fail"          # present on both sides and divergent
@@ -288,6 +303,10 @@ class Diagnosis:
         kind: short machine-readable name (``"scale"``, ``"transpose"``, ``"rounding"``...).
         summary: one human sentence, e.g. ``"candidate = reference × 1.000e-10 (residual 0.6 %)"``.
         evidence: numbers behind the summary.
+
+    >>> d = Diagnosis("scale", "candidate = reference × 2", {"factor": 2.0})
+    >>> Diagnosis.from_dict(d.to_dict()) == d
+    True
     """
 
     kind: str
@@ -351,6 +370,10 @@ class StageDiff:
         diagnoses: likely explanations of a divergence.
         extra: further per-stage results, e.g. ``{"logits": {...}}`` (top-k agreement, KL divergence,
             greedy tokens) for logits stages; see :mod:`parity.compare.logits`.
+
+    >>> s = parity.compare_traces("ref.trace", "cand.trace")["layers.0.attn_scores"]
+    >>> s.status, s.problem, s.diverged, StageDiff.from_dict(s.to_dict()) == s
+    ('fail', 'values', True, True)
     """
 
     key: str

@@ -64,7 +64,11 @@ _DTYPE_ALIASES = {"f64": "F64", "float64": "F64", "double": "F64", "f32": "F32",
 
 @dataclass(frozen=True)
 class Step:
-    """One transform step: ``op`` in axes/reshape/permute/slice/scale/cast/units, and its argument."""
+    """One transform step: ``op`` in axes/reshape/permute/slice/scale/cast/units, and its argument.
+
+    >>> parse_transforms({"logits": {"scale": 2}})[0].steps[0].op
+    'scale'
+    """
 
     op: str
     arg: Any
@@ -87,6 +91,10 @@ class StageTransform:
         pattern: a stage glob matched against the reference key.
         side: ``"candidate"``, ``"reference"`` or ``"both"``.
         steps: the steps, in order.
+
+    >>> t = parse_transforms({"rot": {"permute": [1, 0], "side": "candidate"}})[0]
+    >>> t.pattern, t.side, [s.op for s in t.steps]
+    ('rot', 'candidate', ['permute'])
     """
 
     pattern: str
@@ -268,6 +276,9 @@ def parse_transforms(data: Mapping[str, Any], where: str = "") -> tuple[StageTra
 
     Raises:
         ConfigError: an unknown step, a bad argument, or a bad ``side``.
+
+    >>> [(t.pattern, t.side) for t in parse_transforms({"logits": {"slice": {"seq": -1}}})]
+    [('logits', 'candidate')]
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}[transforms] maps stage patterns to transforms, e.g. \"logits\" = {{ slice = {{ seq = -1 }} }}.")
@@ -300,6 +311,9 @@ def parse_renames(data: Any, where: str = "") -> tuple[tuple[str, str], ...]:
 
     Raises:
         ConfigError: a pattern is not a valid regular expression or a replacement not a string.
+
+    >>> parse_renames({"^model[.]": "", "attn_weights$": "attn_probs"})
+    (('^model[.]', ''), ('attn_weights$', 'attn_probs'))
     """
     if not isinstance(data, Mapping) or not all(isinstance(v, str) for v in data.values()):
         raise ConfigError(f'{where}[rename] maps regular expressions to replacements, e.g. "^model\\\\.layers\\\\." = "layers.".')
@@ -355,6 +369,12 @@ def apply_transforms(transforms: Sequence[StageTransform], key: str, side: str, 
 
     Raises:
         ConfigError: a step cannot apply (unknown axis name, element count changes...).
+
+    >>> t = parse_transforms({"embedding": {"scale": 2, "side": "candidate"}})
+    >>> ref = parity.load_trace("ref.trace"); st = ref.stage("embedding")
+    >>> _, arr, steps = apply_transforms(t, "embedding", "candidate", st, ref.array(st))
+    >>> steps, bool((arr == 2 * ref.array(st)).all())
+    (['scale×2'], True)
     """
     steps = [s for t in transforms if t.applies(key, side) for s in t.steps]
     if not steps or stage.kind != "tensor":

@@ -473,6 +473,10 @@ def load_config(path: str | os.PathLike[str]) -> CompareConfig:
             than :data:`parity.limits.MAX_NESTING`, or has unknown sections, values of the wrong
             type or range, or a ``[rename]`` pattern or replacement that is not valid. The message
             names the file, and the line or the section and key.
+
+    >>> cfg = load_config("parity.toml")
+    >>> cfg.tolerance.overrides, cfg.source
+    ({'rtol': 0.0001, 'atol': 1e-06}, 'parity.toml')
     """
     path = os.fspath(path)
     text = _decode(_read_config(path), path)

@@ -54,6 +54,12 @@ class Diagnoser(Protocol):
     transforms) and the metrics, ``None`` for a stage whose shapes differ with the same element
     count; ``trace`` once at the end with every result, and returns them with trace-level
     diagnoses added (the first stage where NaN appears, ...).
+
+    >>> class Blame:
+    ...     def stage(self, rs, cs, ra, ca, metrics): return [Diagnosis("note", f"{rs.key} differs")]
+    ...     def trace(self, results, ref, cand, config): return results
+    >>> compare_stages("ref.trace", "cand.trace", diagnoser=Blame()).first_divergence.diagnoses[0].summary
+    'layers.0.attn_scores differs'
     """
 
     def stage(self, ref_stage: Stage, cand_stage: Stage, ref_arr: Any, cand_arr: Any,
@@ -214,6 +220,13 @@ def compare_traces(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[
     Deprecated, with a :class:`DeprecationWarning`, so that the missing diagnoses are never
     silent: call :func:`parity.compare_traces` (diagnoses, event traces, ``local=``), or
     :func:`compare_stages` for the plain comparison.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     d = compare_traces("ref.trace", "cand.trace")
+    >>> w[0].category.__name__, d.first_divergence.diagnoses
+    ('DeprecationWarning', ())
     """
     warnings.warn("parity.compare.compare_traces is the plain per-stage comparison, without diagnoses; call "
                   "parity.compare_traces (diagnoses, event traces) or parity.compare.compare_stages",

@@ -94,12 +94,20 @@ _KCODE = {"F64": 0, "F32": 1, "F16": 2, "BF16": 3}
 
 
 def kernel_available() -> bool:
-    """Whether the C kernel :mod:`parity.compare._kernel` was built and imported."""
+    """Whether the C kernel :mod:`parity.compare._kernel` was built and imported.
+
+    >>> kernel_available() in (True, False)
+    True
+    """
     return _kernel is not None
 
 
 def kernel_simd() -> str | None:
-    """The instruction set the C kernel runs with (``"avx2"``, ``"sse2"``, ...), ``None`` if not built."""
+    """The instruction set the C kernel runs with (``"avx2"``, ``"sse2"``, ...), ``None`` if not built.
+
+    >>> kernel_simd() is None or isinstance(kernel_simd(), str)
+    True
+    """
     return None if _kernel is None else _kernel.simd()
 
 
@@ -113,6 +121,13 @@ class Metric(Protocol):
     ``update`` receives 1-d float64 chunks of the reference and the candidate (same length, NaN and
     Inf left in place); ``result`` returns the final value once every chunk has been seen (also
     when there were none, for an empty stage).
+
+    >>> class MaxCand:
+    ...     def __init__(self): self.v = 0.0
+    ...     def update(self, r, c): self.v = max(self.v, float(np.max(c, initial=0.0)))
+    ...     def result(self): return self.v
+    >>> m = MaxCand(); m.update(np.zeros(3), np.array([1.0, 3.0, 2.0])); m.result()
+    3.0
     """
 
     def update(self, ref64: np.ndarray, cand64: np.ndarray) -> None: ...
@@ -146,6 +161,15 @@ def register_metric(name: str, factory: Callable[[], Metric]) -> None:
             def result(self): return self.s / self.n if self.n else 0.0
 
         register_metric("mean_err", MeanErr)
+
+    >>> class MeanErr:
+    ...     def __init__(self): self.s, self.n = 0.0, 0
+    ...     def update(self, r, c): self.s += float(np.sum(c - r)); self.n += r.size
+    ...     def result(self): return self.s / self.n if self.n else 0.0
+    >>> register_metric("mean_err", MeanErr)
+    >>> compute_metrics(np.zeros(4), np.full(4, 0.5), rtol=0, atol=1).extra
+    {'mean_err': 0.5}
+    >>> unregister_metric("mean_err")
     """
     if not isinstance(name, str) or not name:
         raise UsageError("a metric name must be a non-empty string")
@@ -157,12 +181,19 @@ def register_metric(name: str, factory: Callable[[], Metric]) -> None:
 
 
 def unregister_metric(name: str) -> None:
-    """Stop computing the extra metric ``name`` (no error when it is not registered)."""
+    """Stop computing the extra metric ``name`` (no error when it is not registered).
+
+    >>> unregister_metric("never_registered")  # no error
+    """
     _REGISTRY.pop(name, None)
 
 
 def registered_metrics() -> tuple[str, ...]:
-    """Names of the registered extra metrics, in registration order."""
+    """Names of the registered extra metrics, in registration order.
+
+    >>> registered_metrics()
+    ()
+    """
     return tuple(_REGISTRY)
 
 

@@ -91,6 +91,10 @@ class AlignSuggestion:
         max_rel: largest element-wise relative error after the relation is applied.
         evidence: a human-readable line, e.g. ``"same shape (3,), max rel 6e-08"``.
         ambiguous: other candidate stages that fit equally well (lower the confidence).
+
+    >>> s = suggest_alignment("ref.trace", "cand.trace")
+    >>> s  # the demo pair shares every key: nothing to align
+    []
     """
 
     ref_key: str
@@ -390,7 +394,12 @@ def _content_clue(got: tuple[str, float, float], perm: tuple[int, ...] | None, r
 # -- public -----------------------------------------------------------------------------------------
 def unmatched_keys(ref: Trace, cand: Trace, config: CompareConfig | None = None) -> tuple[list[str], list[str]]:
     """``(reference keys without a counterpart, candidate keys without one)``, after the config's
-    renames and aliases, each in its trace's order."""
+    renames and aliases, each in its trace's order.
+
+    >>> t = parity.load_trace("ref.trace")
+    >>> unmatched_keys(t, parity.load_trace("cand.trace"))
+    ([], [])
+    """
     cfg = config or CompareConfig()
     mapped = {k: cfg.rename_candidate(k) for k in cand.keys()}
     targets = set(mapped.values())
@@ -417,6 +426,11 @@ def suggest_alignment(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLi
 
     Raises:
         TraceError: a trace cannot be read. ConfigError: the config is invalid.
+
+    >>> from parity.compare.config import CompareConfig
+    >>> cfg = CompareConfig.from_dict({"rename": {"^embedding$": "embed"}})  # break one name
+    >>> [(s.ref_key, s.cand_key, s.by) for s in suggest_alignment("ref.trace", "cand.trace", cfg)]
+    [('embedding', 'embedding', ('name', 'content'))]
     """
     from .config import load_config
 

@@ -43,6 +43,9 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a stage glob: ``*`` matches any run of characters, ``?`` one; all else is literal.
 
     Brackets are literal (unlike fnmatch) so ``k_frac[phi_tic=*]`` does what it says.
+
+    >>> bool(glob_to_regex("layers.*.attn").match("layers.3.attn")), bool(glob_to_regex("layers.?").match("layers.10"))
+    (True, False)
     """
     out = []
     for ch in pattern:
@@ -76,6 +79,10 @@ class ToleranceRules:
     Attributes:
         overrides: fields applied to every stage on top of the dtype default.
         stages: ``(pattern, fields)`` in declaration order.
+
+    >>> rules = ToleranceRules.build({"rtol": 1e-3}, {"logits": {"atol": 0.1}})
+    >>> rules.for_stage("logits", "F32", "F32").to_dict()
+    {'rtol': 0.001, 'atol': 0.1}
     """
 
     overrides: Mapping[str, float] = field(default_factory=dict)

@@ -47,6 +47,9 @@ class BisectStep:
         first_divergence: the first divergent stage of the diff (bad revisions).
         reason: why a revision was skipped, or a one-line summary of the diff.
         seconds: wall time of the capture and the diff.
+
+    >>> BisectStep("ab12", "fix eps", "bad", 0, "layers.1.norm").to_dict()["first_divergence"]
+    'layers.1.norm'
     """
 
     revision: str
@@ -74,6 +77,10 @@ class BisectResult:
         revisions: how many revisions lie after ``good`` up to ``bad``.
         steps: every capture, in the order run.
         candidates: the revisions the first bad one may be (one, when found).
+
+    >>> r = BisectResult("g0", "b9", revisions=9, first_bad="c4", candidates=("c4",))
+    >>> r.to_dict()["first_bad"], r.bound
+    ('c4', 4)
     """
 
     good: str
@@ -117,6 +124,10 @@ def revisions_between(repo: str, good: str, bad: str) -> list[str]:
 
     Raises:
         UsageError: not a git repository, an unknown revision, or ``good`` is not an ancestor of ``bad``.
+
+    >>> revisions_between(".", "HEAD", "HEAD")
+    Traceback (most recent call last):
+    parity.errors.UsageError: ...
     """
     g = _git(repo, "rev-parse", "--verify", f"{good}^{{commit}}").strip()
     b = _git(repo, "rev-parse", "--verify", f"{bad}^{{commit}}").strip()
@@ -210,6 +221,13 @@ def bisect(repo: str | os.PathLike[str], good: str, bad: str, reference: str | o
     Raises:
         UsageError: not a git repository, unknown revisions, an empty command, no ``{out}``, an
             unknown comparison option.
+
+    >>> bisect(".", "HEAD~1", "HEAD", "ref.trace", ["python", "capture.py"])
+    Traceback (most recent call last):
+    parity.errors.UsageError: the capture command must contain {out}, the trace path to write.
+    >>> bisect(".", "HEAD~1", "HEAD", "ref.trace", "python capture.py {out}", rtoll=1)
+    Traceback (most recent call last):
+    parity.errors.UsageError: unknown comparison option 'rtoll'; ...
     """
     check_overrides(tolerances)
     repo = os.path.abspath(os.fspath(repo))

@@ -42,6 +42,10 @@ def calibrate(pairs: Sequence[tuple[str | os.PathLike[str], str | os.PathLike[st
     Raises:
         UsageError: no pair, or no stage could be measured.
         TraceFormatError: a trace cannot be read.
+
+    >>> floor = calibrate([("ref.trace", "cand.trace")], margin=2.0)  # float64 vs float32: the float32 floor
+    >>> floor.margin, floor.pairs, len(floor.stages)
+    (2.0, 1, 31)
     """
     if not pairs:
         raise UsageError("parity calibrate needs at least one HI LO pair of traces.")

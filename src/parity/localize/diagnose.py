@@ -391,6 +391,12 @@ def diagnose_trace(results: Sequence[StageDiff], ref: Trace, cand: Trace, config
 
     Returns:
         The results with diagnoses added (the same objects where nothing was added).
+
+    >>> from parity.compare.diff import compare_stages
+    >>> plain = compare_stages("ref.trace", "cand.trace")
+    >>> out = diagnose_trace(plain.stages, parity.load_trace("ref.trace"), parity.load_trace("cand.trace"))
+    >>> len(out) == len(plain.stages), sum(len(s.diagnoses) for s in out)  # no NaN, no matrix rows, no text log here
+    (True, 0)
     """
     out = list(results)
     _first_nonfinite(out)

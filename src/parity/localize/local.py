@@ -98,6 +98,10 @@ class Localization:
     ``noise`` is the median local relative RMS error of the replayed stages (``None`` with fewer
     than three), ``outlier`` the factor above it that stands out, ``passes`` the forward passes of
     the candidate that produced the two captures. Truthy when parity holds.
+
+    >>> loc = parity.compare_traces("ref.trace", "cand.trace", local="ref.trace")  # a perfect replay
+    >>> bool(loc), loc.culprit, loc.plain_first, loc.to_dict()["schema"]
+    (False, None, 'layers.0.attn_scores', 'parity.localize')
     """
 
     plain: TraceDiff
@@ -157,6 +161,10 @@ def localize(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] |
             both diffs); diagnose: attach diagnoses to both.
         outlier: a local error this many times the median local error stands out (0 disables).
         passes: forward passes of the candidate that produced the traces (reported).
+
+    >>> loc = localize("ref.trace", "cand.trace", "cand.trace", "parity.toml")  # no replayed capture: every failure looks local
+    >>> loc.culprit, loc.stage("layers.0.attn_probs").label, loc.passes
+    ('layers.0.attn_scores', 'also local', 2)
     """
     diagnoser = DIAGNOSER if diagnose else None
     plain = compare_stages(ref, cand, config, diagnoser=diagnoser, noise_floor=noise_floor, **overrides)

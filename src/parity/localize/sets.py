@@ -34,7 +34,11 @@ __all__ = ["StageAcross", "SetDiff", "compare_sets", "trace_pairs", "is_trace_di
 
 
 def is_trace_dir(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a trace directory (holds ``manifest.json``)."""
+    """Whether ``path`` is a trace directory (holds ``manifest.json``).
+
+    >>> is_trace_dir("ref.trace"), is_trace_dir(".")
+    (True, False)
+    """
     return os.path.isfile(os.path.join(path, "manifest.json"))
 
 
@@ -46,6 +50,11 @@ def trace_pairs(ref_dir: str, cand_dir: str, pairs_file: str | None = None) -> l
 
     Raises:
         UsageError: a directory is missing, no name matches, or a pairs line is malformed.
+
+    >>> import os, shutil; os.mkdir("r"); os.mkdir("c")
+    >>> _ = shutil.copytree("ref.trace", "r/x.trace"); _ = shutil.copytree("cand.trace", "c/x.trace")
+    >>> trace_pairs("r", "c")
+    [('x.trace', 'r/x.trace', 'c/x.trace')]
     """
     if pairs_file is not None:
         base = os.path.dirname(os.path.abspath(pairs_file))
@@ -88,6 +97,9 @@ class StageAcross:
         inputs: inputs where the stage was compared; failed: inputs where it diverged.
         worst_input: the input with the largest error at this stage (max rel error), and that error.
         first_on: inputs whose first divergence is this stage.
+
+    >>> StageAcross("y", 0, inputs=4, failed=1, worst_input="in2", worst_rel=0.5).fraction
+    0.25
     """
 
     key: str
@@ -111,7 +123,15 @@ class StageAcross:
 
 @dataclass(frozen=True)
 class SetDiff:
-    """Diffs of many inputs, aggregated per stage (see :func:`compare_sets`)."""
+    """Diffs of many inputs, aggregated per stage (see :func:`compare_sets`).
+
+    >>> import os, shutil; os.mkdir("r"); os.mkdir("c")
+    >>> for n in ("a", "b"):
+    ...     _ = shutil.copytree("ref.trace", f"r/{n}"); _ = shutil.copytree("ref.trace" if n == "a" else "cand.trace", f"c/{n}")
+    >>> s = compare_sets("r", "c")
+    >>> s.passed, s.failing_inputs, s.first_divergence.key
+    (False, ['b'], 'layers.0.attn_scores')
+    """
 
     names: tuple[str, ...]
     diffs: tuple[TraceDiff, ...]
@@ -148,7 +168,14 @@ class SetDiff:
 
 def compare_sets(ref_dir: str | os.PathLike[str], cand_dir: str | os.PathLike[str], *, pairs_file: str | None = None,
                  on_input: Callable[[int, int, str], None] | None = None, **compare_kwargs: Any) -> SetDiff:
-    """Diff one trace per input and aggregate per stage (options as :func:`parity.compare_traces`)."""
+    """Diff one trace per input and aggregate per stage (options as :func:`parity.compare_traces`).
+
+    >>> import os, shutil; os.mkdir("r"); os.mkdir("c")
+    >>> _ = shutil.copytree("ref.trace", "r/in0"); _ = shutil.copytree("cand.trace", "c/in0")
+    >>> s = compare_sets("r", "c", config="parity.toml")
+    >>> s.names, s.stage("layers.0.attn_scores").failed
+    (('in0',), 1)
+    """
     pairs = trace_pairs(os.fspath(ref_dir), os.fspath(cand_dir), pairs_file)
     diffs: list[TraceDiff] = []
     for i, (name, r, c) in enumerate(pairs):
