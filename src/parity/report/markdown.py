@@ -17,22 +17,39 @@ from .format import (describe_nothing_compared, dtype_text, format_float, metric
                      verdict_text)
 from .worst import WorstElement, worst_elements
 
-__all__ = ["render_markdown"]
+__all__ = ["render_markdown", "md_text", "md_cell", "md_code"]
 
 
-def _esc(text: str) -> str:
-    """Escape free text for a Markdown paragraph: no raw HTML, no line breaks."""
+def md_text(text: str) -> str:
+    """Escape free text for a Markdown paragraph: no raw HTML, no line breaks.
+
+    Example:
+        >>> md_text("<b>x</b>\\ny")
+        '&lt;b&gt;x&lt;/b&gt; y'
+    """
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace("\r", " ").replace("\n", " "))
 
 
-def _cell(text: str) -> str:
-    return _esc(text).replace("|", "\\|")
+def md_cell(text: str) -> str:
+    """:func:`md_text` for a table cell: ``|`` escaped too.
+
+    Example:
+        >>> md_cell("a|b")
+        'a\\\\|b'
+    """
+    return md_text(text).replace("|", "\\|")
 
 
-def _code(text: str) -> str:
+def md_code(text: str) -> str:
+    """``text`` as inline code, or escaped cell text when it holds a backtick or a line break.
+
+    Example:
+        >>> md_code("layers.0.q"), md_code("a`b|c")
+        ('`layers.0.q`', 'a`b\\\\|c')
+    """
     # Stage keys cannot contain backticks (key grammar); paths can, so fall back to escaping.
-    return f"`{text}`" if "`" not in text and "\n" not in text else _cell(text)
+    return f"`{text}`" if "`" not in text and "\n" not in text else md_cell(text)
 
 
 def _status(sd: StageDiff, first: StageDiff | None) -> str:
@@ -62,9 +79,9 @@ def _stage_section(sd: StageDiff, pair: TracePair | None, worst: int, heading: s
     lines = [heading, ""]
     where = f"Stage {sd.ref.position + 1} in the reference's execution order." if sd.ref else ""
     if sd.status == Status.EXPECTED:
-        where += f" Expected divergence: {_esc((sd.expected_reason or '').rstrip('.'))}."
+        where += f" Expected divergence: {md_text((sd.expected_reason or '').rstrip('.'))}."
     if sd.message:
-        where += " " + _esc(sd.message)
+        where += " " + md_text(sd.message)
     lines += [where.strip(), ""]
     m = sd.metrics
     if m is not None:
@@ -77,15 +94,15 @@ def _stage_section(sd: StageDiff, pair: TracePair | None, worst: int, heading: s
     if sd.tolerance is not None:
         lines.append("- tolerance: " + ", ".join(f"{k}={v:g}" for k, v in sd.tolerance.to_dict().items()))
     for note in sd.notes:
-        lines.append(f"- note: {_esc(note)}")
+        lines.append(f"- note: {md_text(note)}")
     image = image_of(sd)
     if image is not None:
-        lines.append(f"- image: {_esc(image.summary())}")
+        lines.append(f"- image: {md_text(image.summary())}")
         for what, pts in (("missing", image.missing_examples), ("extra", image.extra_examples)):
             if pts:
                 lines.append(f"- {what} peaks (row, col): " + ", ".join(f"({a}, {b})" for a, b in pts))
     for d in sd.diagnoses:
-        lines.append(f"- likely: {_esc(d.summary)}")
+        lines.append(f"- likely: {md_text(d.summary)}")
     if lines[-1] != "":
         lines.append("")
     if pair is not None and worst > 0:
@@ -142,7 +159,7 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         if later > 0:
             out += [f"{later} later stage(s) also diverge; fix this one first, later errors may be propagated from it.", ""]
     elif diff.nothing_compared:
-        out += ["## Nothing compared", ""] + [_esc(line.strip()) for line in describe_nothing_compared(diff)] + [""]
+        out += ["## Nothing compared", ""] + [md_text(line.strip()) for line in describe_nothing_compared(diff)] + [""]
     elif diff.passed:
         out += ["No compared stage diverges.", ""]
     out += _stage_table(diff)
@@ -167,16 +184,16 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
 def _summary(diff: TraceDiff, note: str | None) -> list[str]:
     """The heading, the facts table, the note on the traces and the unused config entries."""
     out = [f"# parity diff: {verdict_text(diff)}", "", "| | |", "| --- | --- |",
-           f"| reference | {_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
-           f"| candidate | {_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
+           f"| reference | {md_code(diff.ref_path)}{'' if diff.ref_complete else ' (INCOMPLETE capture)'} |",
+           f"| candidate | {md_code(diff.cand_path)}{'' if diff.cand_complete else ' (INCOMPLETE capture)'} |"]
     if diff.config_source:
-        out.append(f"| config | {_code(diff.config_source)} |")
+        out.append(f"| config | {md_code(diff.config_source)} |")
     out += [f"| result | {result_counts(diff)} |", f"| parity | {diff.tool_version} |", ""]
     if note:
-        out += [f"> {_esc(note)}", ""]
+        out += [f"> {md_text(note)}", ""]
     if diff.unused_config:
         out += [f"**Unused config entries ({len(diff.unused_config)})**: they match nothing in these traces "
-                "(`--strict` makes them errors).", ""] + [f"- {_esc(u)}" for u in diff.unused_config] + [""]
+                "(`--strict` makes them errors).", ""] + [f"- {md_text(u)}" for u in diff.unused_config] + [""]
     return out
 
 
