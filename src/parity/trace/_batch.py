@@ -116,7 +116,6 @@ def _next_occurrence(seen: dict[str, int], base: str) -> tuple[str, int, str, st
     return f"{base}#{occ}", occ, f'   "occurrence": {occ},\n', f'"occurrence": {occ}, '
 
 
-
 class _BatchWriting:
     """:class:`~parity.trace.writer.TraceWriter`'s batches (a mixin: the methods below share the
     writer's state and call its core: ``_parse_key``, ``_flush``, ``_write_shard``)."""

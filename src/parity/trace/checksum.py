@@ -40,12 +40,22 @@ class ByteRangeError(UsageError, ValueError):
 
 
 def implementation() -> str:
-    """Which code computes checksums: the C module's path (``"pclmul"``, ``"table"``...) or ``"zlib"``."""
+    """Which code computes checksums: the C module's path (``"pclmul"``, ``"table"``...) or ``"zlib"``.
+
+    >>> isinstance(implementation(), str) and implementation() != ""
+    True
+    """
     return _stage.implementation() if _stage is not None else "zlib"
 
 
 def crc32(data: object, value: int = 0) -> int:
-    """``zlib.crc32(data, value)``, for any C-contiguous buffer."""
+    """``zlib.crc32(data, value)``, for any C-contiguous buffer.
+
+    >>> crc32_hex(crc32(b"123456789"))   # the CRC-32 check value
+    'cbf43926'
+    >>> crc32(np.arange(4, dtype=np.uint8)) == crc32(bytes([0, 1, 2, 3]))
+    True
+    """
     if _stage is not None:
         return _stage.crc32(data, value)
     return zlib.crc32(data, value)  # type: ignore[arg-type]
@@ -55,6 +65,10 @@ def copy_crc32(dst: np.ndarray, src: object, value: int = 0) -> int:
     """Copy the bytes of ``src`` into the writable buffer ``dst`` (same length) and return their CRC-32.
 
     One pass over ``src`` with the C module; a copy then a checksum without it.
+
+    >>> dst = np.zeros(9, np.uint8)
+    >>> crc32_hex(copy_crc32(dst, b"123456789")), bytes(dst)
+    ('cbf43926', b'123456789')
     """
     if _stage is not None:
         return _stage.copy_crc32(dst, src, value)
@@ -69,7 +83,15 @@ def copy_crc32(dst: np.ndarray, src: object, value: int = 0) -> int:
 def copy_crc32_at(dst: np.ndarray, offset: int, address: int, nbytes: int) -> int:
     """Copy ``nbytes`` from raw memory at ``address`` into ``dst[offset:offset + nbytes]`` (a writable
     ``uint8`` array) and return their CRC-32. For values whose memory the caller holds (a tensor's
-    ``data_ptr()``), without making a buffer object for each: cheaper for small values."""
+    ``data_ptr()``), without making a buffer object for each: cheaper for small values.
+
+    Raises:
+        ByteRangeError: ``[offset, offset + nbytes)`` is not inside ``dst``.
+
+    >>> src, dst = np.frombuffer(b"123456789", np.uint8), np.zeros(16, np.uint8)
+    >>> crc32_hex(copy_crc32_at(dst, 4, src.ctypes.data, 9)), bytes(dst[4:13])
+    ('cbf43926', b'123456789')
+    """
     if offset < 0 or nbytes < 0 or offset + nbytes > dst.nbytes:
         raise ByteRangeError(f"copy_crc32_at: bytes [{offset}, {offset} + {nbytes}) are outside dst of {dst.nbytes} bytes.")
     if _stage is not None:
@@ -93,7 +115,11 @@ def _gf2_mulmod(a: int, b: int) -> int:
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's ``crc32_combine``)."""
+    """The CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's ``crc32_combine``).
+
+    >>> crc32_hex(crc32_combine(crc32(b"1234"), crc32(b"56789"), 5))
+    'cbf43926'
+    """
     if _stage is not None:
         return _stage.crc32_combine(crc1, crc2, len2)
     if len2 < 0:
@@ -111,5 +137,9 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
 
 
 def crc32_hex(value: int) -> str:
-    """The manifest's text for a CRC: eight lowercase hex digits."""
+    """The manifest's text for a CRC: eight lowercase hex digits.
+
+    >>> crc32_hex(0xABC)
+    '00000abc'
+    """
     return f"{value & 0xFFFFFFFF:08x}"

@@ -43,6 +43,14 @@ def as_array(value: object, *, stage: str | None = None) -> tuple[np.ndarray, DT
 
     Raises:
         UsageError: the value has no storable dtype (complex, object arrays, ...).
+
+    >>> arr, dtype = as_array([1.0, 2.0])
+    >>> arr.tolist(), dtype.code, as_array("converged")
+    ([1.0, 2.0], 'F64', 'converged')
+    >>> as_array(1j, stage="z")
+    Traceback (most recent call last):
+    ...
+    parity.errors.UsageError: stage "z": dtype complex128 cannot be stored; supported: ... (cast it first).
     """
     if isinstance(value, str):
         return value

@@ -35,6 +35,10 @@ class DType:
         numpy: the NumPy dtype string, or ``None`` when NumPy has no such dtype.
         bits: the unsigned NumPy dtype of the same size, used for bit-level views.
         mantissa_bits: explicit mantissa bits of a float dtype (for rounding-level checks).
+
+    >>> d = DTYPES["BF16"]
+    >>> d.name, d.itemsize, d.kind, d.numpy, d.bits, d.mantissa_bits
+    ('bfloat16', 2, 'f', None, '<u2', 7)
     """
 
     code: str
@@ -84,6 +88,13 @@ def dtype_of_array(arr: np.ndarray) -> DType:
 
     Raises:
         UnsupportedDTypeError: the array's dtype cannot be stored (e.g. complex, object, strings).
+
+    >>> dtype_of_array(np.zeros(3, np.float16)).code
+    'F16'
+    >>> dtype_of_array(np.zeros(3, np.complex64))
+    Traceback (most recent call last):
+    ...
+    parity.trace.dtypes.UnsupportedDTypeError: dtype complex64 cannot be stored; supported: ... (cast it first)
     """
     dt = arr.dtype
     d = _BY_DTYPE.get(dt)
@@ -100,7 +111,12 @@ def dtype_of_array(arr: np.ndarray) -> DType:
 
 
 def storage_dtype(d: DType) -> np.dtype:
-    """The NumPy dtype used to view a stored stage of dtype ``d``."""
+    """The NumPy dtype used to view a stored stage of dtype ``d``: its own, else the ``ml_dtypes``
+    one (bfloat16, float8) when that package is installed, else its unsigned bit patterns.
+
+    >>> storage_dtype(DTYPES["F32"]), storage_dtype(DTYPES["BOOL"])
+    (dtype('float32'), dtype('bool'))
+    """
     if d.numpy is not None:
         return np.dtype(d.numpy)
     ml = _ml_dtypes()
@@ -110,16 +126,34 @@ def storage_dtype(d: DType) -> np.dtype:
 
 
 def bits_view(arr: np.ndarray, d: DType) -> np.ndarray:
-    """View ``arr`` (stored as ``d``) as unsigned integers of the same size."""
+    """View ``arr`` (stored as ``d``) as unsigned integers of the same size.
+
+    >>> bits_view(np.float32([1.0, -0.0]), DTYPES["F32"]).tolist()
+    [1065353216, 2147483648]
+    """
     return arr.view(np.dtype(d.bits))
 
 
 def is_float(d: DType) -> bool:
+    """Whether ``d`` is a floating-point dtype.
+
+    >>> is_float(DTYPES["BF16"]), is_float(DTYPES["I64"])
+    (True, False)
+    """
     return d.kind == "f"
 
 
 def to_float64(arr: np.ndarray, d: DType, out: np.ndarray | None = None) -> np.ndarray:
-    """Widen ``arr`` (stored as ``d``) to float64 exactly, into ``out`` when given."""
+    """Widen ``arr`` (stored as ``d``) to float64 exactly, into ``out`` when given.
+
+    Raises:
+        UnsupportedDTypeError: ``d`` is a float8 and the ``ml_dtypes`` package is not installed.
+
+    >>> to_float64(np.float32([0.1]), DTYPES["F32"]).tolist()
+    [0.10000000149011612]
+    >>> to_float64(np.uint16([0x3FC0]), DTYPES["BF16"]).tolist()   # bfloat16 bit patterns
+    [1.5]
+    """
     if d.numpy is not None:
         if out is None:
             return arr.astype(np.float64)

@@ -32,7 +32,11 @@ __all__ = ["BadNumber", "load_json", "nesting_depth", "holds_bad_number"]
 
 class BadNumber:
     """A JSON number a trace file may not hold (``NaN``, ``Infinity``, ``1e999``): kept as its text,
-    so the check of the field it sits in can name it (``repr`` is the literal)."""
+    so the check of the field it sits in can name it (``repr`` is the literal).
+
+    >>> load_json(b"[1e999]", path="f.json")[0]
+    [1e999]
+    """
 
     __slots__ = ("text",)
 
@@ -78,7 +82,10 @@ def nesting_depth(raw: bytes) -> int:
     counted; computed without recursion (vectorised), so any input is safe to measure.
 
     Exact for every prefix of ``raw`` that is valid JSON, which is all a parser reaches before it
-    fails: ``nesting_depth(b'[{"a": "[["}]')`` is 2.
+    fails.
+
+    >>> nesting_depth(b'[{"a": "[["}]'), nesting_depth(b"[" * 100_000)
+    (2, 100000)
     """
     reduced = raw.translate(None, _DELETE_ALL_BUT_STRUCTURE_ESC)
     if b"\\" in reduced:  # escapes: drop \\ pairs, then escaped quotes, from the text itself
@@ -110,6 +117,13 @@ def load_json(raw: bytes, *, path: str | os.PathLike[str], what: str = "file",
     anything recursive or quadratic runs. Non-finite numbers (``NaN``, ``Infinity``, ``1e999``)
     come back as :class:`BadNumber` objects, also listed in the second item: the caller refuses
     them, naming the field they sit in.
+
+    >>> load_json(b'{"a": [1, 2.5]}', path="m.json")
+    ({'a': [1, 2.5]}, [])
+    >>> load_json(b"[" * 10_000, path="m.json", what="manifest")
+    Traceback (most recent call last):
+    ...
+    parity.errors.TraceFormatError: m.json: the manifest nests JSON arrays or objects 10000 deep; ...
     """
     try:
         text = raw.decode("utf-8")
@@ -144,7 +158,11 @@ def load_json(raw: bytes, *, path: str | os.PathLike[str], what: str = "file",
 
 
 def holds_bad_number(value: object) -> bool:
-    """Whether a parsed JSON value holds a :class:`BadNumber` anywhere (walked without recursion)."""
+    """Whether a parsed JSON value holds a :class:`BadNumber` anywhere (walked without recursion).
+
+    >>> holds_bad_number(load_json(b'{"a": [{"b": NaN}]}', path="m.json")[0]), holds_bad_number([1.5])
+    (True, False)
+    """
     todo = [value]
     while todo:
         v = todo.pop()

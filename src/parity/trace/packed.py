@@ -38,7 +38,13 @@ __all__ = ["PackedStage", "PackedShard"]
 
 
 class PackedStage(NamedTuple):
-    """One stage of :meth:`TraceWriter.add_packed`: where its bytes lie in the packed buffer, and its entry."""
+    """One stage of :meth:`TraceWriter.add_packed`: where its bytes lie in the packed buffer, and its entry.
+
+    >>> PackedStage("h", "F32", (2, 4), offset=64, nbytes=32, axes=["seq", "hidden"]).nbytes
+    32
+    >>> PackedStage("note", "", (), offset=96, nbytes=0, text="warm-up done").text
+    'warm-up done'
+    """
 
     key: str
     dtype: str  # safetensors dtype code, e.g. "F32"
@@ -54,7 +60,8 @@ class PackedStage(NamedTuple):
 
 
 class PackedShard(NamedTuple):
-    """A data file prepared by :meth:`TraceWriter.pack`, to be written by :meth:`TraceWriter.write_packed`."""
+    """A data file prepared by :meth:`TraceWriter.pack`, to be written by :meth:`TraceWriter.write_packed`
+    (see the example there)."""
 
     seq: int
     rel: str
@@ -66,7 +73,6 @@ class PackedShard(NamedTuple):
     texts: list[tuple[str, str]]  # each stage's (manifest, journal) text
     keys: list[str]
     written: bool = False  # set by write_packed_file
-
 
 
 # (base key, its indices, the stage, its dtype, and for a tensor its shared field texts (dtype,
@@ -130,6 +136,15 @@ class _PackedWriting:
         thread can call it and leave the writing to another thread: :meth:`write_packed` must then
         be called for every prepared file, in the order :meth:`pack` returned them (until then the
         stages are not in the trace). Returns ``None`` for no stages. See :meth:`add_packed`.
+
+        >>> from parity.trace import TraceWriter
+        >>> w = TraceWriter("p.trace")
+        >>> shard = w.pack([PackedStage("a", "U8", (4,), 0, 4)], np.arange(4, dtype=np.uint8))
+        >>> shard.keys, shard.rel, len(shard.header) % 4096   # the data starts on a page
+        (['a'], 'data/000000.safetensors', 0)
+        >>> w.commit_packed(w.write_packed_file(shard))   # on a writer thread, in pack() order
+        >>> w.close(); parity.load_trace("p.trace")["a"].tolist()
+        [0, 1, 2, 3]
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)

@@ -44,6 +44,13 @@ class Stage:
         position: index in the trace's execution order.
         file: the data file, relative to the trace directory; ``None`` for text.
         text: the value of a text stage.
+
+    Example:
+        >>> s = load_trace("ref.trace").stage("layers.0.attn_scores")
+        >>> s.kind, s.dtype, s.shape, s.axes
+        ('tensor', 'F64', (4, 8, 8), ('heads', 'seq', 'seq_k'))
+        >>> s.size, s.nbytes, s.dtype_info.name
+        (256, 2048, 'float64')
     """
 
     key: str
@@ -89,6 +96,12 @@ class Trace:
         >>> t = parity.load_trace(path)
         >>> [s.key for s in t], t["y"].dtype, t["y"].tolist()
         (['y'], dtype('float32'), [1.5, 2.5])
+
+        The demo pair: ``len`` counts the stages, iterating yields them in execution order.
+
+        >>> ref = parity.load_trace("ref.trace")
+        >>> len(ref), [s.key for s in ref][:2], "embedding" in ref
+        (31, ['embedding', 'layers.0.attn_norm'], True)
     """
 
     def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any], stages: list[Stage],
@@ -116,7 +129,11 @@ class Trace:
         return os.path.basename(os.path.normpath(self.path))
 
     def keys(self) -> list[str]:
-        """Stage keys in execution order."""
+        """Stage keys in execution order.
+
+        >>> load_trace("ref.trace").keys()[:3]
+        ['embedding', 'layers.0.attn_norm', 'layers.0.q_proj']
+        """
         return [s.key for s in self._stages]
 
     def stage(self, key: str) -> Stage:
@@ -124,6 +141,14 @@ class Trace:
 
         Raises:
             StageNotFoundError: no such stage.
+
+        >>> t = load_trace("ref.trace")
+        >>> t.stage("layers.0.q_proj").shape
+        (8, 32)
+        >>> t.stage("layers.9.q_proj")
+        Traceback (most recent call last):
+        ...
+        parity.errors.StageNotFoundError: ref.trace: stage "layers.9.q_proj": no such stage; the trace has 31 stages.
         """
         try:
             return self._by_key[key]
@@ -148,7 +173,14 @@ class Trace:
         return self.array(self.stage(key))
 
     def array(self, stage: Stage) -> np.ndarray | str:
-        """Values of ``stage``: a memory-mapped read-only array, or the text of a text stage."""
+        """Values of ``stage``: a memory-mapped read-only array, or the text of a text stage
+        (``trace[key]`` is ``trace.array(trace.stage(key))``).
+
+        >>> t = load_trace("ref.trace")
+        >>> a = t.array(t.stage("embedding"))
+        >>> a.shape, a.dtype, a.flags.writeable, bool((a == t["embedding"]).all())
+        ((8, 32), dtype('float64'), False, True)
+        """
         if stage.kind == "text":
             return stage.text or ""
         assert stage.file is not None and stage.dtype is not None
@@ -177,6 +209,13 @@ class Trace:
 
         Returns:
             One message per problem (empty when every file matches).
+
+        >>> load_trace("ref.trace").verify()
+        []
+        >>> with open("ref.trace/data/000000.safetensors", "r+b") as f:  # flip one stored byte
+        ...     _ = f.seek(-1, 2); b = f.read(1); _ = f.seek(-1, 2); _ = f.write(bytes([b[0] ^ 1]))
+        >>> load_trace("ref.trace").verify()
+        ["ref.trace/data/000000.safetensors: crc32 ... does not match the manifest's ...."]
         """
         problems = []
         for rel, info in self.manifest.get("files", {}).items():
@@ -504,6 +543,15 @@ def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -
         TraceFormatError: the directory is not a trace, or a file is corrupt, truncated or foreign
             (the message names the file, and the stage or journal line at fault).
         TraceError: a file of the trace is a symbolic link out of the trace directory.
+
+    Example:
+        >>> t = load_trace("ref.trace")
+        >>> t, t.complete, t.meta
+        (<Trace 'ref.trace': 31 stages, complete>, True, {'dtype': 'float64', 'impl': 'reference'})
+        >>> load_trace("parity.toml")
+        Traceback (most recent call last):
+        ...
+        parity.errors.TraceFormatError: parity.toml: is not a trace directory (a trace is a directory holding manifest.json).
     """
     path = os.fspath(path)
     manifest, bad = _read_manifest(path, follow_symlinks)

@@ -40,6 +40,13 @@ MAX_NDIM = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
 
 @dataclass(frozen=True)
 class TensorEntry:
+    """One tensor of a safetensors header: its name, dtype code, shape and bytes ``[begin, end)`` of
+    the data buffer.
+
+    >>> TensorEntry("x", "F32", (2, 3), 0, 24)
+    TensorEntry(name='x', dtype='F32', shape=(2, 3), begin=0, end=24)
+    """
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -48,7 +55,12 @@ class TensorEntry:
 
 
 def encode_header(entries: list[TensorEntry], metadata: dict[str, str] | None = None) -> bytes:
-    """Return the 8-byte length prefix plus the padded JSON header."""
+    """Return the 8-byte length prefix plus the JSON header, padded with spaces to a multiple of 8.
+
+    >>> raw = encode_header([TensorEntry("x", "F32", (2,), 0, 8)])
+    >>> len(raw) % 8, raw[8:].rstrip()
+    (0, b'{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}')
+    """
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = dict(metadata)
@@ -60,7 +72,11 @@ def encode_header(entries: list[TensorEntry], metadata: dict[str, str] | None = 
 
 
 def is_index(v: object) -> bool:
-    """Whether ``v`` is a JSON integer usable as a size or offset: 0 <= v <= 2**63 - 1 (not a bool)."""
+    """Whether ``v`` is a JSON integer usable as a size or offset: 0 <= v <= 2**63 - 1 (not a bool).
+
+    >>> is_index(0), is_index(2**63), is_index(True), is_index(-1)
+    (True, False, False, False)
+    """
     return type(v) is int and 0 <= v <= MAX_INDEX
 
 
@@ -69,6 +85,12 @@ def open_regular(path: str | os.PathLike[str], what: str = "file") -> int:
     but a regular file (a FIFO would block, a device would never end), without blocking on it.
 
     ``FileNotFoundError`` and other ``OSError`` propagate.
+
+    >>> os.close(open_regular("parity.toml"))
+    >>> open_regular("ref.trace", "manifest")
+    Traceback (most recent call last):
+    ...
+    parity.errors.TraceFormatError: ref.trace: the manifest is a directory; expected a regular file.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -93,6 +115,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
     Raises:
         TraceFormatError: the file is missing, truncated, not safetensors, or inconsistent (the
             message names the file, and the tensor where one is at fault).
+
+    >>> tensors, meta, start = read_header("ref.trace/data/000000.safetensors")
+    >>> tensors["embedding"], meta
+    (TensorEntry(name='embedding', dtype='F64', shape=(8, 32), begin=0, end=2048), {'format': 'parity-trace'})
     """
     try:
         fd = open_regular(path, "data file")

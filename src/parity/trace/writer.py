@@ -53,7 +53,11 @@ __all__ = ["TraceWriter", "PackedStage", "PackedShard", "SCHEMA_VERSION", "FORMA
 
 
 def environment_summary() -> dict[str, str]:
-    """Stable facts about the capturing machine (no environment variables, nothing secret)."""
+    """Stable facts about the capturing machine (no environment variables, nothing secret).
+
+    >>> sorted(environment_summary())
+    ['machine', 'numpy', 'platform', 'python']
+    """
     return {
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -76,14 +80,26 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         volatile: also write ``run.json`` with timestamps and host (kept out of the manifest so
             that two captures of the same values are byte-identical).
 
+    Used as a context manager, the writer is closed when the block ends: the trace is complete, or
+    incomplete (with the exception named) when the block raised.
+
     Example:
-        >>> import numpy as np, tempfile, os
-        >>> d = tempfile.mkdtemp()
-        >>> with TraceWriter(os.path.join(d, "ref.trace")) as w:
+        >>> with TraceWriter("mine.trace", meta={"impl": "port"}) as w:
         ...     w.add("x", np.arange(3.0))
         ...     w.add("x", np.arange(3.0) * 2)   # second occurrence is kept as "x#1"
         'x'
         'x#1'
+        >>> parity.load_trace("mine.trace").keys()
+        ['x', 'x#1']
+        >>> try:
+        ...     with TraceWriter("failed.trace") as w:
+        ...         _ = w.add("x", 1.0)
+        ...         raise KeyError("boom")
+        ... except KeyError:
+        ...     pass
+        >>> t = parity.load_trace("failed.trace")
+        >>> t.complete, t.manifest["incomplete_reason"], t.keys()
+        (False, 'KeyError raised during capture', ['x'])
     """
 
     def __init__(
@@ -175,6 +191,17 @@ class TraceWriter(_PackedWriting, _BatchWriting):
             StageKeyError: the key is unsafe or malformed.
             UsageError: the value cannot be stored, or ``axes`` do not match its dimensions.
             TraceError: the writer is closed.
+
+        >>> with TraceWriter("add.trace") as w:
+        ...     w.add("energy", np.float32(1.5), indices={"step": 3}, provenance={"line": 12})
+        ...     w.add("forces", np.zeros((2, 3)), axes=["atom", "xyz"], units="eV/angstrom")
+        ...     w.add("status", "converged")   # a str is a text stage
+        'energy[step=3]'
+        'forces'
+        'status'
+        >>> t = parity.load_trace("add.trace")
+        >>> t.stage("energy[step=3]").indices, t["forces"].shape, t["status"]
+        ({'step': 3}, (2, 3), 'converged')
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path, stage=str(key))
@@ -255,6 +282,14 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         Args:
             complete: mark the trace complete. Pass ``False`` when the computation failed.
             reason: why the trace is incomplete, stored in the manifest.
+
+        >>> w = TraceWriter("cut.trace")
+        >>> _ = w.add("x", 1.0)
+        >>> w.close(complete=False, reason="the solver diverged")
+        >>> w.close()   # closing again does nothing
+        >>> t = parity.load_trace("cut.trace")
+        >>> t.complete, t.manifest["incomplete_reason"]
+        (False, 'the solver diverged')
         """
         with self._lock:
             if self._closed:
@@ -283,6 +318,11 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         Raises:
             UsageError: a value is not JSON-serialisable.
             TraceError: the writer is closed.
+
+        >>> with TraceWriter("meta.trace", meta={"impl": "port"}) as w:
+        ...     w.update_meta(steps=40)
+        >>> parity.load_trace("meta.trace").meta
+        {'impl': 'port', 'steps': 40}
         """
         if self._closed:
             raise TraceError("the trace writer is closed; its metadata can no longer change.", path=self.path)
@@ -290,7 +330,13 @@ class TraceWriter(_PackedWriting, _BatchWriting):
 
     @property
     def keys(self) -> list[str]:
-        """Keys recorded so far, in execution order."""
+        """Keys recorded so far, in execution order.
+
+        >>> with TraceWriter("keys.trace") as w:
+        ...     _ = w.add("a", 1.0); _ = w.add("a", 2.0)
+        ...     w.keys
+        ['a', 'a#1']
+        """
         return list(self._keys)
 
     def __enter__(self) -> TraceWriter:
