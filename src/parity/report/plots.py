@@ -12,7 +12,6 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,18 +77,13 @@ _TOL_NAME = {"max_rel_err": "rtol", "cosine": "cosine floor", "sqnr_db": "SQNR f
 _POINT_CLASS = {"pass": "pt-pass", "fail": "pt-fail", "expected": "pt-expected"}
 
 
-@dataclass(frozen=True)
 class _Frame:
     """Where the pipeline plot's stages go: one column per stage, three stacked panels."""
 
-    n: int
-    width: int = 960
-    left: int = 78
-    right: int = 16
-    top: int = 34
-    panel_h: int = 150
-    gap: int = 26
-    bottom: int = 70
+    width, left, right, top, panel_h, gap, bottom = 960, 78, 16, 34, 150, 26, 70
+
+    def __init__(self, n: int):
+        self.n = n
 
     @property
     def plot_w(self) -> int:
