@@ -22,7 +22,7 @@ from rich.table import Table
 from .format import format_float
 from .html import html_page
 from .markdown import md_cell, md_code, md_text
-from .plots import stage_marker
+from .plots import axes, stage_marker
 from .svg import LogScale, coord, esc, marker
 
 if TYPE_CHECKING:  # the result type lives in the layer below; nothing is imported from it at run time
@@ -156,13 +156,8 @@ def _error_plot(loc: Localization) -> str:
     pos = [v for v in plain + local if v is not None and math.isfinite(v) and v > 0]
     scale = LogScale(plain + local + [floor] + ([min(pos) / 10] if pos else []), top, top + plot_h)
     out = [f'<svg id="localize-plot" class="plot" viewBox="0 0 {width} {height}" width="100%" role="img" '
-           f'aria-label="Accumulated and local error through the pipeline: {n} stages">', '<g class="grid">']
-    out += [f'<line x1="{left}" x2="{width - right}" y1="{coord(ty)}" y2="{coord(ty)}"/>' for ty, _ in scale.ticks()]
-    out.append("</g>")
-    out.append(f'<g class="axis"><line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}"/>'
-               f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}"/></g>')
-    out += [f'<text x="{left - 6}" y="{coord(ty + 4)}" text-anchor="end" font-size="11">{text}</text>'
-            for ty, text in scale.ticks()]
+           f'aria-label="Accumulated and local error through the pipeline: {n} stages">']
+    out += axes(scale, left, width - right, top, top + plot_h)
     out.append(f'<text x="{left + 6}" y="{top - 8}" font-size="12.5" font-weight="600">relative RMS error</text>')
     if floor is not None:
         fy, _ = scale.clip(floor)

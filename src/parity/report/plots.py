@@ -24,7 +24,7 @@ from .svg import VIRIDIS, LinScale, LogScale, colormap, coord, diverging, esc, m
 from .text import format_float
 from .worst import element_errors
 
-__all__ = ["pipeline_svg", "stage_marker", "layer_of", "error_sample", "histogram_svg", "heatmap_svg", "image_panels"]
+__all__ = ["pipeline_svg", "stage_marker", "axes", "layer_of", "error_sample", "histogram_svg", "heatmap_svg", "image_panels"]
 
 _n, _e = coord, esc
 
@@ -152,6 +152,23 @@ def _series(stages: list[StageDiff], vals: list[float | None], scale: Any, f: _F
     return out + marks
 
 
+def axes(scale: Any, x0: float, x1: float, y0: float, y1: float) -> list[str]:
+    """Grid lines at the scale's ticks, the left and bottom axes, and the tick labels.
+
+    Example:
+        >>> "".join(axes(LogScale([1e-3, 1e-1], 10, 110), 50, 450, 10, 110)).count('text-anchor="end"')
+        3
+    """
+    out = ['<g class="grid">']
+    out += [f'<line x1="{x0}" x2="{x1}" y1="{_n(ty)}" y2="{_n(ty)}"/>' for ty, _ in scale.ticks()]
+    out.append("</g>")
+    out.append(f'<g class="axis"><line x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}"/>'
+               f'<line x1="{x0}" x2="{x1}" y1="{y1}" y2="{y1}"/></g>')
+    out += [f'<text x="{x0 - 6}" y="{_n(ty + 4)}" text-anchor="end" font-size="11">{text}</text>'
+            for ty, text in scale.ticks()]
+    return out
+
+
 def _panel(stages: list[StageDiff], groups: list[tuple[int, int, str | None]], f: _Frame, p: int) -> list[str]:
     """One of the three stacked panels: layer bands, grid, axes, tolerance and the series."""
     metric, label, kind, value_of, tol_of = _PANELS[p]
@@ -164,13 +181,7 @@ def _panel(stages: list[StageDiff], groups: list[tuple[int, int, str | None]], f
     banded = [(start, stop) for start, stop, layer in groups if layer is not None][::2]
     out += [f'<rect class="band" x="{_n(f.left + start * f.step)}" y="{_n(y0)}" '
             f'width="{_n((stop - start) * f.step)}" height="{f.panel_h}"/>' for start, stop in banded]
-    out.append('<g class="grid">')
-    out += [f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{_n(ty)}" y2="{_n(ty)}"/>' for ty, _ in scale.ticks()]
-    out.append("</g>")
-    out.append(f'<g class="axis"><line x1="{f.left}" x2="{f.left}" y1="{y0}" y2="{y1}"/>'
-               f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{y1}" y2="{y1}"/></g>')
-    out += [f'<text x="{f.left - 6}" y="{_n(ty + 4)}" text-anchor="end" font-size="11">{text}</text>'
-            for ty, text in scale.ticks()]
+    out += axes(scale, f.left, f.width - f.right, y0, y1)
     out.append(f'<text x="{f.left + 6}" y="{y0 - 6}" font-size="12.5" font-weight="600">{_e(label)}</text>')
     out += _tolerance_lines(tols, kind, scale, f, metric)
     out += _series(stages, vals, scale, f, y0, label)
