@@ -83,16 +83,19 @@ def load_hf_model(model_dir: str, *, dtype: str = "float32", steps: int | None =
 
 def capture_loaded(hf: HFModel, prompts: list[str], out: str, *, layers: str | None = None,
                    stages: list[str] | None = None, steps: int | None = None, preset: str = "auto",
-                   command: list[str] | None = None) -> dict:
+                   command: list[str] | None = None, replay: str | None = None) -> dict:
     """Run a loaded model on ``prompts`` (one batch) and capture it into the trace ``out``.
 
     Stores ``input_ids`` first (so a tokenizer difference is the first divergence), then the model's
     stages; with ``steps`` it generates that many tokens greedily, one ``[step=N]`` per forward
-    call, and stores ``generated_ids`` last.
+    call, and stores ``generated_ids`` last. With ``replay`` (a reference trace of the same
+    prompts), each stage goes on with the reference's value (teacher forcing, see
+    :mod:`parity.capture.torch_replay`), so each stage's recorded error is its own.
 
     Returns:
         A summary: ``stages`` (count), ``layers``, ``preset``, ``generated`` (token ids or ``None``),
-        ``omitted`` (stages left out of a default selection, with the reason).
+        ``omitted`` (stages left out of a default selection, with the reason), and with
+        ``replay``: ``substituted`` (count) and ``not_substituted`` (stage key → reason).
     """
     import torch
 
@@ -106,7 +109,8 @@ def capture_loaded(hf: HFModel, prompts: list[str], out: str, *, layers: str | N
     meta = {"model_dir": os.path.basename(os.path.abspath(model_dir)), "prompts": list(prompts), "requested_dtype": dtype}
     generated = None
     with torch_capture(model, out, stages=stages, layers=layers, steps=True if steps else None,
-                       preset=None if preset == "none" else preset, meta=meta, command=command) as cap, torch.no_grad():
+                       preset=None if preset == "none" else preset, meta=meta, command=command,
+                       replay=replay) as cap, torch.no_grad():
         cap.add("input_ids", enc["input_ids"], axes=("batch", "seq"))
         if steps:
             gen_kwargs = {"max_new_tokens": steps, "do_sample": False}
@@ -117,22 +121,28 @@ def capture_loaded(hf: HFModel, prompts: list[str], out: str, *, layers: str | N
             cap.add("generated_ids", generated, axes=("batch", "step"))
         else:
             model(**enc)
-    return {"stages": len(cap.writer.keys), "layers": list(cap.layers), "preset": cap.preset.name if cap.preset else None,
-            "generated": generated.tolist() if generated is not None else None, "omitted": cap.omitted,
-            "text": tokenizer.batch_decode(generated) if generated is not None else None}
+    summary = {"stages": len(cap.writer.keys), "layers": list(cap.layers), "preset": cap.preset.name if cap.preset else None,
+               "generated": generated.tolist() if generated is not None else None, "omitted": cap.omitted,
+               "text": tokenizer.batch_decode(generated) if generated is not None else None}
+    if replay is not None:
+        summary["substituted"] = cap.substituted
+        summary["not_substituted"] = cap.not_substituted
+    return summary
 
 
 
 
 def capture_hf(model_dir: str, prompts: list[str], out: str, *, dtype: str = "float32", layers: str | None = None,
                stages: list[str] | None = None, steps: int | None = None, preset: str = "auto",
-               attn_implementation: str | None = "eager", device: str = "cpu", command: list[str] | None = None) -> dict:
+               attn_implementation: str | None = "eager", device: str = "cpu", command: list[str] | None = None,
+               replay: str | None = None) -> dict:
     """Load a local Hugging Face model directory offline, run it on ``prompts`` and capture it into ``out``.
 
     See :func:`load_hf_model` and :func:`capture_loaded` (the summary it returns).
     """
     hf = load_hf_model(model_dir, dtype=dtype, steps=steps, attn_implementation=attn_implementation, device=device)
-    return capture_loaded(hf, prompts, out, layers=layers, stages=stages, steps=steps, preset=preset, command=command)
+    return capture_loaded(hf, prompts, out, layers=layers, stages=stages, steps=steps, preset=preset, command=command,
+                          replay=replay)
 
 
 def read_prompts(path: str) -> list[str]:

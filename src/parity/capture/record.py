@@ -20,7 +20,7 @@ from ..redact import redact_args
 from ..trace.keys import validate_key
 from ..trace.writer import TraceWriter
 
-__all__ = ["record", "tap", "scope", "active_writer", "replay"]
+__all__ = ["record", "tap", "scope", "active_writer", "replay", "ReplaySource"]
 
 T = TypeVar("T")
 
@@ -208,8 +208,18 @@ def tap(
     return value
 
 
-class _ReplaySource:
-    """The reference trace a :func:`replay` substitutes values from, with the substitution rules."""
+class ReplaySource:
+    """The reference trace a replay substitutes values from, with the substitution rules.
+
+    Used by :func:`replay` (for :func:`tap`) and by ``parity.torch.capture(replay=...)`` (for
+    module hooks). :meth:`substitute` returns the reference's value for a key, shaped and typed
+    like the candidate's value.
+
+    >>> src = ReplaySource("ref.trace")
+    >>> x = np.zeros((4, 8, 8), np.float32)
+    >>> src.substitute("layers.0.attn_probs", x).dtype, src.substituted
+    (dtype('float32'), 1)
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         from ..trace.reader import load_trace
@@ -218,6 +228,12 @@ class _ReplaySource:
         self.substituted = 0
 
     def substitute(self, key: str, value: Any) -> Any:
+        """The reference's value of stage ``key`` with ``value``'s type, dtype and device.
+
+        Raises:
+            UsageError: the reference has no stage ``key``, or its shape differs from ``value``'s
+                (the message names the stage).
+        """
         from ..errors import StageNotFoundError
 
         try:
@@ -232,6 +248,9 @@ class _ReplaySource:
                 raise UsageError("replay: one side is text, the other a tensor.", stage=key)
             return ref
         return _like(ref, value, stage, key)
+
+
+_ReplaySource = ReplaySource  # the earlier private name
 
 
 def _like(ref: Any, value: Any, stage: Any, key: str) -> Any:
@@ -297,7 +316,7 @@ def replay(reference: str | os.PathLike[str], path: str | os.PathLike[str], **re
         >>> t["a"].tolist(), t["b"].tolist(), out.tolist()      # b was fed the reference's a
         ([1.5, 1.5, 1.5], [2.0, 2.0, 2.0], [2.0, 2.0, 2.0])
     """
-    source = _ReplaySource(reference)
+    source = ReplaySource(reference)
     meta = dict(record_options.pop("meta", None) or {})
     meta.setdefault("replay", {"reference": os.fspath(reference)})
     with record(path, meta=meta, **record_options) as writer:

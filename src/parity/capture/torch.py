@@ -40,6 +40,7 @@ from .presets import PRESETS, Preset, detect_preset, get_preset
 from .torch_hf import attn_implementation as current_attn_implementation
 from .torch_hf import install_preset, set_attn_implementation, version
 from .torch_hooks import Session, install_modules, parse_layers, parse_steps
+from .torch_replay import TorchReplay
 from .torch_sink import DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_BYTES, PackedSink
 
 __all__ = ["capture", "Capture", "parse_layers", "parse_steps"]
@@ -56,6 +57,10 @@ class Capture:
         stages: canonical stage names being captured (preset mode) or the hooked module names.
         layers: layer indices being captured (``()`` when the model has no recognisable layers).
         omitted: stages of the preset left out of a default selection, with the reason.
+        substituted: with ``replay=``, how many values the reference's replaced.
+        not_substituted: with ``replay=``, the stage keys whose reference value could not take
+            the candidate's place, with the reason (also in the trace; see
+            :mod:`parity.capture.torch_replay`).
         writer: the underlying :class:`~parity.trace.writer.TraceWriter`.
 
     >>> import torch, parity.torch
@@ -94,6 +99,17 @@ class Capture:
         return self._s.writer
 
     @property
+    def substituted(self) -> int:
+        """With ``replay=``: how many captured values the reference's replaced (so far)."""
+        replay = self._s.replay
+        return replay.substituted if replay is not None else 0
+
+    @property
+    def not_substituted(self) -> dict[str, str]:
+        replay = self._s.replay
+        return dict(replay.not_substituted) if replay is not None else {}
+
+    @property
     def step(self) -> int:
         """Index of the current (or last) forward call of the model; ``-1`` before the first."""
         return self._s.step
@@ -111,6 +127,8 @@ class Capture:
             The key the stage is stored under.
         """
         key = make_key(validate_key(name), indices) if indices else validate_key(name)
+        if self._s.replay is not None:
+            self._s.replay.reserve(name, indices or None)  # numbered in order with the replayed stages
         self._s.sink.put(name, value, axes, None, indices or None)
         return key
 
@@ -164,6 +182,8 @@ def _capture_meta(session: Session, model: torch.nn.Module, meta: Mapping[str, A
         full_meta["layers"] = list(session.layer_ids)
         if session.omitted:
             full_meta["omitted_stages"] = dict(session.omitted)
+    if session.replay is not None:
+        full_meta["replay"] = {"reference": session.replay.reference}
     full_meta.update(dict(meta or {}))
     return full_meta
 
@@ -194,6 +214,15 @@ def _close(session: Session, error: BaseException | None) -> None:
     (``error``) or the writer failed."""
     session.remove()
     writer = session.writer
+    replay = session.replay
+    if replay is not None:
+        replay.missing(session.omitted, session.layer_ids)
+        writer.update_meta(replay=replay.meta())
+        if replay.not_substituted:
+            listed = [f"{k} ({why})" for k, why in list(replay.not_substituted.items())[:4]]
+            more = len(replay.not_substituted) - len(listed)
+            warnings.warn("parity.torch.capture: replayed, but not substituted: " + "; ".join(listed)
+                          + (f"; and {more} more (see Capture.not_substituted)" if more else ""), stacklevel=4)
     try:
         session.sink.close()
     except BaseException:
@@ -237,23 +266,21 @@ def capture(
     buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     producer: str = "parity.torch.capture",
     command: Sequence[str] | None = None,
+    replay: str | os.PathLike[str] | None = None,
 ) -> Iterator[Capture]:
     """Record a PyTorch model's intermediate values into the trace directory ``path``.
 
-    Forward hooks (and, for attention internals, interpositions on the model's own attention and
-    rotary-embedding functions) are installed on entry and always removed on exit, also when the
-    block raises (the trace is then marked incomplete).
+    Forward hooks (and interpositions on the model's own attention and rotary-embedding functions)
+    are installed on entry and always removed on exit (a block that raises leaves an incomplete trace).
 
     Args:
         model: the model. Each call of it is one step (``generate()`` calls it once per token).
         path: the ``NAME.trace`` directory to write.
-        stages: what to capture. With a preset: canonical stage names or ``*`` globs
-            (``"attn_*"``), a list of them (a request: what the model cannot produce is an
-            error), or a predicate on the name; ``None`` and a predicate take what the model can
-            produce as configured (the others are listed in :attr:`Capture.omitted`). Without a preset: globs on module names
-            (``"encoder.layer.*.output.dense"``) or a predicate ``(name, module)``; ``None`` hooks
-            every module. Keys are then the module names (``name.0``, ``name.field`` for tuple or
-            dict outputs).
+        stages: with a preset, canonical names or ``*`` globs (``"attn_*"``) or a list of them (a
+            request: what the model cannot produce is an error), or a predicate on the name (takes
+            what the model can produce, as ``None`` does; the rest is in :attr:`Capture.omitted`).
+            Without: globs on module names or a predicate ``(name, module)``; ``None`` hooks every
+            module; keys are the module names (``name.0``, ``name.field`` inside tuples, dicts).
         layers: which layers (see :func:`parse_layers`); model-level stages are always captured.
         steps: decode steps (see :func:`parse_steps`); with it, keys carry ``[step=N]``.
         preset: ``None`` (module tree), ``"auto"`` (from ``model.config.model_type``), a preset
@@ -268,13 +295,16 @@ def capture(
             when it is reached).
         buffer_bytes: size of one staging buffer, and so of each data file.
         producer, command: recorded in the manifest.
+        replay: a reference trace of the same stages: teacher forcing. Each captured stage is
+            recorded, then the reference's value takes its place in the forward, so each stage's
+            error is its own (:mod:`parity.capture.torch_replay`; ``parity localize``).
 
     Yields:
         A :class:`Capture` describing what is recorded.
 
     Raises:
-        UsageError: bad selectors, or a stage the architecture does not have (the message lists
-            the ones it has).
+        UsageError: bad selectors, a stage the architecture does not have (the message lists the
+            ones it has); with ``replay``, a stage the reference lacks or has in another shape.
         CaptureError: a requested stage cannot be captured from this model, or the model did not
             produce it during a forward pass (raised from that forward call).
 
@@ -290,11 +320,11 @@ def capture(
         raise UsageError(f"capture() needs a torch.nn.Module, not {type(model).__name__}.")
     session = Session(model, parse_steps(steps))
     session.preset = _resolve_preset(model, preset)
-    writer_options = {"producer": producer, "buffer_bytes": buffer_bytes,
-                      "command": list(sys.argv) if command is None else command}
-    sink_options = {"background": bool(background), "arena_bytes": buffer_bytes, "queue_bytes": queue_bytes}
+    session.replay = TorchReplay(replay) if replay is not None else None
     with _attention_switched(model, attn_implementation):
-        _open(session, model, path, stages, layers, meta, writer_options, sink_options)
+        _open(session, model, path, stages, layers, meta,
+              {"producer": producer, "buffer_bytes": buffer_bytes, "command": list(sys.argv) if command is None else command},
+              {"background": bool(background), "arena_bytes": buffer_bytes, "queue_bytes": queue_bytes})
         try:
             yield Capture(session)
         except BaseException as e:

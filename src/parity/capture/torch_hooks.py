@@ -18,6 +18,7 @@ import torch
 from ..errors import CaptureError, UsageError
 from ..trace.writer import TraceWriter
 from .presets import Preset, StageSpec
+from .torch_replay import SUBSTITUTED, TorchReplay, rebuilt, slots, why_not_rebuilt
 from .torch_sink import PackedSink
 
 __all__ = ["parse_layers", "parse_steps", "Session", "install_modules", "find_layer_list", "pick"]
@@ -122,18 +123,19 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 # -- stage naming ---------------------------------------------------------------------------------
 
-def tensor_items(out: object, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Tensors of a module output: the tensor itself, or ``prefix.i`` / ``prefix.field`` for containers."""
-    if isinstance(out, torch.Tensor):
-        yield prefix, out
-    elif isinstance(out, Mapping):
-        for k, v in out.items():
-            if isinstance(v, torch.Tensor):
-                yield f"{prefix}.{INVALID_KEY_CHARS.sub('_', str(k))}", v
-    elif isinstance(out, (tuple, list)):
-        for i, v in enumerate(out):
-            if isinstance(v, torch.Tensor):
-                yield f"{prefix}.{i}", v
+def slot_name(prefix: str, slot: object) -> str:
+    """The key of a module output's tensor at ``slot`` (see :func:`~parity.capture.torch_replay.slots`):
+    ``prefix`` itself, or ``prefix.i`` / ``prefix.field`` for containers."""
+    return prefix if slot is None else f"{prefix}.{INVALID_KEY_CHARS.sub('_', str(slot))}"
+
+
+def joined_slices(t: torch.Tensor, slices: Mapping[int, tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """``t`` (a fused projection's output) with some of its equal slices along the last axis replaced."""
+    parts = next(iter(slices.values()))[0]
+    pieces = list(t.split(t.shape[-1] // parts, dim=-1))
+    for i, (_, ref) in slices.items():
+        pieces[i] = ref
+    return torch.cat(pieces, dim=-1)
 
 
 def pick(value: object, index: int) -> torch.Tensor | None:
@@ -176,15 +178,36 @@ class Session:
         self.rope_want: dict[int, tuple[str, tuple[str, ...]]] = {}
         self.attn_axes: dict[str, tuple[str, ...]] = {}
         self.disabled = False
+        self.replay: TorchReplay | None = None  # set for capture(replay=...)
+        self.out_stages: dict[torch.nn.Module, list[tuple[str, StageSpec, dict[str, Any]]]] = {}
+        self.in_stages: dict[torch.nn.Module, list[tuple[str, StageSpec, dict[str, Any]]]] = {}
 
     # - emitting -
-    def emit(self, base: str, t: torch.Tensor, axes: tuple[str, ...] | None, provenance: Mapping[str, Any]) -> None:
+    def indices(self) -> dict[str, int] | None:
+        """The key indices of a value captured now: ``{"step": N}`` when decode steps are captured."""
+        return None if self.step_sel is None else {"step": self.step}
+
+    def emit(self, base: str, t: torch.Tensor, axes: tuple[str, ...] | None, provenance: Mapping[str, Any], *,
+             key: str | None = None, refused: str | None = None, already: bool = False) -> torch.Tensor | None:
+        """Store ``t`` as the next value of stage ``base``.
+
+        When replaying, also returns the reference's value for it (``None`` when ``refused`` says
+        why it cannot be substituted, or when it was ``already`` handed on under the reserved ``key``).
+        """
         if axes is not None and t.dim() != len(axes):
             raise CaptureError(f"expected a value with axes {list(axes)} but the model produced shape {tuple(t.shape)}; "
                                f"the preset does not fit this model (module {provenance.get('module')}).",
                                path=self.writer.path, stage=base)
         self.produced.add(base)
-        self.sink.put(base, t, axes, provenance, None if self.step_sel is None else {"step": self.step})
+        indices = self.indices()
+        replay = self.replay
+        if replay is None:
+            self.sink.put(base, t, axes, provenance, indices)
+            return None
+        key = key or replay.reserve(base, indices)
+        status = replay.refuse(key, refused) if refused else SUBSTITUTED
+        self.sink.put(base, t, axes, {**provenance, "replay": status}, indices)
+        return None if refused or already else replay.value(key, t)
 
     # - root hooks: steps and completeness -
     def root_pre(self, module, args, kwargs=None):
@@ -203,53 +226,78 @@ class Session:
             raise CaptureError(f"requested, but the model did not produce it: {self.expected[k]}{more}",
                                path=self.writer.path, stage=k)
 
-    # - hooks -
-    def output_hook(self, base: str, spec: StageSpec, prov: dict[str, Any]):
-        index, axes = spec.index, spec.axes
-
-        def hook(module, args, output):
-            if self.active:
-                t = pick(output, index)
-                if t is not None:
-                    self.emit(base, t, axes, prov)
-        return hook
-
-    def split_hook(self, base: str, spec: StageSpec, prov: dict[str, Any]):
-        index, parts, axes = spec.index, spec.parts, spec.axes
-
-        def hook(module, args, output):
-            if self.active:
-                t = pick(output, 0)
-                if t is not None and t.shape[-1] % parts == 0:
-                    self.emit(base, t.split(t.shape[-1] // parts, dim=-1)[index], axes, prov)
-        return hook
-
-    def input_hook(self, base: str, spec: StageSpec, prov: dict[str, Any]):
-        index, axes = spec.index, spec.axes
-
-        def hook(module, args, kwargs):
-            if self.active:
-                t = args[index] if len(args) > index else None
-                if t is None and index == 0:
-                    t = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-                if isinstance(t, torch.Tensor):
-                    self.emit(base, t, axes, prov)
-        return hook
-
+    # - hooks: one forward hook and one pre-hook per module, for all its stages -
     def hook_stage(self, mod: torch.nn.Module, base: str, spec: StageSpec, prov: dict[str, Any]) -> None:
-        """Hook ``mod`` to emit stage ``base`` where ``spec`` says (its output, a slice of it, or its input)."""
-        if spec.source == "split":
-            self.handles.append(mod.register_forward_hook(self.split_hook(base, spec, prov)))
-        elif spec.source == "input":
-            self.handles.append(mod.register_forward_pre_hook(self.input_hook(base, spec, prov), with_kwargs=True))
-        else:
-            self.handles.append(mod.register_forward_hook(self.output_hook(base, spec, prov)))
+        """Hook ``mod`` to emit stage ``base`` where ``spec`` says (its output, a slice of it, or its input).
+
+        All the stages of one module are taken by one hook, in the order they were added, from the
+        candidate's value, before a replay hands the reference's values on.
+        """
+        inputs = spec.source == "input"
+        table = self.in_stages if inputs else self.out_stages
+        if mod not in table:
+            table[mod] = []
+            if inputs:
+                self.handles.append(mod.register_forward_pre_hook(self.input_hook, with_kwargs=True))
+            else:
+                self.handles.append(mod.register_forward_hook(self.output_hook))
+        table[mod].append((base, spec, prov))
+
+    def output_hook(self, module, args, output):
+        if not self.active:
+            return None
+        whole: dict[object, torch.Tensor] = {}   # index in the output -> the reference's value
+        slices: dict[int, tuple[int, torch.Tensor]] = {}  # slice index -> (parts, the reference's slice)
+        refused = why_not_rebuilt(output) if self.replay is not None else None
+        for base, spec, prov in self.out_stages[module]:
+            t = pick(output, 0 if spec.source == "split" else spec.index)
+            if t is None:
+                continue
+            if spec.source == "split":
+                if t.shape[-1] % spec.parts:
+                    continue
+                t = t.split(t.shape[-1] // spec.parts, dim=-1)[spec.index]
+            ref = self.emit(base, t, spec.axes, prov, refused=refused)
+            if ref is not None and spec.source == "split":
+                slices[spec.index] = (spec.parts, ref)
+            elif ref is not None:
+                whole[spec.index if isinstance(output, (tuple, list)) else None] = ref
+        if slices and (0 if isinstance(output, (tuple, list)) else None) not in whole:
+            whole[0 if isinstance(output, (tuple, list)) else None] = joined_slices(pick(output, 0), slices)
+        return rebuilt(output, whole) if whole else None
+
+    def input_hook(self, module, args, kwargs):
+        if not self.active:
+            return None
+        new_args, new_kwargs = list(args), dict(kwargs)
+        replaced = False
+        for base, spec, prov in self.in_stages[module]:
+            index = spec.index
+            t, where = (args[index], index) if len(args) > index else (None, None)
+            if t is None and index == 0:
+                where = next((k for k, v in kwargs.items() if isinstance(v, torch.Tensor)), None)
+                t = kwargs[where] if where is not None else None
+            if isinstance(t, torch.Tensor):
+                ref = self.emit(base, t, spec.axes, prov)
+                if ref is not None:
+                    if isinstance(where, int):
+                        new_args[where] = ref
+                    else:
+                        new_kwargs[where] = ref
+                    replaced = True
+        return (tuple(new_args), new_kwargs) if replaced else None
 
     def module_hook(self, name: str, prov: dict[str, Any]):
         def hook(module, args, output):
-            if self.active:
-                for key, t in tensor_items(output, name):
-                    self.emit(key, t, None, prov)
+            if not self.active:
+                return None
+            refused = why_not_rebuilt(output) if self.replay is not None else None
+            new = {}
+            for slot, t in slots(output):
+                ref = self.emit(slot_name(name, slot), t, None, prov, refused=refused)
+                if ref is not None:
+                    new[slot] = ref
+            return rebuilt(output, new) if new else None
         return hook
 
     # - interposition -

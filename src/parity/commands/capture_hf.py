@@ -24,6 +24,16 @@ def _split(text: str | None) -> list[str] | None:
     return items or None
 
 
+def _replay_lines(ref: str, r: dict) -> list[str]:
+    """Print (and return) what a replayed capture substituted, and every stage it could not."""
+    lines = [f"  replayed from {ref}: {r['substituted']} values substituted, {len(r['not_substituted'])} not"]
+    click.echo(lines[0])
+    for key, why in r["not_substituted"].items():
+        lines.append(f"  not substituted {key}: {why}")
+        click.echo(lines[-1], err=True)
+    return lines
+
+
 @click.command("hf")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.option("--prompt", "prompts", multiple=True, help="Input text (repeat for a batch).")
@@ -39,8 +49,11 @@ def _split(text: str | None) -> list[str] | None:
 @click.option("--attn", "attn", default="eager", show_default=True,
               help="Attention implementation to load (eager exposes attn_scores and attn_probs).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda.")
+@click.option("--replay", "replay", type=click.Path(file_okay=False, exists=True),
+              help="Teacher forcing: each stage goes on with this reference trace's value, so its error is local "
+                   "(for parity localize). With --prompts, a directory of the reference's prompt-NNN.trace.")
 @bundle_option
-def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, preset, attn, device, bundle_dir):
+def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, preset, attn, device, replay, bundle_dir):
     """Capture a local Hugging Face model directory (weights + tokenizer) run on --prompt into --out.
 
     Nothing is downloaded: the directory must hold the config, weights and tokenizer. With
@@ -53,6 +66,8 @@ def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, 
       parity capture hf ./all-MiniLM-L6-v2 --prompt "hello world" --dtype bfloat16 --out bf16.trace
       parity diff f32.trace bf16.trace
       parity capture hf ./all-MiniLM-L6-v2 --prompts prompts.txt --out f32/
+      parity capture hf ./all-MiniLM-L6-v2 --prompt "hello world" --dtype bfloat16 --replay f32.trace --out bf16-local.trace
+      parity localize f32.trace bf16.trace bf16-local.trace
 
     Exit status: 0 captured, 2 usage or input error (or a requested stage the model cannot produce).
     """
@@ -67,13 +82,16 @@ def hf_cmd(model_dir, prompts, prompts_file, out, dtype, layers, stages, steps, 
             runs = [(list(prompts), out)]
         lines = []
         for batch, path in runs:
+            ref = os.path.join(replay, os.path.basename(path)) if replay and prompts_file else replay
             r = capture_loaded(hf, batch, path, layers=layers, stages=_split(stages), steps=steps, preset=preset,
-                               command=command_argv())
+                               command=command_argv(), replay=ref)
             what = f"preset {r['preset']}" if r["preset"] else "module names"
             lines.append(f"{path}: {r['stages']} stages ({what}, {len(r['layers'])} layers, dtype {dtype})")
             click.echo(lines[-1])
             for name, why in r["omitted"].items():
                 click.echo(f"  left out {name}: {why}", err=True)
+            if ref is not None:
+                lines.extend(_replay_lines(ref, r))
             if r["generated"] is not None:
                 for row, text in zip(r["generated"], r["text"]):
                     lines.append(f"  generated {row}: {text!r}")
