@@ -1,10 +1,12 @@
-"""Many inputs: compare one trace per input, and aggregate per stage.
+"""Many inputs: compare (or localize) one trace per input, and aggregate per stage.
 
 One lucky input can hide a bug: a divergence that shows on 7 inputs of 8 is real even if the one
 you tried passes. :func:`compare_sets` pairs the traces of two directories by name (or takes an
 explicit list of pairs), diffs every pair, and reports per stage the fraction of inputs on which
 it diverges and the worst input, plus the first divergence of each input. Parity holds only if it
-holds on every input.
+holds on every input. :func:`localize_sets` does the same for ``parity localize REF_DIR CAND_DIR
+CAND_LOCAL_DIR``: per stage, the fraction of inputs in which it is the culprit, fails locally, or
+only propagates an upstream error, and the input with the worst local error.
 
 Example:
     >>> import numpy as np, tempfile, os, parity
@@ -28,9 +30,11 @@ from typing import Any
 
 from ..results import TraceDiff, by_key
 from .divergence import compare_traces
+from .local import DEFAULT_OUTLIER, Localization, localize
 from ..errors import UsageError
 
-__all__ = ["StageAcross", "SetDiff", "compare_sets", "trace_pairs", "is_trace_dir"]
+__all__ = ["StageAcross", "SetDiff", "compare_sets", "trace_pairs", "matched_traces", "is_trace_dir", "StageLocalityAcross",
+           "LocalizationSet", "localize_sets"]
 
 
 def is_trace_dir(path: str | os.PathLike[str]) -> bool:
@@ -76,16 +80,33 @@ def trace_pairs(ref_dir: str, cand_dir: str, pairs_file: str | None = None) -> l
         if not out:
             raise UsageError("lists no pair of traces.", path=pairs_file)
         return out
-    for d in (ref_dir, cand_dir):
+    return [(n, *paths) for n, *paths in matched_traces(ref_dir, cand_dir)]  # type: ignore[misc]
+
+
+def matched_traces(*dirs: str) -> list[tuple[str, ...]]:
+    """``(name, trace in dirs[0], trace in dirs[1], ...)`` for every trace name present in every
+    directory, in name order (how ``parity diff REF_DIR CAND_DIR`` and ``parity localize REF_DIR
+    CAND_DIR LOCAL_DIR`` pair their inputs).
+
+    Raises:
+        UsageError: a directory is missing, or no name is in all of them.
+
+    >>> import os, shutil; os.mkdir("r"); os.mkdir("c")
+    >>> _ = shutil.copytree("ref.trace", "r/a"); _ = shutil.copytree("cand.trace", "c/a")
+    >>> matched_traces("r", "c")
+    [('a', 'r/a', 'c/a')]
+    """
+    for d in dirs:
         if not os.path.isdir(d):
             raise UsageError("no such directory of traces.", path=d)
-    ref_names = sorted(n for n in os.listdir(ref_dir) if is_trace_dir(os.path.join(ref_dir, n)))
-    cand_names = {n for n in os.listdir(cand_dir) if is_trace_dir(os.path.join(cand_dir, n))}
-    common = [n for n in ref_names if n in cand_names]
+    names = [{n for n in os.listdir(d) if is_trace_dir(os.path.join(d, n))} for d in dirs]
+    common = sorted(set.intersection(*names))
     if not common:
-        raise UsageError(f"no trace name is in both directories ({len(ref_names)} in the reference, "
-                         f"{len(cand_names)} in the candidate); name them alike or give --pairs FILE.", path=cand_dir)
-    return [(n, os.path.join(ref_dir, n), os.path.join(cand_dir, n)) for n in common]
+        sides = ("the reference", "the candidate", "the replayed candidate")
+        counts = ", ".join(f"{len(n)} in {side}" for n, side in zip(names, sides))
+        raise UsageError(f"no trace name is in {'both' if len(dirs) == 2 else 'all'} directories ({counts}); name them "
+                         "alike" + (" or give --pairs FILE." if len(dirs) == 2 else "."), path=dirs[-1])
+    return [(n, *(os.path.join(d, n) for d in dirs)) for n in common]
 
 
 @dataclass(frozen=True)
@@ -208,3 +229,150 @@ def _aggregate(names: Sequence[str], diffs: Sequence[TraceDiff]) -> tuple[StageA
                 a["first_on"] += 1
     return tuple(StageAcross(k, acc[k]["position"], acc[k]["inputs"], acc[k]["failed"], acc[k]["worst"],
                              acc[k]["worst_rel"], acc[k]["first_on"]) for k in sorted(order, key=lambda k: acc[k]["position"]))
+
+
+# -- localization over many inputs --------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageLocalityAcross:
+    """One stage of :func:`localize_sets` over every input.
+
+    Attributes:
+        key: the stage; position: its position in the first input's reference.
+        inputs: inputs where the stage was compared on both sides.
+        culprit: inputs where it is the culprit (the first stage whose own computation diverges).
+        local: inputs where it fails locally (the culprit or "also local").
+        propagated: inputs where it fails only in the plain diff (its error comes from upstream).
+        worst_input: the input with the largest local relative RMS error at this stage (``None`` when
+            no input has any), and that error.
+
+    >>> s = StageLocalityAcross("b", 1, inputs=4, culprit=3, local=3, propagated=1, worst_input="x", worst_local_rel=0.1)
+    >>> s.culprit_fraction, s.propagated_fraction
+    (0.75, 0.25)
+    """
+
+    key: str
+    position: int
+    inputs: int
+    culprit: int
+    local: int
+    propagated: int
+    worst_input: str | None
+    worst_local_rel: float | None
+
+    def _share(self, n: int) -> float:
+        return n / self.inputs if self.inputs else 0.0
+
+    @property
+    def culprit_fraction(self) -> float:
+        return self._share(self.culprit)
+
+    @property
+    def local_fraction(self) -> float:
+        return self._share(self.local)
+
+    @property
+    def propagated_fraction(self) -> float:
+        return self._share(self.propagated)
+
+    def to_dict(self) -> dict[str, Any]:
+        wr = self.worst_local_rel
+        return {"key": self.key, "position": self.position, "inputs": self.inputs,
+                "culprit": self.culprit, "culprit_fraction": self.culprit_fraction,
+                "local": self.local, "local_fraction": self.local_fraction,
+                "propagated": self.propagated, "propagated_fraction": self.propagated_fraction,
+                "worst_input": self.worst_input,
+                "worst_local_rel_rms": wr if wr is None or math.isfinite(wr) else str(wr)}
+
+
+@dataclass(frozen=True)
+class LocalizationSet:
+    """:func:`localize_sets`: one :class:`~parity.localize.local.Localization` per input, and per
+    stage how often it is the culprit, fails locally, or only propagates. Truthy when parity holds
+    on every input."""
+
+    names: tuple[str, ...]
+    results: tuple[Localization, ...]
+    stages: tuple[StageLocalityAcross, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """Every input passes (plain diff, and no stage's own computation diverges)."""
+        return all(r.passed for r in self.results)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    @property
+    def failing_inputs(self) -> list[str]:
+        return [n for n, r in zip(self.names, self.results) if not r.passed]
+
+    @property
+    def culprit(self) -> StageLocalityAcross | None:
+        """The stage that is the culprit on the most inputs (the earliest on a tie), or ``None``."""
+        blamed = [s for s in self.stages if s.culprit]
+        return min(blamed, key=lambda s: (-s.culprit, s.position)) if blamed else None
+
+    def stage(self, key: str) -> StageLocalityAcross:
+        """The stage ``key`` (``KeyError`` if no input has it)."""
+        return by_key(self.stages, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        top = self.culprit
+        return {"schema": "parity.localize-set", "schema_version": 1, "passed": self.passed, "inputs": len(self.names),
+                "failing_inputs": self.failing_inputs, "culprit": top.key if top else None,
+                "passes": sum(r.passes for r in self.results), "stages": [s.to_dict() for s in self.stages],
+                "per_input": [{"name": n, "passed": r.passed, "culprit": r.culprit,
+                               "plain_first_divergence": r.plain_first, "ref": r.plain.ref_path, "cand": r.plain.cand_path,
+                               "cand_local": r.local.cand_path} for n, r in zip(self.names, self.results)]}
+
+
+def localize_sets(ref_dir: str | os.PathLike[str], cand_dir: str | os.PathLike[str], local_dir: str | os.PathLike[str],
+                  config: Any = None, *, outlier: float = DEFAULT_OUTLIER,
+                  on_input: Callable[[int, int, str], None] | None = None, **compare_kwargs: Any) -> LocalizationSet:
+    """:func:`~parity.localize.local.localize` on one (reference, plain, replayed) trace triple per
+    input, matched by name across the three directories, aggregated per stage.
+
+    Args:
+        ref_dir, cand_dir, local_dir: directories holding one trace per input, alike named.
+        config, outlier, **compare_kwargs: as for :func:`~parity.localize.local.localize`.
+        on_input: called as ``on_input(done, total, name)`` after each input.
+
+    Raises:
+        UsageError: a directory is missing, no name is in all three, or an unknown option.
+
+    >>> import os, shutil
+    >>> for d, src in (("r", "ref.trace"), ("c", "cand.trace"), ("l", "cand.trace")):
+    ...     os.mkdir(d); _ = shutil.copytree(src, f"{d}/in0"); _ = shutil.copytree("ref.trace", f"{d}/in1")
+    >>> s = localize_sets("r", "c", "l", "parity.toml")
+    >>> s.failing_inputs, s.culprit.key, s.stage("layers.0.attn_scores").culprit_fraction
+    (['in0'], 'layers.0.attn_scores', 0.5)
+    """
+    triples = matched_traces(os.fspath(ref_dir), os.fspath(cand_dir), os.fspath(local_dir))
+    results: list[Localization] = []
+    for i, (name, r, c, lc) in enumerate(triples):
+        results.append(localize(r, c, lc, config, outlier=outlier, **compare_kwargs))
+        if on_input is not None:
+            on_input(i + 1, len(triples), name)
+    names = tuple(t[0] for t in triples)
+    return LocalizationSet(names, tuple(results), _aggregate_localities(names, results))
+
+
+def _aggregate_localities(names: Sequence[str], results: Sequence[Localization]) -> tuple[StageLocalityAcross, ...]:
+    acc: dict[str, dict[str, Any]] = {}
+    for name, loc in zip(names, results):
+        for s in loc.stages:
+            if s.label == "missing":
+                continue
+            a = acc.setdefault(s.key, {"position": s.position, "inputs": 0, "culprit": 0, "local": 0, "propagated": 0,
+                                       "worst": None, "worst_rel": None})
+            a["inputs"] += 1
+            a["culprit"] += s.label == "culprit"
+            a["local"] += s.label in ("culprit", "also local")
+            a["propagated"] += s.label == "propagated"
+            rel = s.local_rel
+            rel = math.inf if rel is not None and math.isnan(rel) else rel
+            if rel is not None and (a["worst_rel"] is None or rel > a["worst_rel"]):
+                a["worst"], a["worst_rel"] = name, rel
+    return tuple(StageLocalityAcross(k, a["position"], a["inputs"], a["culprit"], a["local"], a["propagated"],
+                                     a["worst"] if a["worst_rel"] else None,  # no local error anywhere: no worst input
+                                     a["worst_rel"]) for k, a in sorted(acc.items(), key=lambda kv: kv[1]["position"]))
