@@ -49,19 +49,22 @@ def localize_cmd(ref, cand, cand_local, compare, outlier, as_json, md_out, bundl
         _localize_sets(ref, cand, cand_local, outlier, as_json, md_out, bundle_dir, compare)
     with bundle_command(bundle_dir, "localize") as rec:
         loc = localize(ref, cand, cand_local, outlier=outlier, **compare)
-        doc = json.dumps(loc.to_dict(), indent=2)
-        md = _markdown(loc)
-        if as_json:
-            click.echo(doc)
-        else:
-            _text(loc, Console(highlight=False, soft_wrap=False))
-        if md_out:
-            with open(md_out, "w", encoding="utf-8") as f:
-                f.write(md)
-        if rec is not None:
-            rec.write("json", doc + "\n")
-            rec.write("md", md)
+        _emit(json.dumps(loc.to_dict(), indent=2), _markdown(loc), lambda console: _text(loc, console), as_json, md_out, rec)
     sys.exit(0 if loc.passed else 1)
+
+
+def _emit(doc: str, md: str, text, as_json: bool, md_out: str | None, rec) -> None:
+    """Print the JSON document or the text (``text(console)``), write the Markdown, record both in the bundle."""
+    if as_json:
+        click.echo(doc)
+    else:
+        text(Console(highlight=False, soft_wrap=False))
+    if md_out:
+        with open(md_out, "w", encoding="utf-8") as f:
+            f.write(md)
+    if rec is not None:
+        rec.write("json", doc + "\n")
+        rec.write("md", md)
 
 
 def _rows(loc):
@@ -107,18 +110,8 @@ def _localize_sets(ref, cand, cand_local, outlier, as_json, md_out, bundle_dir, 
     with bundle_command(bundle_dir, "localize") as rec:
         with progress_bar("localizing inputs") as progress:
             result = localize_sets(ref, cand, cand_local, outlier=outlier, on_input=progress, **compare)
-        doc = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        md = _sets_markdown(result)
-        if as_json:
-            click.echo(doc)
-        else:
-            _sets_text(result, Console(highlight=False, soft_wrap=False))
-        if md_out:
-            with open(md_out, "w", encoding="utf-8") as f:
-                f.write(md)
-        if rec is not None:
-            rec.write("json", doc + "\n")
-            rec.write("md", md)
+        _emit(json.dumps(result.to_dict(), indent=2, allow_nan=False), _sets_markdown(result),
+              lambda console: _sets_text(result, console), as_json, md_out, rec)
     sys.exit(0 if result.passed else 1)
 
 
