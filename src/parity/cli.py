@@ -57,8 +57,21 @@ CAPTURE_BACKENDS: list[click.Command] = [capture_run.run_cmd, capture_hf.hf_cmd,
 @click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="parity")
 def cli() -> None:
-    """Find where two implementations of the same numerical computation stop agreeing."""
+    """Find where two implementations of the same numerical computation stop agreeing.
 
+    \f
+    (click's help text ends at the form feed above.) The click group itself, as tests drive it:
+
+    >>> import json
+    >>> from click.testing import CliRunner
+    >>> r = CliRunner().invoke(cli, ["diff", "ref.trace", "cand.trace", "--json"])
+    >>> r.exit_code, json.loads(r.output)["first_divergence"]
+    (1, 'layers.0.attn_scores')
+    """
+
+
+# cli is a click.Group, not a function, so doctest would skip its example without this entry.
+__test__ = {"cli": cli.callback}
 
 for _backend in CAPTURE_BACKENDS:
     capture.capture.add_command(_backend)
@@ -67,7 +80,14 @@ for _command in COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code (``parity`` console script)."""
+    """Run the CLI and return its exit code (``parity`` console script).
+
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()):  # (the diff table is not shown here)
+    ...     status = main(["diff", "ref.trace", "cand.trace", "--config", "parity.toml"])
+    >>> status, main(["diff", "ref.trace", "missing.trace"])  # 1: divergence; 2: could not compare
+    (1, 2)
+    """
     from .bundle import invocation  # --bundle records the arguments exactly as given
 
     args = list(sys.argv[1:] if argv is None else argv)

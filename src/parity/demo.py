@@ -31,7 +31,12 @@ atol = 1e-6
 
 @dataclass(frozen=True)
 class DemoModel:
-    """Random weights of a 2-layer pre-norm transformer (seeded, so both sides share them)."""
+    """Random weights of a 2-layer pre-norm transformer (seeded, so both sides share them).
+
+    >>> m = DemoModel()
+    >>> m.head_dim, m.weights()["0.wq"].shape, len(m.weights())
+    (8, (32, 32), 19)
+    """
 
     vocab: int = 64
     hidden: int = 32
@@ -99,12 +104,24 @@ def _forward(model: DemoModel, tokens: np.ndarray, dtype, score_scale: float) ->
 
 
 def reference_forward(model: DemoModel, tokens: np.ndarray) -> np.ndarray:
-    """The reference: float64, scores scaled by ``1/sqrt(head_dim)``."""
+    """The reference: float64, scores scaled by ``1/sqrt(head_dim)``.
+
+    >>> with parity.record("mine.trace"):  # each tap() inside is recorded as a stage
+    ...     logits = reference_forward(DemoModel(), np.array([3, 14, 15]))
+    >>> logits.shape, logits.dtype, len(parity.load_trace("mine.trace"))
+    ((3, 64), dtype('float64'), 31)
+    """
     return _forward(model, tokens, np.float64, model.head_dim ** -0.5)
 
 
 def candidate_forward(model: DemoModel, tokens: np.ndarray) -> np.ndarray:
-    """The port under test: float32, with the scale bug (``1/sqrt(hidden)``)."""
+    """The port under test: float32, with the scale bug (``1/sqrt(hidden)``).
+
+    >>> m, tokens = DemoModel(), np.array([3, 14, 15])
+    >>> y = candidate_forward(m, tokens)
+    >>> y.dtype, bool(np.allclose(y, reference_forward(m, tokens), atol=1e-3))
+    (dtype('float32'), False)
+    """
     return _forward(model, tokens, np.float32, model.hidden ** -0.5)
 
 
@@ -117,6 +134,12 @@ def write_demo_traces(directory: str | os.PathLike[str], *, fixed: bool = False)
 
     Returns:
         (reference trace path, candidate trace path, config path).
+
+    >>> ref, cand, config = write_demo_traces("demo")
+    >>> ref, parity.compare_traces(ref, cand, config).first_divergence.key
+    ('demo/ref.trace', 'layers.0.attn_scores')
+    >>> parity.compare_traces(*write_demo_traces("fixed", fixed=True)).passed
+    True
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)

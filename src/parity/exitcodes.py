@@ -30,7 +30,11 @@ OK, DIVERGENCE, ERROR, INTERNAL, INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def for_result(passed: bool) -> int:
-    """:data:`OK` when a comparison (or check) passed, else :data:`DIVERGENCE`."""
+    """:data:`OK` when a comparison (or check) passed, else :data:`DIVERGENCE`.
+
+    >>> for_result(parity.compare_traces("ref.trace", "cand.trace").passed)  # the demo pair diverges
+    1
+    """
     return OK if passed else DIVERGENCE
 
 
@@ -41,6 +45,11 @@ def for_exception(e: BaseException) -> int:
     ``OSError`` or ``sys.exit("message")``; the code itself for ``sys.exit(n)``;
     :data:`INTERRUPTED` for Ctrl-C; :data:`INTERNAL` for anything else (parity's own fault,
     never :data:`DIVERGENCE`).
+
+    >>> for_exception(parity.TraceFormatError("not a trace.", path="x")), for_exception(KeyboardInterrupt())
+    (2, 130)
+    >>> for_exception(SystemExit(0)), for_exception(FileNotFoundError()), for_exception(KeyError("bug"))
+    (0, 2, 3)
     """
     import click
 

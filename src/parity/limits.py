@@ -34,7 +34,11 @@ _DEFAULT_MAX_STAGE_BYTES = 16 * 2**30
 
 
 def max_stage_bytes() -> int:
-    """The largest value parity allocates for one stage (``PARITY_MAX_STAGE_BYTES``, default 16 GiB)."""
+    """The largest value parity allocates for one stage (``PARITY_MAX_STAGE_BYTES``, default 16 GiB).
+
+    >>> max_stage_bytes() == 16 * 2**30  # PARITY_MAX_STAGE_BYTES is not set
+    True
+    """
     raw = os.environ.get("PARITY_MAX_STAGE_BYTES")
     if raw is None or raw == "":
         return _DEFAULT_MAX_STAGE_BYTES
@@ -53,6 +57,13 @@ def check_size(nbytes: object, what: str, *, path: str | os.PathLike[str] | None
     """Return ``nbytes`` when it is a sane size for ``what``; else raise ``error``.
 
     ``available`` (e.g. the bytes left in the file) is an upper bound when given.
+
+    >>> check_size(4096, "stage x", path="a.bin")
+    4096
+    >>> check_size(4096, "stage x", path="a.bin", available=100)
+    Traceback (most recent call last):
+    ...
+    parity.errors.ImportFormatError: a.bin: stage x declares 4096 bytes but only 100 are there; the file is truncated or corrupt.
     """
     limit = max_stage_bytes()
     if type(nbytes) is not int or nbytes < 0 or nbytes > limit:

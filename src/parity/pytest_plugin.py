@@ -31,6 +31,12 @@ from typing import Any
 import pytest
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--parity-update`` and the ini option ``parity_golden_max_bytes`` (default 2 MiB).
+
+    >>> config = getfixture("pytestconfig")  # a pytest run with this plugin loaded
+    >>> config.getoption("--parity-update"), config.getini("parity_golden_max_bytes")
+    (False, '2097152')
+    """
     group = parser.getgroup("parity", "parity golden traces")
     group.addoption("--parity-update", action="store_true", default=False,
                     help="write or refresh golden traces instead of comparing against them.")
@@ -39,6 +45,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Tell :mod:`parity.testing` whether this run writes goldens (``--parity-update``).
+
+    >>> from parity import testing
+    >>> pytest_configure(getfixture("pytestconfig"))  # this run was not given --parity-update
+    >>> testing.SESSION["update"]
+    False
+    """
     import sys
 
     update = bool(config.getoption("--parity-update", default=False))
@@ -49,6 +62,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """Forget the run's ``--parity-update`` (later calls fall back to ``PARITY_UPDATE_GOLDENS``).
+
+    >>> from parity import testing
+    >>> config = getfixture("pytestconfig")
+    >>> pytest_unconfigure(config); testing.SESSION["update"] is None
+    True
+    >>> pytest_configure(config)  # back to this run's setting
+    """
     import sys
 
     testing = sys.modules.get("parity.testing")
@@ -62,6 +83,12 @@ class ParityTrace:
     Attributes:
         path: where the obtained trace is recorded (in the test's temporary directory).
         golden: the default golden (``<test dir>/<module>/<test name>.trace``).
+
+    >>> t = getfixture("parity_trace")
+    >>> with t:
+    ...     _ = parity.tap("y", np.arange(3.0))
+    >>> parity.load_trace(t.path).keys(), os.path.basename(t.path)
+    (['y'], 'obtained.trace')
     """
 
     def __init__(self, request: pytest.FixtureRequest, tmp_path: Any):
@@ -104,11 +131,28 @@ class ParityTrace:
 
 @pytest.fixture
 def parity_trace(request: pytest.FixtureRequest, tmp_path: Any) -> ParityTrace:
-    """Record stages in this test and check them against its golden trace (see :class:`ParityTrace`)."""
+    """Record stages in this test and check them against its golden trace (see :class:`ParityTrace`).
+
+    >>> t = getfixture("parity_trace")  # in a test: def test_forward(parity_trace): ...
+    >>> os.path.relpath(t.golden, os.path.dirname(__file__))
+    'pytest_plugin/parity.pytest_plugin.parity_trace.trace'
+    """
     return ParityTrace(request, tmp_path)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """List the goldens ``--parity-update`` wrote, in a "parity goldens" section.
+
+    >>> from parity import testing
+    >>> class Reporter:
+    ...     def section(self, title): print("==", title, "==")
+    ...     def write_line(self, line): print(line)
+    >>> config = getfixture("pytestconfig")
+    >>> testing.SESSION["updated"].append(testing.GoldenResult("created", str(config.rootpath / "tests/t/f.trace")))
+    >>> pytest_terminal_summary(Reporter(), 0, config)
+    == parity goldens ==
+    created: tests/t/f.trace
+    """
     import sys
 
     testing = sys.modules.get("parity.testing")  # imported only if some test used it

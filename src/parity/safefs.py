@@ -42,6 +42,11 @@ def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
     Fast path: a path written under ``root`` whose components below ``root`` are none of them
     links (one ``lstat`` each) is inside, whatever ``root`` itself resolves to; only paths with a
     link below ``root`` (or ``..``) are resolved in full.
+
+    >>> import os
+    >>> os.symlink("/etc", "out")
+    >>> inside(".", "ref.trace"), inside(".", "../x"), inside(".", "out/passwd")
+    (True, False, False)
     """
     root_s, path_s = os.fspath(root), os.fspath(path)
     rel = os.path.relpath(os.path.abspath(path_s), os.path.abspath(root_s))
@@ -87,14 +92,28 @@ def check_inside(root: str | os.PathLike[str], path: str | os.PathLike[str], *, 
 
 def refuse_symlink(path: str | os.PathLike[str], *, error: type[ParityError] = TraceError,
                    what: str = "directory") -> None:
-    """Raise ``error`` when ``path`` itself is a symbolic link (a writer never writes through one)."""
+    """Raise ``error`` when ``path`` itself is a symbolic link (a writer never writes through one).
+
+    >>> import os
+    >>> os.symlink("ref.trace", "link.trace")
+    >>> refuse_symlink("ref.trace")  # a real directory: nothing happens
+    >>> refuse_symlink("link.trace")
+    Traceback (most recent call last):
+    ...
+    parity.errors.TraceError: link.trace: the directory is a symbolic link (to ref.trace); parity never writes ...
+    """
     if os.path.islink(path):
         raise error(f"the {what} is a symbolic link (to {os.readlink(path)}); parity never writes through "
                     "a symbolic link. Remove it or write somewhere else.", path=path)
 
 
 def temp_name(final: str | os.PathLike[str]) -> str:
-    """A temporary name beside ``final`` that cannot be planted in advance (random suffix)."""
+    """A temporary name beside ``final`` that cannot be planted in advance (random suffix).
+
+    >>> name = temp_name("out/report.html")
+    >>> name.startswith("out/.report.html.") and name.endswith(".tmp"), name != temp_name("out/report.html")
+    (True, True)
+    """
     final = os.fspath(final)
     head, tail = os.path.split(final)
     return os.path.join(head, f".{tail}.{secrets.token_hex(8)}.tmp")
@@ -104,6 +123,14 @@ def open_new(path: str | os.PathLike[str], mode: int = 0o644) -> int:
     """Create ``path`` exclusively (``O_EXCL | O_NOFOLLOW``) for writing and return its descriptor.
 
     Fails with ``FileExistsError`` when anything (a file, a link) is already there.
+
+    >>> import os
+    >>> fd = open_new("new.bin"); os.write(fd, b"abc"); os.close(fd)
+    3
+    >>> open_new("new.bin")
+    Traceback (most recent call last):
+    ...
+    FileExistsError: [Errno 17] File exists: 'new.bin'
     """
     return os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
                    mode)
@@ -114,6 +141,11 @@ def atomic_file(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """Write a file atomically and safely: a fresh unguessable temp name, then a rename over ``final``.
 
     On an exception the temporary file is removed and ``final`` is left as it was.
+
+    >>> with atomic_file("out.txt") as f:
+    ...     _ = f.write(b"all or nothing")
+    >>> open("out.txt", "rb").read()
+    b'all or nothing'
     """
     final = os.fspath(final)
     tmp = temp_name(final)
@@ -151,6 +183,11 @@ def removed_on_error(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 def atomic_write(final: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``final`` through :func:`atomic_file`."""
+    """Write ``data`` to ``final`` through :func:`atomic_file`.
+
+    >>> atomic_write("out.bin", b"v1"); atomic_write("out.bin", b"v2")  # replaces the old file whole
+    >>> open("out.bin", "rb").read()
+    b'v2'
+    """
     with atomic_file(final) as f:
         f.write(data)

@@ -42,12 +42,27 @@ DEFAULT_MAX_GOLDEN_BYTES = 2 << 20
 
 
 class ParityAssertionError(AssertionError):
-    """A recorded trace does not match its golden (an ``AssertionError``: pytest shows the message)."""
+    """A recorded trace does not match its golden (an ``AssertionError``: pytest shows the message).
+
+    >>> _ = assert_parity("ref.trace", "goldens/forward.trace", update=True)
+    >>> try:
+    ...     assert_parity("cand.trace", "goldens/forward.trace", rtol=1e-4)
+    ... except AssertionError as e:
+    ...     print(str(e).splitlines()[0])
+    parity: stage 'layers.0.attn_scores' diverges from the golden goldens/forward.trace (the first of 26 divergent stages, in pipeline order)
+    """
 
 
 @dataclass(frozen=True)
 class GoldenResult:
-    """What :func:`assert_parity` did: ``action`` is ``"passed"``, ``"created"`` or ``"updated"``."""
+    """What :func:`assert_parity` did: ``action`` is ``"passed"``, ``"created"`` or ``"updated"``.
+
+    >>> assert_parity("ref.trace", "goldens/ref.trace", update=True)
+    GoldenResult(action='created', golden='goldens/ref.trace', diff=None)
+    >>> r = assert_parity("ref.trace", "goldens/ref.trace")
+    >>> r.action, r.diff.passed
+    ('passed', True)
+    """
 
     action: str
     golden: str
@@ -173,6 +188,15 @@ def assert_parity(obtained: Any, golden: str | os.PathLike[str], *, update: bool
         ParityAssertionError: the traces differ (the obtained trace is written beside the golden),
             or the golden does not exist and ``update`` is false.
         UsageError: ``obtained`` is not a trace, or the golden would be too large.
+
+    >>> assert_parity("ref.trace", "goldens/ref.trace", update=True).action
+    'created'
+    >>> assert_parity("ref.trace", "goldens/ref.trace").action
+    'passed'
+    >>> assert_parity("cand.trace", "goldens/ref.trace", rtol=1e-4)
+    Traceback (most recent call last):
+    ...
+    parity.testing.ParityAssertionError: parity: stage 'layers.0.attn_scores' diverges from the golden goldens/ref.trace ...
     """
     from .localize.divergence import compare_traces
     from .trace.reader import Trace, load_trace
