@@ -42,7 +42,12 @@ def render_json(diff: TraceDiff, *, indent: int | None = 2) -> str:
 
 
 def diff_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of the ``parity.diff`` document, as a dict."""
+    """The JSON Schema (draft 2020-12) of the ``parity.diff`` document, as a dict.
+
+    >>> schema = diff_schema()
+    >>> schema["$schema"], schema["properties"]["schema"]["const"]
+    ('https://json-schema.org/draft/2020-12/schema', 'parity.diff')
+    """
     text = resources.files(__package__).joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
     return json.loads(text)
 

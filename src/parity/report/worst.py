@@ -36,6 +36,11 @@ class WorstElement:
         cand: the candidate value (float64).
         abs_err: ``|cand - ref|`` (``inf`` when a NaN / Inf appears on one side only).
         rel_err: ``abs_err / |ref|`` (``inf`` when ``ref`` is 0 and the values differ, 0 when equal).
+
+    >>> ref, cand = parity.load_trace("ref.trace"), parity.load_trace("cand.trace")
+    >>> w = worst_elements(ref["layers.0.attn_scores"], cand["layers.0.attn_scores"], k=1)[0]
+    >>> w.index, round(w.ref, 5), round(w.cand, 5), round(w.rel_err, 3)
+    ((1, 0, 5), -3.59065, -1.79533, 0.5)
     """
 
     index: tuple[int, ...]
@@ -59,7 +64,11 @@ def _json_float(x: float) -> float | str:
 
 
 def element_errors(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Per-element ``|c - r|`` of two float64 arrays with the NaN / Inf rules of this module."""
+    """Per-element ``|c - r|`` of two float64 arrays with the NaN / Inf rules of this module.
+
+    >>> element_errors(np.array([1.0, np.nan, np.inf, 0.0]), np.array([1.5, np.nan, np.inf, np.nan]))
+    array([0.5, 0. , 0. , inf])
+    """
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(c - r)
     bad = np.isnan(err)
