@@ -8,78 +8,25 @@ import mmap
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import StageKeyError, StageNotFoundError, TraceFormatError
+from ..errors import StageNotFoundError, TraceFormatError
 from ..safefs import check_inside
 from .jsonsafe import BadNumber, holds_bad_number, load_json
-from .safetensors_header import MAX_INDEX, TensorEntry, is_index, open_regular, read_header
+from .entries import short_repr as _short
+from .entries import stage_from_entry
+from .safetensors_header import TensorEntry, is_index, open_regular, read_header
+from .stage import Stage
+from .storage import is_remote, local_path
 from .checksum import crc32, crc32_hex
-from .dtypes import DTYPES, DType, storage_dtype
-from .keys import validate_key
+from .dtypes import DTYPES, storage_dtype
 from .layout import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
 
 __all__ = ["Stage", "Trace", "load_trace"]
 
 _FILE_RE = re.compile(r"data/[0-9]{6}\.safetensors")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One recorded stage: its metadata, and (via :attr:`Trace.__getitem__`) its values.
-
-    Attributes:
-        key: the stage key, e.g. ``"layers.3.attn_probs"``.
-        kind: ``"tensor"`` or ``"text"``.
-        dtype: safetensors dtype code of the stored values (``"F32"``, ``"BF16"``...); ``None`` for text.
-        shape: the stored shape; ``()`` for scalars and text.
-        axes: optional names of the axes, e.g. ``("seq", "heads", "head_dim")``.
-        units: optional physical units, e.g. ``"angstrom"``.
-        indices: indices such as ``{"layer": 3, "step": 0}``.
-        provenance: where the value came from (source line, module path, log line).
-        occurrence: 0 for the first time a key was recorded, 1 for the second (``key#1``)...
-        position: index in the trace's execution order.
-        file: the data file, relative to the trace directory; ``None`` for text.
-        text: the value of a text stage.
-
-    Example:
-        >>> s = load_trace("ref.trace").stage("layers.0.attn_scores")
-        >>> s.kind, s.dtype, s.shape, s.axes
-        ('tensor', 'F64', (4, 8, 8), ('heads', 'seq', 'seq_k'))
-        >>> s.size, s.nbytes, s.dtype_info.name
-        (256, 2048, 'float64')
-    """
-
-    key: str
-    kind: str
-    dtype: str | None
-    shape: tuple[int, ...]
-    axes: tuple[str, ...] | None = None
-    units: str | None = None
-    indices: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    occurrence: int = 0
-    position: int = 0
-    file: str | None = None
-    text: str | None = None
-
-    @property
-    def dtype_info(self) -> DType | None:
-        """The :class:`~parity.trace.dtypes.DType` of the stored values (``None`` for text)."""
-        return DTYPES[self.dtype] if self.dtype else None
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64)) if self.kind == "tensor" else 0
-
-    @property
-    def nbytes(self) -> int:
-        info = self.dtype_info
-        return self.size * info.itemsize if info else 0
 
 
 class Trace:
@@ -244,12 +191,6 @@ class Trace:
 
 # -- reading and checking the manifest and the journal -----------------------------------------------
 
-def _short(v: object, limit: int = 80) -> str:
-    """``repr(v)``, cut to ``limit`` characters (a hostile field may be megabytes long)."""
-    text = repr(v)
-    return text if len(text) <= limit else text[:limit - 12] + "..." + text[-8:]
-
-
 def _read_file(path: str, what: str) -> bytes:
     """The bytes of a regular file (never blocks on a FIFO, never reads a device)."""
     fd = open_regular(path, what)
@@ -271,6 +212,12 @@ def _read_manifest(path: str, follow_symlinks: bool) -> tuple[dict[str, Any], li
         raw = _read_file(mpath, "manifest")
     except FileNotFoundError as e:
         raise TraceFormatError("has no manifest.json; it is not a parity trace.", path=path) from e
+    return parse_manifest(raw, mpath)
+
+
+def parse_manifest(raw: bytes, mpath: str) -> tuple[dict[str, Any], list[BadNumber]]:
+    """The manifest in ``raw`` (named ``mpath`` in messages), its top-level fields checked; and
+    the non-finite numbers it holds."""
     manifest, bad = load_json(raw, path=mpath, what="manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise TraceFormatError(f'is not a parity trace manifest (expected "format": "{FORMAT_NAME}").', path=mpath)
@@ -360,13 +307,14 @@ def _replay_journal(path: str, manifest: dict[str, Any], follow_symlinks: bool
     origins: list[tuple[str, int]] = []
     deferred: list[tuple[int, BadNumber]] = []
     with os.fdopen(open_regular(jpath, "journal"), "rb") as f:  # read line by line: it may be large
-        _replay_lines(f, jpath, manifest, origins, deferred)
+        replay_journal_lines(f, jpath, manifest, origins, deferred)
     return origins, deferred
 
 
-def _replay_lines(f: Any, jpath: str, manifest: dict[str, Any], origins: list[tuple[str, int]],
+def replay_journal_lines(f: Any, jpath: str, manifest: dict[str, Any], origins: list[tuple[str, int]],
                   deferred: list[tuple[int, BadNumber]]) -> None:
-    """The loop of :func:`_replay_journal` over the lines of the open journal ``f``."""
+    """Fold the lines of the open journal ``f`` (named ``jpath``) into ``manifest``; append the
+    origin of each replayed stage entry to ``origins`` and its non-finite numbers to ``deferred``."""
     stages, files = list(manifest.get("stages", [])), dict(manifest.get("files", {}))
     known = {s.get("key") for s in stages if type(s) is dict}
     for number, line in enumerate(f, 1):
@@ -405,136 +353,20 @@ def _replay_lines(f: Any, jpath: str, manifest: dict[str, Any], origins: list[tu
     manifest.setdefault("incomplete_reason", "capture was interrupted")
 
 
-def _is_scalar(v: object) -> bool:
-    return type(v) in (str, int, float, bool)
-
-
-_NO_DICT: dict[str, Any] = {}
-_NO_SHAPE: list[int] = []
-_SCALARS = (str, int, float, bool)
-
-
-def _stage(raw: object, pos: int, where: str, path: str, headers: dict[str, tuple[dict[str, TensorEntry], int]],
-           seen: set[str]) -> Stage:
-    """Check one stage entry of the manifest (or journal), and make its :class:`Stage`.
-
-    A well-formed tensor entry (nearly all of them: a trace may hold millions) is checked here in
-    one pass; anything else goes to :func:`_checked_stage`, which checks field by field and
-    raises naming the field.
-    """
-    if type(raw) is dict and raw.get("kind", "tensor") == "tensor":
-        key = raw.get("key")
-        rel = raw.get("file")
-        hdr = headers.get(rel) if type(rel) is str else None
-        entry = hdr[0].get(key) if hdr is not None and type(key) is str else None
-        if entry is not None and key not in seen:
-            shape = raw.get("shape", _NO_SHAPE)
-            axes = raw.get("axes")
-            units = raw.get("units")
-            indices = raw.get("indices", _NO_DICT)
-            provenance = raw.get("provenance", _NO_DICT)
-            occurrence = raw.get("occurrence", 0)
-            # entry (the data file's header) is checked: a shape of ints equal to its shape is valid
-            if (raw.get("dtype") == entry.dtype and type(shape) is list and len(shape) == len(entry.shape)
-                    and all(type(n) is int for n in shape) and tuple(shape) == entry.shape
-                    and type(occurrence) is int and 0 <= occurrence <= MAX_INDEX
-                    and (axes is None or (type(axes) is list and len(axes) == len(shape)
-                                          and all(type(a) is str for a in axes)))
-                    and (units is None or type(units) is str)
-                    and type(indices) is dict and (not indices or all(type(v) in _SCALARS for v in indices.values()))
-                    and type(provenance) is dict):
-                try:
-                    validate_key(key)
-                except (StageKeyError, ValueError):
-                    pass  # _checked_stage says so
-                else:
-                    seen.add(key)
-                    return Stage(key=key, kind="tensor", dtype=entry.dtype, shape=entry.shape,
-                                 axes=tuple(axes) if axes is not None else None, units=units, indices=dict(indices),
-                                 provenance=dict(provenance), occurrence=occurrence, position=pos, file=rel)
-    return _checked_stage(raw, pos, where, path, headers, seen)
-
-
-def _field_error(name: str, raw: dict[str, Any], field: str, expected: str, path: str) -> TraceFormatError:
-    return TraceFormatError(f"{name}: {field} must be {expected}, got {_short(raw[field])}.", path=path)
-
-
-def _checked_stage(raw: object, pos: int, where: str, path: str,
-                   headers: dict[str, tuple[dict[str, TensorEntry], int]], seen: set[str]) -> Stage:
-    """Check one stage entry field by field, raising naming the field; make its :class:`Stage`."""
-    if type(raw) is not dict:
-        raise TraceFormatError(f"{where}stage #{pos}: expected a stage entry (an object), got {_short(raw)}.", path=path)
-    key = raw.get("key")
-    if type(key) is not str:
-        raise TraceFormatError(f"{where}stage #{pos}: key must be a string, got {_short(key)}.", path=path)
-    try:
-        validate_key(key)
-    except (StageKeyError, ValueError) as e:
-        raise TraceFormatError(f"{where}stage #{pos}: {e}", path=path) from e
-    name = f"{where}stage {key!r}"
-
-    def bad(field: str, expected: str) -> TraceFormatError:
-        return _field_error(name, raw, field, expected, path)  # type: ignore[arg-type]
-
-    if key in seen:
-        raise TraceFormatError(f"{name} is listed twice.", path=path)
-    seen.add(key)
-    kind = raw.get("kind", "tensor")
-    if kind not in ("tensor", "text"):
-        raise TraceFormatError(f"{name} has unknown kind {_short(kind)}; expected tensor or text.", path=path)
-    axes = raw.get("axes")
-    if axes is not None and (type(axes) is not list or not all(type(a) is str for a in axes)):
-        raise bad("axes", "a list of strings")
-    units = raw.get("units")
-    if units is not None and type(units) is not str:
-        raise bad("units", "a string")
-    indices = raw.get("indices", {})
-    if type(indices) is not dict or not all(_is_scalar(v) for v in indices.values()):
-        raise bad("indices", "an object of strings, numbers and booleans")
-    provenance = raw.get("provenance", {})
-    if type(provenance) is not dict:
-        raise bad("provenance", "an object")
-    occurrence = raw.get("occurrence", 0)
-    if not is_index(occurrence):
-        raise bad("occurrence", "a non-negative integer")
-    common = dict(key=key, kind=kind, axes=tuple(axes) if axes is not None else None, units=units,
-                  indices=dict(indices), provenance=dict(provenance), occurrence=occurrence, position=pos)
-    if kind == "text":
-        if type(raw.get("text")) is not str:
-            raise TraceFormatError(f"{name} is a text stage without text (a string).", path=path)
-        return Stage(dtype=None, shape=(), text=raw["text"], **common)
-    shape = raw.get("shape", [])
-    if type(shape) is not list or not all(is_index(n) for n in shape):
-        raise bad("shape", "a list of non-negative integers")
-    dtype = raw.get("dtype")
-    if type(dtype) is not str or dtype not in DTYPES:
-        raise TraceFormatError(f"{name}: dtype must be one of {', '.join(DTYPES)}, got {_short(dtype)}.", path=path)
-    rel = raw.get("file")
-    if type(rel) is not str:
-        raise TraceFormatError(f"{name}: file must be the name of a data file, got {_short(rel)}.", path=path)
-    if rel not in headers:
-        raise TraceFormatError(f"{name} points at data file {_short(rel)}, which the manifest does not list.", path=path)
-    entry = headers[rel][0].get(key)
-    if entry is None:
-        raise TraceFormatError(f"{name} is not in data file {rel}.", path=path)
-    if dtype != entry.dtype or tuple(shape) != entry.shape:
-        raise TraceFormatError(f"{name}: the entry says {dtype} {tuple(shape)} but {rel} holds {entry.dtype} "
-                               f"{entry.shape}.", path=path)
-    if axes is not None and len(axes) != len(shape):
-        raise TraceFormatError(f"{name}: axes {axes} do not match shape {tuple(shape)}.", path=path)
-    return Stage(dtype=entry.dtype, shape=entry.shape, file=rel, **common)
-
-
-def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -> Trace:
+def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False,
+               storage_options: dict[str, Any] | None = None) -> Trace:
     """Open a trace directory for reading.
 
     Checks the manifest and every data file's header and size (cheap); call
     :meth:`Trace.verify` to also check the checksum (CRC-32) of every data file.
 
     Args:
-        path: the ``NAME.trace`` directory (it may itself be a symbolic link).
+        path: the ``NAME.trace`` directory (it may itself be a symbolic link), a ``file://``
+            URL, or any fsspec URL (``memory://``, ``s3://bucket/ref.trace`` with s3fs...): see
+            :mod:`parity.trace.storage`; a remote trace fetches only the byte ranges it reads.
         follow_symlinks: also read a manifest, journal, ``data/`` folder or data file that is a
             symbolic link to somewhere outside the trace directory (refused by default).
+        storage_options: options for the fsspec filesystem of a URL (endpoint, credentials).
 
     Returns:
         A :class:`Trace`; ``trace.complete`` is False for an interrupted capture.
@@ -553,41 +385,69 @@ def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False) -
         ...
         parity.errors.TraceFormatError: parity.toml: is not a trace directory (a trace is a directory holding manifest.json).
     """
-    path = os.fspath(path)
+    if is_remote(path):
+        from .remote import load_remote_trace
+
+        return load_remote_trace(path, storage_options)
+    path = local_path(path)
     manifest, bad = _read_manifest(path, follow_symlinks)
     origins, deferred = _replay_journal(path, manifest, follow_symlinks)
+    headers = _local_headers(path, manifest, follow_symlinks)
+    return assemble_trace(Trace, path, os.path.join(path, MANIFEST), manifest, bad, origins, deferred, headers)
+
+
+def _local_headers(path: str, manifest: dict[str, Any], follow_symlinks: bool
+                   ) -> dict[str, tuple[dict[str, TensorEntry], int]]:
+    """The safetensors header of every data file the manifest lists, checked against its entry."""
     mpath = os.path.join(path, MANIFEST)
     headers: dict[str, tuple[dict[str, TensorEntry], int]] = {}
     files = manifest.get("files", {})
     if files and os.path.lexists(os.path.join(path, DATA_DIR)):
         check_inside(path, os.path.join(path, DATA_DIR), follow_symlinks=follow_symlinks, what="data directory")
     for rel, info in files.items():
-        _check_file_name(rel, "lists", mpath)
-        _check_file_info(info, f'data file "{rel}"', mpath)
+        check_file_entry(rel, info, mpath)
         full = os.path.join(path, rel)
         if os.path.lexists(full):
             check_inside(path, full, follow_symlinks=follow_symlinks, what="data file")
         entries, _meta, start = read_header(full)
-        size = info.get("bytes")
-        actual = os.path.getsize(full)
-        if size is not None and size != actual:
-            raise TraceFormatError(f"is {actual} bytes long but the manifest says {size}; the file is truncated or was "
-                                   "changed.", path=full)
+        check_file_size(info, os.path.getsize(full), full)
         headers[rel] = (entries, start)
+    return headers
+
+
+def check_file_entry(rel: object, info: object, mpath: str) -> None:
+    """A ``files`` entry of the manifest: its name and its fields."""
+    _check_file_name(rel, "lists", mpath)
+    _check_file_info(info, f'data file "{rel}"', mpath)
+
+
+def check_file_size(info: dict[str, Any], actual: int, full: str) -> None:
+    """The data file ``full`` is ``actual`` bytes long: as long as the manifest says."""
+    size = info.get("bytes")
+    if size is not None and size != actual:
+        raise TraceFormatError(f"is {actual} bytes long but the manifest says {size}; the file is truncated or was "
+                               "changed.", path=full)
+
+
+def assemble_trace(cls: type[Trace], path: str, mpath: str, manifest: dict[str, Any], bad: list[BadNumber],
+                   origins: list[tuple[str, int]], deferred: list[tuple[int, BadNumber]],
+                   headers: dict[str, tuple[dict[str, TensorEntry], int]], **extra: Any) -> Trace:
+    """Check every stage entry against the data files' headers and make the ``cls`` trace
+    (:class:`Trace` locally, a remote one by URL); shared by every way a trace is opened."""
     stages: list[Stage] = []
     seen: set[str] = set()
     raw_stages = manifest.get("stages", [])
     first_replayed = len(raw_stages) - len(origins)
     for pos, raw in enumerate(raw_stages):
         if pos < first_replayed:
-            stages.append(_stage(raw, pos, "", mpath, headers, seen))
+            stages.append(stage_from_entry(raw, pos, "", mpath, headers, seen))
         else:
             jpath, line = origins[pos - first_replayed]
-            stages.append(_stage(raw, pos, f"line {line}: ", jpath, headers, seen))
+            stages.append(stage_from_entry(raw, pos, f"line {line}: ", jpath, headers, seen))
     if deferred:  # non-finite numbers in no field checked above (provenance...)
         line, number = deferred[0]
         raise TraceFormatError(f"line {line}: holds the number {number!r}; a trace holds only finite numbers.",
-                               path=os.path.join(path, JOURNAL))
+                               path=origins[0][0] if origins else os.path.join(path, JOURNAL))
     if bad:  # the same in the manifest (provenance, meta...)
         _refuse_bad_numbers(manifest, mpath, bad)
-    return Trace(path, manifest, stages, headers)
+    return cls(path, manifest, stages, headers, **extra)

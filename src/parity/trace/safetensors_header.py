@@ -20,6 +20,7 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..errors import TraceFormatError
 from .dtypes import DTYPES
 from .jsonsafe import load_json
 
-__all__ = ["TensorEntry", "encode_header", "read_header", "open_regular", "is_index", "MAX_HEADER_BYTES",
+__all__ = ["TensorEntry", "encode_header", "read_header", "parse_header", "open_regular", "is_index", "MAX_HEADER_BYTES",
            "MAX_INDEX", "MAX_NDIM"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -126,18 +127,38 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
         raise TraceFormatError("data file is missing.", path=path) from e
     with os.fdopen(fd, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise TraceFormatError(f"file is {size} bytes long; a safetensors file starts with an 8-byte header length.",
-                                   path=path)
-        (n,) = struct.unpack("<Q", prefix)
-        if n > MAX_HEADER_BYTES or 8 + n > size:
-            raise TraceFormatError(
-                f"header length {n} does not fit in a file of {size} bytes (at most {MAX_HEADER_BYTES} bytes of "
-                "header are read); the file is truncated or not safetensors.",
-                path=path,
-            )
-        raw = f.read(n)
+
+        def read_range(start: int, end: int) -> bytes:
+            f.seek(start)
+            return f.read(end - start)
+
+        return parse_header(read_range, size, os.fspath(path))
+
+
+def parse_header(read_range: Callable[[int, int], bytes], size: int, path: str
+                 ) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
+    """:func:`read_header` over any byte source: ``read_range(start, end)`` returns bytes
+    ``[start, end)`` of a file of ``size`` bytes named ``path`` in messages. Two reads: the
+    8-byte length, then the header; the data buffer is never read (a remote trace fetches
+    these two ranges only).
+
+    >>> data = open("ref.trace/data/000000.safetensors", "rb").read()
+    >>> tensors, meta, start = parse_header(lambda a, b: data[a:b], len(data), "in memory")
+    >>> tensors["embedding"].shape, start == 8 + int.from_bytes(data[:8], "little")
+    ((8, 32), True)
+    """
+    prefix = read_range(0, 8) if size >= 8 else b""
+    if len(prefix) < 8:
+        raise TraceFormatError(f"file is {size} bytes long; a safetensors file starts with an 8-byte header length.",
+                               path=path)
+    (n,) = struct.unpack("<Q", prefix)
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise TraceFormatError(
+            f"header length {n} does not fit in a file of {size} bytes (at most {MAX_HEADER_BYTES} bytes of "
+            "header are read); the file is truncated or not safetensors.",
+            path=path,
+        )
+    raw = read_range(8, 8 + n)
     if len(raw) != n:
         raise TraceFormatError(f"header of {n} bytes is cut short at {len(raw)}; the file changed while it was read.",
                                path=path)

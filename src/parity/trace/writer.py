@@ -44,6 +44,7 @@ from .dtypes import DType
 from .keys import make_key, split_key, validate_key
 from .layout import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION, STAGE_TEXTS, VOLATILE, data_file
 from .packed import PackedShard, PackedStage, _PackedWriting
+from .storage import is_remote, local_path
 
 # re-exported: importers, tests and benchmarks import these from here (homes: _jsontext, datafiles)
 from ._jsontext import _dump_fast, _flat_texts  # noqa: F401
@@ -66,12 +67,28 @@ def environment_summary() -> dict[str, str]:
     }
 
 
+def _remote_staging(url: str) -> str:
+    """A local temporary directory for a trace that will be uploaded to ``url``; refuses early a
+    URL that holds something other than a parity trace."""
+    import tempfile
+
+    from .storage import open_remote
+
+    remote = open_remote(url)
+    if remote.exists() and not remote.exists(MANIFEST) and remote.fs.ls(remote.root):
+        raise TraceError("is a non-empty directory that is not a parity trace; refusing to write into it.", path=url)
+    return tempfile.mkdtemp(prefix="parity-upload-")
+
+
 class TraceWriter(_PackedWriting, _BatchWriting):
     """Write stages, in execution order, into a ``NAME.trace/`` directory.
 
     Args:
         path: the trace directory. An existing parity trace there is replaced; any other existing
-            non-empty directory or file is refused, so nothing of the user's is deleted.
+            non-empty directory or file is refused, so nothing of the user's is deleted. An fsspec
+            URL (``s3://bucket/run/ref.trace``, ``memory://...``) is written to a local temporary
+            directory with the same rules and uploaded on :meth:`close`, the manifest last
+            (:mod:`parity.trace.remote`).
         meta: JSON-serialisable trace-level metadata (e.g. ``{"impl": "reference"}``).
         producer: who produced the trace (default ``"parity.record"``).
         command: the command line that produced the trace, as an argument list.
@@ -112,7 +129,12 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         buffer_bytes: int = 64 * 1024 * 1024,
         volatile: bool = True,
     ):
-        self.path = os.fspath(path)
+        self.url: str | None = None  # where the trace is uploaded on close, when path is a URL
+        self._staging: str | None = None
+        if is_remote(path):
+            self.url, self._staging = str(path), _remote_staging(str(path))
+            path = os.path.join(self._staging, "trace")
+        self.path = local_path(path)
         self._meta = dict(_jsonable(dict(meta or {}), "trace meta"))
         self._producer = producer
         # secret-looking arguments never reach the manifest, whichever producer passed them
@@ -311,6 +333,17 @@ class TraceWriter(_PackedWriting, _BatchWriting):
                            "host": platform.node(), "pid": os.getpid()}),
                 )
             self._closed = True
+            if self.url is not None:
+                self._upload()
+
+    def _upload(self) -> None:
+        """Copy the closed local trace to :attr:`url` (manifest last) and drop the local copy."""
+        from .remote import upload_trace
+
+        try:
+            upload_trace(self.path, self.url, overwrite=True)
+        finally:
+            shutil.rmtree(self._staging, ignore_errors=True)
 
     def update_meta(self, **items: Any) -> None:
         """Add or replace trace-level metadata before :meth:`close` (e.g. facts known only at the end).
