@@ -35,7 +35,11 @@ _MYERS_MAX_D = 1000
 
 def diff_sequences(a: Sequence[int], b: Sequence[int], *, max_d: int = _MYERS_MAX_D) -> list[Opcode]:
     """Opcodes ``(tag, i1, i2, j1, j2)`` turning ``a`` into ``b``; tags ``equal``, ``delete``, ``insert``
-    (a replacement is a ``delete`` followed by an ``insert``), in order, covering both sequences."""
+    (a replacement is a ``delete`` followed by an ``insert``), in order, covering both sequences.
+
+    >>> diff_sequences([1, 2, 3], [1, 4, 3])  # 2 replaced by 4
+    [('equal', 0, 1, 0, 1), ('delete', 1, 2, 1, 1), ('insert', 2, 2, 1, 2), ('equal', 2, 3, 2, 3)]
+    """
     ops: list[Opcode] = []
     _diff(a, 0, len(a), b, 0, len(b), ops, max_d)
     return _merge(ops)

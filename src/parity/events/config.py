@@ -83,6 +83,13 @@ def load_events_config(config: str | os.PathLike[str] | Mapping[str, Any] | Even
 
     Raises:
         ConfigError: the file is missing or not TOML, or ``[events]`` is wrong.
+
+    >>> _ = open("events.toml", "w").write('[events]\\npreset = "ccpa"\\nmin_score = 0.8\\n')
+    >>> c = load_events_config("events.toml")
+    >>> c.preset, c.min_score, c.source
+    ('ccpa', 0.8, 'events.toml')
+    >>> load_events_config(None).min_score is None  # defaults: no score gate
+    True
     """
     if config is None:
         return EventsConfig()

@@ -394,6 +394,13 @@ def session_files(directory: str | os.PathLike[str]) -> dict[str, str]:
 
     Raises:
         UsageError: ``directory`` is not a directory.
+
+    >>> import os
+    >>> os.makedirs("sessions/s2")
+    >>> for p in ("sessions/s1.jsonl", "sessions/s2/ccpa-trace.jsonl", "sessions/notes.txt"):
+    ...     _ = open(p, "w").write('{"v":1,"kind":"session_start"}\\n')
+    >>> session_files("sessions")
+    {'s1': 'sessions/s1.jsonl', 's2': 'sessions/s2/ccpa-trace.jsonl'}
     """
     d = os.fspath(directory)
     if not os.path.isdir(d):

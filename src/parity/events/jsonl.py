@@ -53,6 +53,12 @@ class Event:
         text: the record's exact line (without the line break).
         record: the parsed JSON object.
         key: the stage key it has (or would have) in an event trace.
+
+    >>> e = parse_jsonl(b'{"v":1,"kind":"session_start"}\\n{"v":1,"kind":"user_prompt","turn":1,"text":"hi"}\\n').events[1]
+    >>> e.index, e.kind, e.turn, e.line, e.key
+    (1, 'user_prompt', 1, 2, 'events.0001.user_prompt[turn=1]')
+    >>> e.record["text"]
+    'hi'
     """
 
     index: int
@@ -66,7 +72,12 @@ class Event:
 
 @dataclass(frozen=True)
 class Malformed:
-    """A line that is not a valid record: its number, why, and its text (``None`` if not UTF-8)."""
+    """A line that is not a valid record: its number, why, and its text (``None`` if not UTF-8).
+
+    >>> m = parse_jsonl(b'{"v":1,"kind":"a"}\\nnot json\\n', skip_malformed=True).malformed[0]
+    >>> m.describe(), m.text
+    ('line 2: not valid JSON (Expecting value: line 1 column 1 (char 0))', 'not json')
+    """
 
     line: int
     reason: str
@@ -100,6 +111,10 @@ class EventLog:
         preset: the preset recorded at import time (``None`` if none).
         layout: what the byte-identical export needs besides the records (BOM, blank lines,
             whether the file ended with a newline).
+
+    >>> log = parse_jsonl(b'{"v":1,"kind":"a"}\\n\\n{"v":1,"kind":"b"}', "s.jsonl")
+    >>> log.source, len(log), [e.kind for e in log.events], log.layout
+    ('s.jsonl', 2, ['a', 'b'], {'final_newline': False, 'blank_lines': {'2': ''}})
     """
 
     source: str
@@ -283,7 +298,13 @@ def _read_bytes(path: str) -> bytes:
 
 
 def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) -> EventLog:
-    """Parse a JSONL event log file (plain or gzip). See :func:`parse_jsonl`."""
+    """Parse a JSONL event log file (plain or gzip). See :func:`parse_jsonl`.
+
+    >>> import gzip
+    >>> _ = open("s.jsonl.gz", "wb").write(gzip.compress(b'{"v":1,"kind":"session_start"}\\n'))
+    >>> [e.key for e in read_jsonl("s.jsonl.gz").events]
+    ['events.0000.session_start']
+    """
     path = os.fspath(path)
     data = _read_bytes(path)
     with gc_paused():
@@ -292,7 +313,13 @@ def read_jsonl(path: str | os.PathLike[str], *, skip_malformed: bool = False) ->
 
 @dataclass(frozen=True)
 class ImportSummary:
-    """What :func:`import_events` wrote: the trace, its record count, per-kind counts, malformed lines."""
+    """What :func:`import_events` wrote: the trace, its record count, per-kind counts, malformed lines.
+
+    >>> _ = open("s.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1}\\n{"v":1,"kind":"user_prompt","turn":2}\\n')
+    >>> s = import_events("s.jsonl", "s.trace")
+    >>> s.path, s.events, s.kinds, s.malformed
+    ('s.trace', 2, {'user_prompt': 2}, [])
+    """
 
     path: str
     events: int
@@ -366,6 +393,11 @@ def is_event_trace(trace: str | os.PathLike[str] | Trace) -> bool:
     """Whether ``trace`` (a path or a loaded trace) is an event trace (``meta["parity_events"]``).
 
     A path that is not a readable trace is not an event trace (``False``, no error).
+
+    >>> _ = open("s.jsonl", "w").write('{"v":1,"kind":"session_start"}\\n')
+    >>> _ = import_events("s.jsonl", "s.trace")
+    >>> is_event_trace("s.trace"), is_event_trace("ref.trace"), is_event_trace("s.jsonl")
+    (True, False, False)
     """
     if not isinstance(trace, Trace):
         path = os.fspath(trace)
@@ -403,7 +435,13 @@ def _from_trace(t: Trace) -> EventLog:
 
 
 def load_events(src: str | os.PathLike[str] | Trace | EventLog, *, skip_malformed: bool = False) -> EventLog:
-    """The records of an event trace, or of a JSONL file parsed on the fly."""
+    """The records of an event trace, or of a JSONL file parsed on the fly.
+
+    >>> _ = open("s.jsonl", "w").write('{"v":1,"kind":"session_start"}\\n')
+    >>> _ = import_events("s.jsonl", "s.trace", preset="ccpa")
+    >>> [(log.source, log.preset, len(log)) for log in (load_events("s.jsonl"), load_events("s.trace"))]
+    [('s.jsonl', None, 1), ('s.trace', 'ccpa', 1)]
+    """
     if isinstance(src, EventLog):
         return src
     if isinstance(src, Trace):
@@ -436,7 +474,12 @@ def export_events(trace: str | os.PathLike[str] | Trace, out: str | os.PathLike[
 
 
 def render_jsonl(log: EventLog) -> bytes:
-    """The bytes of the JSONL file ``log`` came from."""
+    """The bytes of the JSONL file ``log`` came from.
+
+    >>> data = b'\\xef\\xbb\\xbf{"v":1,"kind":"a"}\\n\\n{"v":1,"kind":"b"}'  # a BOM, a blank line, no final newline
+    >>> render_jsonl(parse_jsonl(data)) == data
+    True
+    """
     by_line: dict[int, bytes] = {}
     for e in log.events:
         by_line[e.line] = e.text.encode("utf-8")

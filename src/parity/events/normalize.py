@@ -71,7 +71,12 @@ def format_path(path: Sequence[str | int]) -> str:
 
 @dataclass(frozen=True)
 class PathPattern:
-    """A compiled field-path pattern (see the module docstring for the grammar)."""
+    """A compiled field-path pattern (see the module docstring for the grammar).
+
+    >>> p = PathPattern.parse("session_end:tokens_*")
+    >>> p.kind_glob, p.tokens, p.matches("session_end", ("tokens_in",)), p.matches("session_end", ("ts",))
+    ('session_end', ('tokens_*',), True, False)
+    """
 
     text: str
     kind_glob: str | None
@@ -181,6 +186,10 @@ class Rule:
     (``value`` = the group name: ``TOOL`` gives ``<TOOL-1>``...), ``replace`` (``regex`` →
     ``value``), ``unordered`` and ``tolerance``. ``origin`` says where it came from
     (``preset:ccpa`` or the config file).
+
+    >>> rule = RuleSet.from_config({"normalize": {"ignore": ["hook_event:duration_ms"]}}).rules[0]
+    >>> rule.action, rule.pattern.text, rule.describe()
+    ('ignore', 'hook_event:duration_ms', 'ignore hook_event:duration_ms (config)')
     """
 
     action: str
@@ -280,7 +289,13 @@ class RuleSet:
 
 
 class NumberedId:
-    """A numbered id in a normalized record: ``<GROUP-n>``, the n-th distinct value of its group in its log."""
+    """A numbered id in a normalized record: ``<GROUP-n>``, the n-th distinct value of its group in its log.
+
+    >>> n = Normalizer(RuleSet.from_config({"normalize": {"numbered": {"**.tool_use_id": "TOOL"}}}))
+    >>> ids = [n.normalize({"v": 1, "kind": "tool_result", "tool_use_id": t}).value["tool_use_id"] for t in "aba"]
+    >>> ids, ids[1].group, ids[1].n, ids[1].raw
+    ([<TOOL-1>, <TOOL-2>, <TOOL-1>], 'TOOL', 2, 'b')
+    """
 
     __slots__ = ("group", "n", "raw")
 
@@ -294,7 +309,13 @@ class NumberedId:
 
 
 class TolerantNumber:
-    """A number under a tolerance rule in a normalized record (compared after the alignment)."""
+    """A number under a tolerance rule in a normalized record (compared after the alignment).
+
+    >>> n = Normalizer(RuleSet.from_config({"tolerance": {"session_end:elapsed_ms": {"factor": 3.0}}}))
+    >>> t = n.normalize({"v": 1, "kind": "session_end", "elapsed_ms": 1200}).value["elapsed_ms"]
+    >>> t, t.tolerance.check(t.value, 3000)
+    (1200, True)
+    """
 
     __slots__ = ("value", "tolerance")
 
@@ -332,7 +353,11 @@ def unmark(v: Any) -> Any:
 
 
 def canonical(v: Any) -> str:
-    """Canonical JSON of a normalized record: sorted keys, no spaces, numbered ids as ``<GROUP>``."""
+    """Canonical JSON of a normalized record: sorted keys, no spaces, numbered ids as ``<GROUP>``.
+
+    >>> canonical({"kind": "tool_result", "tool_use_id": NumberedId("TOOL", 2, "toolu_b"), "ms": 5})
+    '{"kind":"tool_result","ms":5,"tool_use_id":"<TOOL>"}'
+    """
     return json.dumps(v, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_mask)
 
 
@@ -347,6 +372,13 @@ class Normalized:
             with numbered ids reduced to their group and numbers under a tolerance masked (both
             are checked pair by pair after the alignment).
         marked: whether ``value`` holds markers.
+
+    >>> n = Normalizer(RuleSet.from_config({"normalize": {"placeholders": {"**.ts": "<TS>"}}}))
+    >>> rec = n.normalize({"v": 1, "kind": "user_prompt", "turn": 1, "ts": 17})
+    >>> rec.value, rec.marked
+    ({'v': 1, 'kind': 'user_prompt', 'turn': 1, 'ts': '<TS>'}, False)
+    >>> rec.identity.split("\\x00")  # kind, turn, canonical JSON
+    ['user_prompt', '1', '{"kind":"user_prompt","ts":"<TS>","turn":1,"v":1}']
     """
 
     value: Any

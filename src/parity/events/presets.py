@@ -59,6 +59,13 @@ def preset_rules(name: str | None) -> RuleSet:
 
     Raises:
         ConfigError: no such preset.
+
+    >>> len(preset_rules("ccpa").rules), preset_rules(None).rules
+    (8, [])
+    >>> preset_rules("nope")
+    Traceback (most recent call last):
+    ...
+    parity.errors.ConfigError: unknown events preset 'nope'; known: ccpa.
     """
     if name is None:
         return RuleSet()

@@ -33,7 +33,16 @@ _ACTIVE: contextvars.ContextVar[EventRecorder | None] = contextvars.ContextVar("
 
 
 class EventRecorder:
-    """Adds records to an event trace being written; see :func:`record_events`."""
+    """Adds records to an event trace being written; see :func:`record_events`.
+
+    >>> with record_events("s.trace") as rec:
+    ...     rec.emit("user_prompt", turn=1, text="hi")
+    ...     rec.emit_line('{"v":1,"kind":"session_end","stop_reason":"end_turn"}')
+    'events.0000.user_prompt[turn=1]'
+    'events.0001.session_end'
+    >>> rec.count, rec.kinds
+    (2, {'user_prompt': 1, 'session_end': 1})
+    """
 
     def __init__(self, writer: TraceWriter):
         self.writer = writer
@@ -84,6 +93,13 @@ def record_events(path: str | os.PathLike[str], *, preset: str | None = None, me
 
     Yields:
         The :class:`EventRecorder` (``rec.emit(...)`` works too).
+
+    >>> from parity.events import load_events
+    >>> with record_events("s.trace", preset="ccpa"):
+    ...     _ = emit("session_start", session_id="abc")
+    >>> log = load_events("s.trace")
+    >>> log.preset, log.events[0].text
+    ('ccpa', '{"v":1,"kind":"session_start","session_id":"abc"}')
     """
     if preset is not None:
         from .presets import preset_rules
@@ -104,7 +120,14 @@ def record_events(path: str | os.PathLike[str], *, preset: str | None = None, me
 
 
 def emit(kind: str, *, turn: Any = None, **fields: Any) -> str | None:
-    """Record an event in the active :func:`record_events` (its stage key), or do nothing (``None``)."""
+    """Record an event in the active :func:`record_events` (its stage key), or do nothing (``None``).
+
+    >>> emit("user_prompt", turn=1, text="hi") is None  # no recording: a no-op
+    True
+    >>> with record_events("s.trace"):
+    ...     emit("user_prompt", turn=1, text="hi")
+    'events.0000.user_prompt[turn=1]'
+    """
     rec = _ACTIVE.get()
     if rec is None:
         return None

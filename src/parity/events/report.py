@@ -31,7 +31,15 @@ _KIND_COLS = ("ref", "cand", "equal", "changed", "deleted", "inserted")
 
 
 def verdict_line(d: EventDiff) -> str:
-    """``DIVERGENCE FOUND · score 0.913 (min 0.950) · 12 vs 11 events: 9 equal, 1 changed, 1 deleted, 0 inserted``."""
+    """``DIVERGENCE FOUND · score 0.913 (min 0.950) · 12 vs 11 events: 9 equal, 1 changed, 1 deleted, 0 inserted``.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> verdict_line(compare_events("a.jsonl", "b.jsonl", preset="ccpa"))
+    'DIVERGENCE FOUND · score 0.875 · 2 vs 2 events: 1 equal, 1 changed, 0 deleted, 0 inserted'
+    """
     gate = f" (min {d.min_score:.3f})" if d.min_score is not None else ""
     extra = ""
     if d.passed and d.ops:
@@ -55,7 +63,17 @@ def _record_text(v: Any, limit: int = 2000) -> str:
 # -- terminal ------------------------------------------------------------------------------------------
 
 def render_event_text(diff: EventDiff, console: Console, *, max_ops: int = 20) -> None:
-    """Print ``diff`` on a rich console (every user string as plain text, never as markup)."""
+    """Print ``diff`` on a rich console (every user string as plain text, never as markup).
+
+    >>> import io; from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> console = Console(file=io.StringIO(), width=120, color_system=None)
+    >>> render_event_text(compare_events("a.jsonl", "b.jsonl", preset="ccpa"), console)
+    >>> console.file.getvalue().splitlines()[3:5]
+    ['first divergence: changed #1 assistant_turn turn=1 (line 2) ~ cand #1 assistant_turn turn=1 (line 2), similarity 0.75', '  text: "ls" -> "ls -la"']
+    """
     style = "bold green" if diff.passed else "bold red"
     console.print(Text(f"events: {diff.ref_path}  vs  {diff.cand_path}" + (f"  (preset {diff.preset})" if diff.preset
                                                                           else "")))
@@ -116,12 +134,30 @@ def _print_op_detail(op: EventOp, console: Console) -> None:
 # -- JSON ---------------------------------------------------------------------------------------------
 
 def render_event_json(diff: EventDiff) -> str:
-    """The ``parity.events.diff`` JSON document (see docs/events.md)."""
+    """The ``parity.events.diff`` JSON document (see docs/events.md).
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> doc = json.loads(render_event_json(compare_events("a.jsonl", "b.jsonl", preset="ccpa")))
+    >>> doc["schema"], doc["passed"], doc["score"], doc["counts"]["changed"]
+    ('parity.events.diff', False, 0.875, 1)
+    """
     return json.dumps(diff.to_dict(), ensure_ascii=False, indent=2)
 
 
 def render_event_dirs_json(result: EventDirDiff) -> str:
-    """The ``parity.events.dirs`` JSON document."""
+    """The ``parity.events.dirs`` JSON document.
+
+    >>> from parity.events import compare_event_dirs
+    >>> import os
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> doc = json.loads(render_event_dirs_json(compare_event_dirs("ref", "cand")))
+    >>> doc["schema"], doc["passed"], doc["aggregate"]
+    ('parity.events.dirs', False, {'mean_score': 0.75, 'lowest_score': 0.75, 'fixtures': 1, 'passed': 0})
+    """
     return json.dumps(result.to_dict(), ensure_ascii=False, indent=2)
 
 
@@ -140,7 +176,16 @@ def _fence(lines: list[str], lang: str = "") -> list[str]:
 
 
 def render_event_markdown(diff: EventDiff, *, max_ops: int = 50, heading: int = 1) -> str:
-    """A Markdown report of ``diff``."""
+    """A Markdown report of ``diff``.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> md = render_event_markdown(compare_events("a.jsonl", "b.jsonl", preset="ccpa"))
+    >>> md.splitlines()[0], md.splitlines()[10]
+    ('# Event diff: DIVERGENCE FOUND', '- `text`: "ls" -> "ls -la"')
+    """
     h = "#" * heading
     out = [f"{h} Event diff: {_VERDICT.get(diff.verdict, diff.verdict)}", "",
            f"`{_md(diff.ref_path)}` (reference) vs `{_md(diff.cand_path)}` (candidate)"
@@ -195,7 +240,15 @@ def _md_op_detail(op: EventOp) -> list[str]:
 
 def render_event_dirs_markdown(result: EventDirDiff, *, details: bool = True) -> str:
     """A Markdown report of a directory comparison: per-fixture scores, the aggregate, and each
-    divergent fixture's first divergence."""
+    divergent fixture's first divergence.
+
+    >>> from parity.events import compare_event_dirs
+    >>> import os
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> print(render_event_dirs_markdown(compare_event_dirs("ref", "cand"), details=False).splitlines()[8])
+    | s1 | 0.750 | divergence | 1/1 | changed #0 user_prompt turn=1 (line 1) ~ cand #0 user_prompt turn=1 (line 1), similarity 0.75 |
+    """
     verdict = "PARITY HOLDS" if result.passed else "DIVERGENCE FOUND"
     out = [f"# Sessions: {verdict}", "", f"`{_md(result.ref_dir)}` (fixtures) vs `{_md(result.cand_dir)}` (candidates)", "",
            f"**mean score {result.mean_score:.3f}**, lowest {result.lowest_score:.3f}, "
@@ -296,12 +349,30 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def render_event_html(diff: EventDiff) -> str:
-    """A self-contained HTML page (no scripts, no network) of ``diff``."""
+    """A self-contained HTML page (no scripts, no network) of ``diff``.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> page = render_event_html(compare_events("a.jsonl", "b.jsonl", preset="ccpa"))
+    >>> page.startswith("<!DOCTYPE html>"), "<title>parity events: DIVERGENCE FOUND</title>" in page, "<script" in page
+    (True, True, False)
+    """
     return _page(f"parity events: {_VERDICT.get(diff.verdict, diff.verdict)}", _html_body(diff))
 
 
 def render_event_dirs_html(result: EventDirDiff) -> str:
-    """A self-contained HTML page of a directory comparison."""
+    """A self-contained HTML page of a directory comparison.
+
+    >>> from parity.events import compare_event_dirs
+    >>> import os
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> page = render_event_dirs_html(compare_event_dirs("ref", "cand"))
+    >>> "<title>parity events: sessions</title>" in page, "<td>s1</td><td class=n>0.750</td>" in page
+    (True, True)
+    """
     cls = "pass" if result.passed else "fail"
     body = [f"<h1 class=\"{cls}\">Sessions: {'PARITY HOLDS' if result.passed else 'DIVERGENCE FOUND'}</h1>",
             f"<p><code>{_e(result.ref_dir)}</code> (fixtures) vs <code>{_e(result.cand_dir)}</code> (candidates)</p>",
@@ -323,7 +394,17 @@ def render_event_dirs_html(result: EventDirDiff) -> str:
 
 
 def render_event_dirs_text(result: EventDirDiff, console: Console) -> None:
-    """Print a directory comparison: one row per fixture, then the aggregate."""
+    """Print a directory comparison: one row per fixture, then the aggregate.
+
+    >>> import io; from parity.events import compare_event_dirs
+    >>> import os
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> console = Console(file=io.StringIO(), width=100, color_system=None)
+    >>> render_event_dirs_text(compare_event_dirs("ref", "cand"), console)
+    >>> console.file.getvalue().splitlines()[-1]
+    'DIVERGENCE FOUND · mean score 0.750 · lowest 0.750 · 0/1 fixtures pass'
+    """
     table = Table(pad_edge=False)
     for c, j in (("fixture", "left"), ("score", "right"), ("verdict", "left"), ("events", "right"),
                  ("first divergence", "left")):

@@ -32,6 +32,15 @@ class FieldDiff:
             side lacks the field).
         note: why they differ when not plain inequality (a tolerance, a numbered id).
         text_diff: a unified diff of the two strings (long or multi-line text fields).
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> op = compare_events("a.jsonl", "b.jsonl", preset="ccpa").first_divergence
+    >>> f = op.fields[0]
+    >>> f.path, f.ref, f.cand, f.describe()
+    ('text', 'ls', 'ls -la', 'text: "ls" -> "ls -la"')
     """
 
     path: str
@@ -74,7 +83,16 @@ def _short_json(v: Any, limit: int = 80) -> str:
 @dataclass(frozen=True)
 class EventRef:
     """One event as a report names it: position, stage key, kind, turn, source line, a summary,
-    and (for events shown in detail) the normalized record."""
+    and (for events shown in detail) the normalized record.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> op = compare_events("a.jsonl", "b.jsonl", preset="ccpa").first_divergence
+    >>> op.ref.key, op.ref.summary, op.ref.label()
+    ('events.0001.assistant_turn[turn=1]', '{"text": "ls"}', '#1 assistant_turn turn=1 (line 2)')
+    """
 
     index: int
     key: str
@@ -105,7 +123,16 @@ class EventRef:
 @dataclass(frozen=True)
 class EventOp:
     """A divergent step of the alignment: an edited event (``changed``), or one ``deleted``
-    (reference only) or ``inserted`` (candidate only). ``fields`` is ``None`` past ``max_detail``."""
+    (reference only) or ``inserted`` (candidate only). ``fields`` is ``None`` past ``max_detail``.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> op = compare_events("a.jsonl", "b.jsonl", preset="ccpa").first_divergence
+    >>> op.op, op.kind, op.similarity, op.describe()
+    ('changed', 'assistant_turn', 0.75, 'changed #1 assistant_turn turn=1 (line 2) ~ cand #1 assistant_turn turn=1 (line 2), similarity 0.75')
+    """
 
     op: str
     ref: EventRef | None
@@ -142,7 +169,16 @@ class EventOp:
 
 @dataclass
 class KindCounts:
-    """Events of one kind: on each side, and how they aligned."""
+    """Events of one kind: on each side, and how they aligned.
+
+    >>> from parity.events import compare_events
+    >>> for name, cmd in (("a", "ls"), ("b", "ls -la")):
+    ...     _ = open(name + ".jsonl", "w").write('{"v":1,"kind":"session_start","session_id":"%s"}\\n'
+    ...                                          '{"v":1,"kind":"assistant_turn","turn":1,"text":"%s"}\\n' % (name, cmd))
+    >>> diff = compare_events("a.jsonl", "b.jsonl", preset="ccpa")
+    >>> diff.kinds["assistant_turn"]
+    KindCounts(ref=1, cand=1, equal=0, changed=1, deleted=0, inserted=0)
+    """
 
     ref: int = 0
     cand: int = 0
@@ -283,7 +319,15 @@ class EventDiff:
 
 @dataclass
 class FixtureResult:
-    """One reference session compared with its candidate (matched by name)."""
+    """One reference session compared with its candidate (matched by name).
+
+    >>> import os; from parity.events import compare_event_dirs
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> _ = open("ref/s2.jsonl", "w").write('{"v":1,"kind":"session_start"}\\n')  # no candidate of this name
+    >>> [(f.name, f.score, f.verdict, f.counts.get("changed")) for f in compare_event_dirs("ref", "cand").fixtures]
+    [('s1', 0.75, 'divergence', 1), ('s2', 0.0, 'missing', None)]
+    """
 
     name: str
     ref: str | None
@@ -317,6 +361,14 @@ class EventDirDiff:
         extra: candidate sessions without a reference fixture (listed, not scored).
         mean_score: the mean of the fixtures' scores (the aggregate), ``min``: the lowest.
         min_score, min_mean: the gates in force.
+
+    >>> import os; from parity.events import compare_event_dirs
+    >>> for d, cmd in (("ref", "ls"), ("cand", "ls -la")):
+    ...     os.mkdir(d); _ = open(d + "/s1.jsonl", "w").write('{"v":1,"kind":"user_prompt","turn":1,"text":"%s"}\\n' % cmd)
+    >>> _ = open("ref/s2.jsonl", "w").write('{"v":1,"kind":"session_start"}\\n')  # no candidate of this name
+    >>> res = compare_event_dirs("ref", "cand")
+    >>> res.passed, res.mean_score, res.lowest_score, res.extra
+    (False, 0.375, 0.0, [])
     """
 
     ref_dir: str
