@@ -108,3 +108,31 @@ def test_cli(traces, capsys):
     assert main(["localize", ref, cand, local, "--rtol", "1e-4", "--atol", "1e-5", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["culprit"] == "layers.1.norm" and doc["passes"] == 2
+
+
+def test_cli_html_draws_both_curves_and_marks_the_culprit(traces, tmp_path, capsys):
+    ref, cand, local = traces
+    out = tmp_path / "loc.html"
+    assert main(["localize", ref, cand, local, "--rtol", "1e-4", "--atol", "1e-5", "--html", str(out)]) == 1
+    html = out.read_text(encoding="utf-8")
+    n = len(parity.load_trace(ref))
+    assert html.count("<polyline") == 2 and "layers.1.norm" in html and "culprit" in html
+    points = [p.split('points="', 1)[1].split('"', 1)[0].split() for p in html.split("<polyline")[1:]]
+    assert all(len(pts) == n for pts in points)  # one point per stage on each curve
+
+
+def test_stages_the_replay_could_not_substitute_are_reported(traces, tmp_path, capsys):
+    ref, cand, local = traces
+    noted = str(tmp_path / "noted.trace")
+    t = parity.load_trace(local)
+    with parity.record(noted, meta={"replay": {"reference": ref, "substituted": len(t) - 1,
+                                               "not_substituted": {"layers.2.mm": "fused inside a kernel"}}}):
+        for s in t:
+            parity.tap(s.key, np.array(t[s.key]))
+    loc = localize(ref, cand, noted, **TOL)
+    assert loc.not_substituted == {"layers.2.mm": "fused inside a kernel"}
+    assert loc.stage("layers.2.mm").replay_note == "fused inside a kernel"
+    assert loc.to_dict()["not_substituted"] == {"layers.2.mm": "fused inside a kernel"}
+    assert main(["localize", ref, cand, noted, "--rtol", "1e-4", "--atol", "1e-5"]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 stage(s) could not be substituted" in text and "layers.2.mm: fused inside a kernel" in text

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,10 +47,10 @@ from ..compare.config import CompareConfig
 from ..compare.diff import compare_stages
 from ..compare.floor import relative_rms
 from ..results import StageDiff, TraceDiff, by_key
-from ..trace.reader import Trace
+from ..trace.reader import Trace, load_trace
 from .diagnose import DIAGNOSER
 
-__all__ = ["StageLocality", "Localization", "localize", "DEFAULT_OUTLIER"]
+__all__ = ["StageLocality", "Localization", "localize", "replay_notes", "DEFAULT_OUTLIER"]
 
 #: A local error this many times the median local error of the replayed stages stands out as a bug.
 DEFAULT_OUTLIER = 10.0
@@ -81,13 +81,19 @@ class StageLocality:
     plain_rel: float | None
     local_rel: float | None
     label: str  #: "culprit", "also local", "propagated", "ok", or "missing"
+    #: why the replayed capture could not feed the reference's value on from this stage
+    #: ("not substituted: ..."), so that later stages' local errors include this stage's error
+    replay_note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float | None) -> float | str | None:
             return x if x is None or math.isfinite(x) else str(x)
 
-        return {"key": self.key, "position": self.position, "plain": self.plain_status, "local": self.local_status,
-                "plain_rel_rms": num(self.plain_rel), "local_rel_rms": num(self.local_rel), "label": self.label}
+        d = {"key": self.key, "position": self.position, "plain": self.plain_status, "local": self.local_status,
+             "plain_rel_rms": num(self.plain_rel), "local_rel_rms": num(self.local_rel), "label": self.label}
+        if self.replay_note is not None:
+            d["replay"] = self.replay_note
+        return d
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class Localization:
     outlier: float
     noise: float | None
     passes: int = 2
+    #: stages the replayed capture recorded but could not substitute, with the reason (from the
+    #: capture's replay record: ``parity.torch.capture(..., replay=)``, ``parity capture hf --replay``)
+    not_substituted: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def culprit(self) -> str | None:
@@ -142,7 +151,8 @@ class Localization:
         return {"schema": "parity.localize", "schema_version": 1, "passed": self.passed, "culprit": self.culprit,
                 "plain_first_divergence": self.plain_first, "passes": self.passes, "outlier": self.outlier,
                 "noise_rel_rms": self.noise, "ref": self.plain.ref_path, "cand": self.plain.cand_path,
-                "cand_local": self.local.cand_path, "stages": [s.to_dict() for s in self.stages]}
+                "cand_local": self.local.cand_path, "not_substituted": dict(self.not_substituted),
+                "stages": [s.to_dict() for s in self.stages]}
 
 
 def localize(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,
@@ -167,6 +177,9 @@ def localize(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] |
     ('layers.0.attn_scores', 'also local', 2)
     """
     diagnoser = DIAGNOSER if diagnose else None
+    if not isinstance(cand_local, Trace):
+        cand_local = load_trace(cand_local)
+    notes = replay_notes(cand_local)
     plain = compare_stages(ref, cand, config, diagnoser=diagnoser, noise_floor=noise_floor, **overrides)
     local = compare_stages(ref, cand_local, config, diagnoser=diagnoser, noise_floor=noise_floor, **overrides)
     by_key_local = {s.key: s for s in local.stages}
@@ -191,5 +204,26 @@ def localize(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] |
             label = "propagated"
         else:
             label = "ok"
-        out.append(StageLocality(sd.key, sd.ref.position, sd.status, lsd.status, prel, lrel, label))
-    return Localization(plain, local, tuple(out), outlier, noise, passes)
+        out.append(StageLocality(sd.key, sd.ref.position, sd.status, lsd.status, prel, lrel, label, notes.get(sd.key)))
+    return Localization(plain, local, tuple(out), outlier, noise, passes, notes)
+
+
+def replay_notes(trace: Trace) -> dict[str, str]:
+    """Stage key -> why a replayed capture did not substitute it: each stage's provenance
+    ``replay`` ("not substituted: REASON"), and the trace's ``meta["replay"]["not_substituted"]``
+    (which also names reference stages the capture never produced, e.g. inside a fused kernel).
+    Empty for a capture that substituted everything, or that is not a replay.
+
+    >>> replay_notes(parity.load_trace("cand.trace"))
+    {}
+    """
+    notes: dict[str, str] = {}
+    record = trace.meta.get("replay") if isinstance(trace.meta, dict) else None
+    listed = record.get("not_substituted") if isinstance(record, dict) else None
+    if isinstance(listed, dict):
+        notes.update({str(k): str(v) for k, v in listed.items()})
+    for s in trace:
+        note = s.provenance.get("replay")
+        if isinstance(note, str) and note.startswith("not substituted"):
+            notes[s.key] = note
+    return notes

@@ -28,7 +28,8 @@ from .svg import LogScale, coord, esc, marker
 if TYPE_CHECKING:  # the result type lives in the layer below; nothing is imported from it at run time
     from ..localize.local import Localization, StageLocality
 
-__all__ = ["render_localize_text", "render_localize_markdown", "render_localize_html", "localize_verdict"]
+__all__ = ["render_localize_text", "render_localize_markdown", "render_localize_html", "localize_verdict",
+           "render_localize_set_text", "render_localize_set_markdown"]
 
 _STYLE = {"culprit": "bold red", "also local": "red", "propagated": "yellow", "ok": None, "missing": "magenta"}
 _COLS = ("#", "stage", "plain", "accumulated rel RMS", "replayed", "local rel RMS", "label")
@@ -66,6 +67,11 @@ def localize_verdict(loc: Localization) -> list[str]:
         lines.append("No stage's own computation diverges; the plain divergence is accumulated rounding.")
     else:
         lines.append("PARITY HOLDS: no stage diverges, plain or local.")
+    notes = getattr(loc, "not_substituted", None) or {}
+    if notes:
+        lines.append(f"{len(notes)} stage(s) could not be substituted in the replayed capture, so the stages after "
+                     "them also carry their error:")
+        lines += [f"  {key}: {why}" for key, why in notes.items()]
     return lines
 
 
@@ -240,3 +246,67 @@ def render_localize_html(loc: Localization, *, title: str | None = None) -> str:
     body += _stage_rows(loc.stages)
     body.append("</tbody></table>")
     return html_page("\n".join(body), title=title or f"parity localize: {verdict}", version=loc.plain.tool_version)
+
+
+# -- many inputs ---------------------------------------------------------------------------------
+
+_SET_COLS = ("#", "stage", "inputs", "culprit on", "fails locally on", "only propagated on", "worst input", "worst local rel RMS")
+
+
+def _share(n: int, inputs: int) -> str:
+    return f"{n} ({100 * n / inputs:.0f}%)" if inputs else "0"
+
+
+def _sets_rows(result) -> list[list[str]]:
+    top = result.culprit
+    return [[str(s.position + 1), s.key + ("  ◀ culprit" if s is top else ""), str(s.inputs), _share(s.culprit, s.inputs),
+             _share(s.local, s.inputs), _share(s.propagated, s.inputs), s.worst_input or "-", format_float(s.worst_local_rel)]
+            for s in result.stages]
+
+
+def _sets_verdict(result) -> list[str]:
+    n, bad = len(result.names), result.failing_inputs
+    lines = [f"{sum(r.passes for r in result.results)} forward passes of the candidate over {n} inputs (one plain, one "
+             "replayed each)"]
+    for name, r in zip(result.names, result.results):
+        lines.append(f"{name}: " + (f"culprit {r.culprit}" if r.culprit else
+                                    "parity holds" if r.passed else "no local divergence; the plain one is accumulated rounding"))
+    top = result.culprit
+    if top is not None:
+        lines.append(f"The divergence starts at {top.key} on {top.culprit} of {top.inputs} inputs (its own computation differs).")
+    lines.append("PARITY HOLDS on every input" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {n} inputs")
+    return lines
+
+
+def render_localize_set_text(result, console: Console | None = None) -> None:
+    """Print the per-stage table of a localization over many inputs (``parity localize REF_DIR
+    CAND_DIR CAND_LOCAL_DIR``) and its verdict: per stage, on how many inputs it is the culprit,
+    fails locally, or only propagates, and its worst input.
+
+    Example:
+        >>> import io, os, shutil
+        >>> from parity.localize.sets import localize_sets
+        >>> for d, name in (("R", "ref"), ("C", "cand"), ("L", "cand")):
+        ...     _ = shutil.copytree(name + ".trace", os.path.join(d, "p0.trace"))
+        >>> out = io.StringIO()
+        >>> render_localize_set_text(localize_sets("R", "C", "L"), Console(file=out, width=160))
+        >>> out.getvalue().splitlines()[-1]
+        'DIVERGENCE FOUND on 1 of 1 inputs'
+    """
+    console = console or Console(highlight=False, soft_wrap=False)
+    table = Table(title=f"parity localize over {len(result.names)} inputs", title_justify="left", pad_edge=False)
+    for c in _SET_COLS:
+        table.add_column(c, overflow="fold" if c == "stage" else "ellipsis")
+    for s, row in zip(result.stages, _sets_rows(result)):
+        table.add_row(*row, style="red" if s.local else "yellow" if s.propagated else None)
+    console.print(table)
+    for line in _sets_verdict(result):
+        console.print(line, markup=False)
+
+
+def render_localize_set_markdown(result) -> str:
+    """:func:`render_localize_set_text` as GitHub-flavoured Markdown."""
+    out = [f"# parity localize over {len(result.names)} inputs", "", "| " + " | ".join(_SET_COLS) + " |",
+           "| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+    out += ["| " + " | ".join([r[0], _key_md(r[1]), *r[2:]]) + " |" for r in _sets_rows(result)]
+    return "\n".join(out + [""] + [md_text(line) for line in _sets_verdict(result)]) + "\n"
