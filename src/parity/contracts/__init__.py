@@ -40,6 +40,12 @@ def convert_file(path: str, *, root: str | None = None) -> tuple[Contract, list[
 
     Raises:
         ContractError: the file is not valid YAML or cannot be mapped onto the schema.
+
+    >>> _ = open("l.yaml", "w").write("metadata: {version: 1.0.0, author: x}\\n"
+    ...                               "falsification_tests:\\n- {id: F-1, rule: r, status: FUNCTIONAL}\\n")
+    >>> contract, warnings = convert_file("l.yaml")
+    >>> contract.source_format, contract.claims[0].id, contract.claims[0].status, len(warnings)
+    ('aprender', 'F-1', 'functional', 1)
     """
     result = load_contracts([path], root=root, resolve=False)
     result.raise_errors()

@@ -433,7 +433,16 @@ def _summary(findings: list[Finding]) -> str:
 def check_loaded(loaded: LoadResult, *, root: str = ".", run: bool = False, collect: bool = True,
                  timeout: float = 120.0, use_tree_sitter: bool = True, _warm: WarmPytest | None = None,
                  _t0: float | None = None) -> CheckReport:
-    """Check contracts already read by :func:`~parity.contracts.load_contracts` (errors raised first)."""
+    """Check contracts already read by :func:`~parity.contracts.load_contracts` (errors raised first).
+
+    >>> from parity.contracts import load_contracts
+    >>> _ = open("lib.py", "w").write("def scale(x):\\n    return 2 * x\\n")
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- {id: a, statement: s, status: algorithm,\\n"
+    ...     "   evidence: {code: [lib.py::scale], tests: {commands: ['python -m pytest -q']}}}\\n")
+    >>> r = check_loaded(load_contracts(["c.yaml"]), collect=False)
+    >>> r.passed, r.results[0].verdict, r.results[0].reason
+    (True, 'ok', '1 code verified; 1 command(s) not run (pass --run)')
+    """
     t0 = time.perf_counter() if _t0 is None else _t0
     from concurrent.futures import ThreadPoolExecutor
 

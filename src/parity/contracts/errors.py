@@ -58,4 +58,13 @@ class ContractError(ParityError):
 
 
 class MissingDependencyError(ParityError):
-    """An optional dependency of the contracts feature (PyYAML) is not installed."""
+    """An optional dependency of the contracts feature (PyYAML) is not installed.
+
+    >>> from parity.contracts._yaml import require_yaml
+    >>> require_yaml().__name__  # installed here; without PyYAML this raises MissingDependencyError
+    'yaml'
+    >>> from parity import exitcodes
+    >>> e = MissingDependencyError("parity contract needs PyYAML; install it with pip install PyYAML.")
+    >>> isinstance(e, parity.ParityError), exitcodes.for_exception(e)  # a could-not-compare error
+    (True, 2)
+    """

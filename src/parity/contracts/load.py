@@ -19,7 +19,14 @@ _SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache
 
 @dataclass
 class LoadResult:
-    """Contracts read from files, with every error and warning found (file, line, column)."""
+    """Contracts read from files, with every error and warning found (file, line, column).
+
+    >>> _ = open("good.yaml", "w").write("parity_contract: 1\\nid: good\\nclaims: []\\n")
+    >>> _ = open("bad.yaml", "w").write("parity_contract: 1\\nid: bad\\nclaims: [{id: a, statement: s, status: done}]\\n")
+    >>> r = load_contracts(["good.yaml", "bad.yaml"])
+    >>> r.ok, r.files, [c.id for c in r.contracts], [str(p) for p in r.errors]
+    (False, ['good.yaml', 'bad.yaml'], ['good'], ['bad.yaml:3:40: claims[0].status is "done", expected one of proposed, algorithm, functional, discharged, blocked'])
+    """
 
     contracts: list[Contract] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
@@ -41,6 +48,12 @@ def find_contract_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
     Raises:
         ContractError: a path does not exist, or a directory holds no contract file.
+
+    >>> os.makedirs("contracts/sub")
+    >>> for p in ("contracts/a.yaml", "contracts/sub/b.yml", "contracts/notes.md"):
+    ...     _ = open(p, "w").write("")
+    >>> find_contract_files(["contracts"])
+    ['contracts/a.yaml', 'contracts/sub/b.yml']
     """
     out: list[str] = []
     for p in map(os.fspath, paths):
@@ -68,6 +81,11 @@ def read_tree(path: str, root: str | None = None) -> tuple[Node, str, list[Probl
 
     Raises:
         ContractError: the file is not valid strict YAML.
+
+    >>> _ = open("l.yaml", "w").write("metadata: {version: 1.0.0}\\nfalsification_tests:\\n- {id: F-1, rule: r, status: FUNCTIONAL}\\n")
+    >>> tree, source_format, warnings = read_tree("l.yaml")
+    >>> source_format, tree["claims"].plain(), warnings
+    ('aprender', [{'id': 'F-1', 'statement': 'r', 'status': 'functional', 'falsification': {'rule': 'r'}}], [])
     """
     node = load_yaml(path)
     if is_aprender(node):

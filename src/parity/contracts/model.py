@@ -83,6 +83,13 @@ class CodeRef:
         note: free text.
         origin: where the reference came from when it was not written as one (e.g. an
             aprender ``function_names`` list or prose), for the report.
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: scale\\n  statement: scale doubles x\\n"
+    ...     "  status: algorithm\\n  evidence:\\n    code: [lib.py::scale]\\n    tests: {commands: ['python -m pytest -q']}\\n")
+    >>> code = load_contract("c.yaml").claims[0].evidence.code[0]
+    >>> code.files, code.symbols, code.line, code.to_dict()
+    (('lib.py',), ('scale',), 8, 'lib.py::scale')
     """
 
     files: tuple[str, ...]
@@ -107,7 +114,15 @@ class CodeRef:
 
 @dataclass(frozen=True)
 class Command:
-    """A test command, run only by ``check --run``: split like a shell line, never through a shell."""
+    """A test command, run only by ``check --run``: split like a shell line, never through a shell.
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: scale\\n  statement: scale doubles x\\n"
+    ...     "  status: algorithm\\n  evidence:\\n    code: [lib.py::scale]\\n    tests: {commands: ['python -m pytest -q']}\\n")
+    >>> cmd = load_contract("c.yaml").claims[0].evidence.commands[0]
+    >>> cmd.run, cmd.timeout, cmd.expect_exit
+    ('python -m pytest -q', 120.0, 0)
+    """
 
     run: str
     timeout: float = 120.0
@@ -128,7 +143,14 @@ class Command:
 
 @dataclass(frozen=True)
 class ParityRef:
-    """Traces or a bundle that show the claim in a live run (and, diffed, against an oracle)."""
+    """Traces or a bundle that show the claim in a live run (and, diffed, against an oracle).
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: port\\n  statement: the port matches\\n"
+    ...     "  status: discharged\\n  evidence:\\n    parity: [{ref: ref.trace, cand: cand.trace, rtol: 1.0e-4}]\\n")
+    >>> load_contract("c.yaml").claims[0].evidence.parity[0].to_dict()
+    {'ref': 'ref.trace', 'cand': 'cand.trace', 'rtol': 0.0001}
+    """
 
     ref: str | None = None
     cand: str | None = None
@@ -159,6 +181,16 @@ class ParityRef:
 
 @dataclass(frozen=True)
 class Evidence:
+    """What a claim cites: code symbols, pytest ids and commands, traces or bundles, and notes.
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: scale\\n  statement: scale doubles x\\n"
+    ...     "  status: algorithm\\n  evidence:\\n    code: [lib.py::scale]\\n    tests: {commands: ['python -m pytest -q']}\\n")
+    >>> ev = load_contract("c.yaml").claims[0].evidence
+    >>> len(ev.code), ev.pytest, len(ev.commands), ev.empty
+    (1, (), 1, False)
+    """
+
     code: tuple[CodeRef, ...] = ()
     pytest: tuple[tuple[str, int], ...] = ()
     commands: tuple[Command, ...] = ()
@@ -189,6 +221,16 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Claim:
+    """One claim of a contract: a statement, the status it states, and its evidence.
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: scale\\n  statement: scale doubles x\\n"
+    ...     "  status: algorithm\\n  evidence:\\n    code: [lib.py::scale]\\n    tests: {commands: ['python -m pytest -q']}\\n")
+    >>> claim = load_contract("c.yaml").claim("scale")
+    >>> claim.statement, claim.status, claim.line
+    ('scale doubles x', 'algorithm', 4)
+    """
+
     id: str
     statement: str
     status: str
@@ -218,6 +260,16 @@ class Claim:
 
 @dataclass(frozen=True)
 class Obligation:
+    """A proof obligation of a contract: a property, and the code it ``applies_to`` (checked to exist).
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nobligations:\\n"
+    ...     "- {id: finite, property: output is finite, applies_to: [lib.py::scale]}\\nclaims: []\\n")
+    >>> o = load_contract("c.yaml").obligations[0]
+    >>> o.id, o.property, o.applies_to[0].to_dict()
+    ('finite', 'output is finite', 'lib.py::scale')
+    """
+
     property: str
     type: str | None = None
     id: str | None = None
@@ -241,7 +293,15 @@ class Obligation:
 
 @dataclass(frozen=True)
 class Contract:
-    """One contract file. ``source_format`` is ``"parity"`` or ``"aprender"`` (converted on load)."""
+    """One contract file. ``source_format`` is ``"parity"`` or ``"aprender"`` (converted on load).
+
+    >>> from parity.contracts import load_contract
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- id: scale\\n  statement: scale doubles x\\n"
+    ...     "  status: algorithm\\n  evidence:\\n    code: [lib.py::scale]\\n    tests: {commands: ['python -m pytest -q']}\\n")
+    >>> c = load_contract("c.yaml")
+    >>> c.id, c.path, c.source_format, [claim.id for claim in c.claims]
+    ('demo', 'c.yaml', 'parity', ['scale'])
+    """
 
     path: str
     id: str
@@ -356,6 +416,12 @@ def build_contract(node: Node, path: str, source_format: str = "parity") -> tupl
 
     Returns:
         ``(contract, problems)``; the contract is None when there are problems.
+
+    >>> from parity.contracts._yaml import parse_yaml
+    >>> tree = parse_yaml("parity_contract: 1\\nid: x\\nclaims:\\n- {id: a, statement: s, status: proposed, binds_to: [eq1]}\\n", "c.yaml")
+    >>> contract, problems = build_contract(tree, "c.yaml")
+    >>> contract, [str(p) for p in problems]
+    (None, ["c.yaml:4:54: claim 'a' binds_to 'eq1', which is not an equation of this contract (equations: none)"])
     """
     problems: list[Problem] = []
     equations = []

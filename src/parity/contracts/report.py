@@ -25,7 +25,17 @@ def _headline(report: CheckReport) -> str:
 
 
 def render_check_text(report: CheckReport, console: Console, *, show_all: bool = True) -> None:
-    """Print the table of claim, claimed status, supported status and reason, then the warnings."""
+    """Print the table of claim, claimed status, supported status and reason, then the warnings.
+
+    >>> import io; from parity.contracts import check_loaded, load_contracts
+    >>> _ = open("lib.py", "w").write("def scale(x):\\n    return 2 * x\\n")
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- {id: a, statement: s, status: algorithm,\\n"
+    ...     "   evidence: {code: [lib.py::scale], tests: {commands: ['python -m pytest -q']}}}\\n")
+    >>> console = Console(file=io.StringIO(), width=200, color_system=None)
+    >>> render_check_text(check_loaded(load_contracts(["c.yaml"]), collect=False), console)
+    >>> console.file.getvalue().splitlines()[-1]
+    '1 contract(s), 1 claim(s) checked without --run (commands not run) in ... s: every claim is supported by its evidence (ok 1, understated 0, overstated 0, blocked 0)'
+    """
     table = Table(show_lines=False, pad_edge=False)
     for col in ("contract", "claim", "claimed", "supported", "verdict", "reason"):
         table.add_column(col, overflow="fold", min_width=10 if col == "reason" else None)

@@ -36,6 +36,14 @@ class Finding:
         supports: the level this evidence proves when ok (None for code, a precondition).
         message: a sentence for the report.
         line: where the evidence is cited in the contract file.
+
+    >>> from parity.contracts import check_loaded, load_contracts
+    >>> _ = open("lib.py", "w").write("def scale(x):\\n    return 2 * x\\n")
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- {id: a, statement: s, status: algorithm,\\n"
+    ...     "   evidence: {code: [lib.py::scale], tests: {commands: ['python -m pytest -q']}}}\\n")
+    >>> code, command = check_loaded(load_contracts(["c.yaml"]), collect=False).results[0].findings
+    >>> (code.kind, code.outcome, code.message), (command.outcome, command.supports)
+    (('code', 'ok', 'lib.py:1 defines scale (ast)'), ('unverified', 'algorithm'))
     """
 
     kind: str
@@ -65,6 +73,14 @@ class ClaimResult:
 
     ``verdict`` is ``ok``, ``understated`` (the evidence supports more than stated),
     ``overstated`` (fails the check), ``blocked``, or for obligations ``stale`` (fails).
+
+    >>> from parity.contracts import check_loaded, load_contracts
+    >>> _ = open("lib.py", "w").write("def scale(x):\\n    return 2 * x\\n")
+    >>> _ = open("c.yaml", "w").write("parity_contract: 1\\nid: demo\\nclaims:\\n- {id: a, statement: s, status: algorithm,\\n"
+    ...     "   evidence: {code: [lib.py::scale], tests: {commands: ['python -m pytest -q']}}}\\n")
+    >>> r = check_loaded(load_contracts(["c.yaml"]), collect=False).results[0]
+    >>> r.contract, r.claim, r.claimed, r.supported, r.verdict, r.failed
+    ('demo', 'a', 'algorithm', 'algorithm', 'ok', False)
     """
 
     contract: str

@@ -22,7 +22,12 @@ _TAIL = 2000
 
 @dataclass(frozen=True)
 class CommandResult:
-    """What a command did: its exit status (None when it timed out or could not start)."""
+    """What a command did: its exit status (None when it timed out or could not start).
+
+    >>> r = run_command(".", "no-such-program --flag", timeout=10)
+    >>> r.exit, r.error
+    (None, 'cannot start (No such file or directory)')
+    """
 
     command: str
     exit: int | None
@@ -43,7 +48,12 @@ class CommandResult:
 
 @dataclass(frozen=True)
 class PytestOutcome:
-    """Per cited node id: ``"ok"`` or a reason it does not hold (not collected, failed...)."""
+    """Per cited node id: ``"ok"`` or a reason it does not hold (not collected, failed...).
+
+    >>> out = collect_pytest(".", ["tests/test_gone.py::test_a"])  # a missing file: pytest is not even started
+    >>> out.status, out.invocations
+    ({'tests/test_gone.py::test_a': 'test file tests/test_gone.py does not exist'}, 0)
+    """
 
     status: dict[str, str]
     invocations: int
@@ -91,7 +101,14 @@ sys.exit(pytest.main(args) if args else 0)
 class WarmPytest:
     """A pytest process started early, so that importing pytest and its plugins (often seconds)
     overlaps the reading of the contracts; it runs one ``pytest.main(args)`` once the node ids are
-    known (:meth:`run`), or exits without running anything (:meth:`close`)."""
+    known (:meth:`run`), or exits without running anything (:meth:`close`).
+
+    >>> warm = WarmPytest(".")
+    >>> warm.proc is not None  # pytest is importing in the background
+    True
+    >>> warm.close(); warm.proc is None  # nothing was needed after all: stopped, nothing run
+    True
+    """
 
     def __init__(self, root: str):
         self.root = root
@@ -153,6 +170,9 @@ def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0,
     collected test, a parametrized test without its ``[...]`` part, a class, or the file.
     Files that do not exist are reported without running pytest. ``warm`` (a :class:`WarmPytest`
     started earlier) runs the first batch.
+
+    >>> collect_pytest(".", ["tests/test_gone.py"]).status
+    {'tests/test_gone.py': 'test file tests/test_gone.py does not exist'}
     """
     t0 = time.perf_counter()
     want = sorted(set(ids))
@@ -197,7 +217,13 @@ def collect_pytest(root: str, ids: Iterable[str], *, timeout: float = 120.0,
 
 
 def run_pytest(root: str, ids: Iterable[str], *, timeout: float = 600.0) -> PytestOutcome:
-    """Run the node ids (one ``pytest -rA`` for them all); each must pass (skips do not count)."""
+    """Run the node ids (one ``pytest -rA`` for them all); each must pass (skips do not count).
+
+    >>> import os; os.mkdir("tests")
+    >>> _ = open("tests/test_t.py", "w").write("def test_ok():\\n    pass\\n\\ndef test_bad():\\n    assert 0\\n")
+    >>> run_pytest(".", ["tests/test_t.py::test_ok", "tests/test_t.py::test_bad"]).status
+    {'tests/test_t.py::test_bad': 'failed under --run (1 of 1 not passing)', 'tests/test_t.py::test_ok': 'ok'}
+    """
     t0 = time.perf_counter()
     want = sorted(set(ids))
     status: dict[str, str] = {}
@@ -240,7 +266,12 @@ def argv_of(command: str) -> list[str]:
 
 
 def run_command(root: str, command: str, *, timeout: float, cwd: str | None = None) -> CommandResult:
-    """Run one test command under ``root`` (or ``root/cwd``) with a timeout; never through a shell."""
+    """Run one test command under ``root`` (or ``root/cwd``) with a timeout; never through a shell.
+
+    >>> r = run_command(".", "python -c 'import sys; sys.exit(3)'", timeout=30)
+    >>> r.exit, r.timed_out, r.error
+    (3, False, None)
+    """
     t0 = time.perf_counter()
     try:
         argv = argv_of(command)

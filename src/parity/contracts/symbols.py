@@ -64,7 +64,11 @@ def _ts_parser(lang: str):  # -> tree_sitter.Parser | None
 
 
 def tree_sitter_languages() -> list[str]:
-    """The languages whose tree-sitter grammar is installed (the others use the text rule)."""
+    """The languages whose tree-sitter grammar is installed (the others use the text rule).
+
+    >>> set(tree_sitter_languages()) <= {"rust", "c", "cpp", "go"}  # which ones depends on the install
+    True
+    """
     return [lang for lang in ("rust", "c", "cpp", "go") if _ts_parser(lang) is not None]
 
 
@@ -79,6 +83,10 @@ class FileDefs:
         names: qualified names of the definitions, mapped to their 1-based line.
         error: why the file could not be parsed (then only the text rule was applied), or None.
         text: the file's text (kept only for files of no known language).
+
+    >>> d = parse_definitions("w.py", "class TraceWriter:\\n    def add(self): pass\\n\\ndef f(): pass\\n")
+    >>> d.language, d.method, d.names
+    ('python', 'ast', {'TraceWriter': 1, 'TraceWriter::add': 2, 'f': 4})
     """
 
     path: str
