@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import parity
-from parity.compare import compare_traces
+from parity.compare import compare_stages as compare_traces  # the per-stage engine: no diagnoses in these reports
 from parity.report import render_html
 from parity.report.svg import png as _png
 

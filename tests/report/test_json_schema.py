@@ -9,7 +9,7 @@ import pytest
 
 import parity
 from parity.cli import main
-from parity.compare import compare_traces
+from parity.compare import compare_stages as compare_traces  # the per-stage engine: no diagnoses in these reports
 from parity.compare.diff import TraceDiff
 from parity.errors import UsageError
 from parity.report import diff_schema, render_json, validate_diff_document

@@ -3,7 +3,7 @@
 import numpy as np
 
 import parity
-from parity.compare import compare_traces
+from parity.compare import compare_stages as compare_traces  # the per-stage engine: no diagnoses in these reports
 from parity.report import render_markdown
 
 from .conftest import check_golden, normalise

@@ -6,7 +6,7 @@ import re
 import pytest
 from rich.console import Console
 
-from parity.compare import compare_traces
+from parity.compare import compare_stages as compare_traces  # the per-stage engine: no diagnoses in these reports
 from parity.report import render_text, stage_worst
 
 from .conftest import check_golden, normalise
