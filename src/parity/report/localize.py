@@ -305,7 +305,17 @@ def render_localize_set_text(result, console: Console | None = None) -> None:
 
 
 def render_localize_set_markdown(result) -> str:
-    """:func:`render_localize_set_text` as GitHub-flavoured Markdown."""
+    """:func:`render_localize_set_text` as GitHub-flavoured Markdown.
+
+    Example:
+        >>> import os, shutil
+        >>> from parity.localize.sets import localize_sets
+        >>> for d, name in (("R", "ref"), ("C", "cand"), ("L", "cand")):
+        ...     _ = shutil.copytree(name + ".trace", os.path.join(d, "p0.trace"))
+        >>> md = render_localize_set_markdown(localize_sets("R", "C", "L")).splitlines()
+        >>> md[0], md[9], md[-1]
+        ('# parity localize over 1 inputs', '| 6 | `layers.0.attn_scores  ◀ culprit` | 1 | 1 (100%) | 1 (100%) | 0 (0%) | p0.trace | 0.5 |', 'DIVERGENCE FOUND on 1 of 1 inputs')
+    """
     out = [f"# parity localize over {len(result.names)} inputs", "", "| " + " | ".join(_SET_COLS) + " |",
            "| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     out += ["| " + " | ".join([r[0], _key_md(r[1]), *r[2:]]) + " |" for r in _sets_rows(result)]
