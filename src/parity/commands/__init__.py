@@ -1,1 +1,1 @@
-"""CLI subcommands. Each module defines ``register(group)``; :mod:`parity.cli` finds them."""
+"""CLI subcommands, one module per verb; :data:`parity.cli.COMMANDS` lists them in ``--help`` order."""
