@@ -31,7 +31,17 @@ __all__ = ["parse_ignore", "parse_images", "describe", "show_key", "check_number
 
 
 def parse_ignore(ignore: Any, source: str | None) -> list[str]:
-    """``[ignore] stages = [...]`` (or a bare list) checked: glob patterns."""
+    """``[ignore] stages = [...]`` (or a bare list) checked: glob patterns.
+
+    >>> parse_ignore({"stages": ["timing.*"]}, None), parse_ignore(["timing.*"], None)
+    (['timing.*'], ['timing.*'])
+    >>> try:
+    ...     parse_ignore("timing.*", "parity.toml")
+    ... except parity.ConfigError as e:
+    ...     print(e)
+    parity.toml: [ignore] stages must be a list of glob patterns, e.g. stages = ["timing.*"],
+    not 'timing.*' (a string).
+    """
     if isinstance(ignore, Mapping):
         extra = set(ignore) - {"stages"}
         if extra:
@@ -47,7 +57,11 @@ def parse_ignore(ignore: Any, source: str | None) -> list[str]:
 
 
 def parse_images(data: Any, source: str | None) -> tuple[tuple[str, ...], dict[str, float]]:
-    """``[images] stages = ["detector*"], radius = 2, threshold = 50``: 2-D stages compared as images."""
+    """``[images] stages = ["detector*"], radius = 2, threshold = 50``: 2-D stages compared as images.
+
+    >>> parse_images({"stages": ["detector*"], "radius": 2}, None)
+    (('detector*',), {'radius': 2.0})
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f'[images] must be a table like {{ stages = ["detector*"] }}, not {describe(data)}.', path=source)
     extra = set(data) - {"stages", "radius", "threshold"}
@@ -69,7 +83,11 @@ def parse_images(data: Any, source: str | None) -> tuple[tuple[str, ...], dict[s
 
 
 def describe(value: object) -> str:
-    """A short description of a TOML value for error messages (never a recursive repr)."""
+    """A short description of a TOML value for error messages (never a recursive repr).
+
+    >>> describe("x"), describe(1e-3), describe({"a": 1})
+    ("'x' (a string)", '0.001 (a number)', 'a table')
+    """
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, str):
@@ -86,12 +104,26 @@ def describe(value: object) -> str:
 
 
 def show_key(key: object) -> str:
+    """A config key in double quotes for error messages, cut to 80 characters.
+
+    >>> show_key("layers.0.q_proj"), len(show_key("x" * 200))
+    ('"layers.0.q_proj"', 82)
+    """
     text = str(key)
     return '"' + (text if len(text) <= 80 else text[:77] + "...") + '"'
 
 
 def check_number(where: str, key: str, value: object, source: str | None) -> float:
-    """``value`` as a float when it is a finite number (non-negative for ``rtol`` and ``atol``)."""
+    """``value`` as a float when it is a finite number (non-negative for ``rtol`` and ``atol``).
+
+    >>> check_number("[tolerance]", "rtol", 1, None)
+    1.0
+    >>> try:
+    ...     check_number("[tolerance]", "rtol", -1, "parity.toml")
+    ... except parity.ConfigError as e:
+    ...     print(e)
+    parity.toml: [tolerance]: rtol must be a finite non-negative number, not -1.
+    """
     nonneg = key in ("rtol", "atol")
     wanted = "a finite non-negative number" if nonneg else "a finite number"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -106,7 +138,11 @@ def check_number(where: str, key: str, value: object, source: str | None) -> flo
 
 
 def build_tolerance(overrides: Mapping[str, object], stages: object, source: str | None) -> ToleranceRules:
-    """Check every tolerance field (type, finiteness, sign), then build the rules."""
+    """Check every tolerance field (type, finiteness, sign), then build the rules.
+
+    >>> build_tolerance({"rtol": 1e-4}, {"logits": {"rtol": 1e-2}}, None)
+    ToleranceRules(overrides={'rtol': 0.0001}, stages=(('logits', {'rtol': 0.01}),))
+    """
     for k, v in overrides.items():
         if k in _TOLERANCE_FIELDS:
             check_number("[tolerance]", k, v, source)
@@ -129,7 +165,15 @@ def build_tolerance(overrides: Mapping[str, object], stages: object, source: str
 
 
 def check_aliases(aliases: object, source: str | None) -> dict[str, str]:
-    """``[aliases]`` checked: stage names (dotted segments) on both sides."""
+    """``[aliases]`` checked: stage names (dotted segments) on both sides.
+
+    >>> try:
+    ...     check_aliases({"attn weights": "attn_probs"}, "parity.toml")
+    ... except parity.ConfigError as e:
+    ...     print(e)
+    parity.toml: [aliases] "attn weights": the candidate name "attn weights" is not a stage name
+    (dot-separated segments of letters, digits and _+-:@).
+    """
     if not isinstance(aliases, Mapping):
         raise ConfigError('[aliases] maps candidate names to reference names, e.g. attn_weights = "attn_probs", '
                           f"not {describe(aliases)}.", path=source)
@@ -145,7 +189,11 @@ def check_aliases(aliases: object, source: str | None) -> dict[str, str]:
 
 
 def group_depth(pattern: str) -> int:
-    """The deepest nesting of groups in a regular expression (escapes and [classes] skipped)."""
+    """The deepest nesting of groups in a regular expression (escapes and [classes] skipped).
+
+    >>> group_depth("(a(b|c))[(]"), group_depth(r"\\(x\\)")
+    (2, 0)
+    """
     depth = deepest = 0
     i, n, in_class = 0, len(pattern), False
     while i < n:
@@ -173,7 +221,16 @@ def group_depth(pattern: str) -> int:
 def check_rename(pattern: str, repl: str, source: str | None) -> None:
     """Compile a ``[rename]`` pattern and expand its replacement once on a synthetic match, so
     that a bad group reference (``\\2`` for a pattern with one group, ``\\g<nope>``) or a bad
-    escape fails when the config is loaded, not in the middle of a comparison."""
+    escape fails when the config is loaded, not in the middle of a comparison.
+
+    >>> check_rename(r"^model\\.(.*)$", r"\\1", None)  # valid: returns nothing
+    >>> try:
+    ...     check_rename(r"^model\\.(.*)$", r"\\2", "parity.toml")
+    ... except parity.ConfigError as e:
+    ...     print(e)
+    parity.toml: [rename] "^model\\.(.*)$" = "\\2": the replacement is not valid for this pattern
+    (invalid group reference 2 at position 1); it may refer to \\1 to \\1.
+    """
     entry = f"[rename] {show_key(pattern)}"
     if group_depth(pattern) > MAX_NESTING:
         raise ConfigError(f"{entry} is not a valid regular expression (groups nest deeper than {MAX_NESTING} levels).",
@@ -198,7 +255,11 @@ def check_rename(pattern: str, repl: str, source: str | None) -> None:
 
 
 def check_renames(data: object, source: str | None) -> tuple[tuple[str, str], ...]:
-    """``[rename]`` checked entry by entry (see :func:`check_rename`), then parsed."""
+    """``[rename]`` checked entry by entry (see :func:`check_rename`), then parsed.
+
+    >>> check_renames({r"^model\\.(.*)$": r"\\1"}, None)
+    (('^model\\\\.(.*)$', '\\\\1'),)
+    """
     if isinstance(data, Mapping):
         for pattern, repl in data.items():
             if isinstance(pattern, str) and isinstance(repl, str):
@@ -210,7 +271,17 @@ def check_renames(data: object, source: str | None) -> tuple[tuple[str, str], ..
 
 
 def check_transforms(data: object, source: str | None) -> tuple[StageTransform, ...]:
-    """``[transforms]`` parsed entry by entry, so that an error names its entry."""
+    """``[transforms]`` parsed entry by entry, so that an error names its entry.
+
+    >>> [(t.pattern, t.side) for t in check_transforms({"logits": {"slice": {"seq": -1}}}, None)]
+    [('logits', 'candidate')]
+    >>> try:
+    ...     check_transforms({"logits": {"squash": 1}}, "parity.toml")
+    ... except parity.ConfigError as e:
+    ...     print(e)
+    parity.toml: [transforms] "logits": unknown step(s) ['squash'];
+    expected some of axes, reshape, permute, slice, scale, cast, units, side.
+    """
     if not isinstance(data, Mapping):
         try:
             return parse_transforms(data)  # type: ignore[arg-type]  # raises the shape message
