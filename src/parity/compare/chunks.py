@@ -30,7 +30,12 @@ ULP_NONE, ULP_BITS, ULP_SPACING = 0, 1, 2
 
 
 class Side:
-    """One input array with its stored dtype; hands out 1-d chunks in C order."""
+    """One input array with its stored dtype; hands out 1-d chunks in C order.
+
+    >>> side = Side(np.array([[1.0, 2.5], [4.0, 8.0]], np.float32), None, "cand")
+    >>> side.dtype.name, side.widened(1, 3)
+    ('float32', array([2.5, 4. ]))
+    """
 
     def __init__(self, arr: np.ndarray, d: DType | None, what: str):
         if d is None:
@@ -97,6 +102,10 @@ class Work:
     Every NumPy temporary of a chunk lives here: a fresh large array per operation would cost page
     faults on every chunk (the allocator hands big blocks back to the OS), which dominates the
     NumPy path's time.
+
+    >>> w = Work(1024)
+    >>> len(w.f), w.f[0].shape, w.f[0].dtype
+    (7, (1024,), dtype('float64'))
     """
 
     def __init__(self, n: int):
@@ -125,6 +134,10 @@ def numpy_chunk(r: np.ndarray, c: np.ndarray, rtol: float, atol: float, ulp: tup
     ``r``/``c`` are float64 chunks (they may live in ``w.f[0]``/``w.f[1]``, which are left alone);
     ``rbits``/``cbits`` the raw bit patterns (ULP_BITS only); ``int_ne`` the exact integer
     inequality (64-bit integer stages).
+
+    >>> p = numpy_chunk(np.array([1.0, 2.0, 4.0]), np.array([1.0, 2.5, 4.0]), 0.0, 0.1, (ULP_NONE,), Work(3))
+    >>> p[1], p[9:15]  # one mismatch; abs, rel and excess maxima, all at chunk index 1
+    (1, (0.5, 1, 0.25, 1, 0.4, 1))
     """
     m = r.size
     F = [x[:m] for x in w.f[2:]]
@@ -232,7 +245,16 @@ def chunk_ulp(ulp: tuple, ar: np.ndarray, d: np.ndarray, nonfin: np.ndarray, rbi
 
 
 class Totals:
-    """Chunk partials folded in chunk order."""
+    """Chunk partials folded in chunk order.
+
+    Indices become global (chunk-local index + ``offset``); a tie keeps the earlier chunk's index:
+
+    >>> p = numpy_chunk(np.array([1.0, 2.0]), np.array([1.0, 2.5]), 0.0, 0.1, (ULP_NONE,), Work(2))
+    >>> t = Totals()
+    >>> t.add(p, 0); t.add(p, 2)
+    >>> t.counts[1], t.best[0], t.sums
+    (2, [0.5, 1], [0.5, 10.0, 14.5, 12.0])
+    """
 
     def __init__(self) -> None:
         self.counts = [0] * 8  # both_nan, mismatched, ref_nan, cand_nan, ref_inf, cand_inf, nan_mm, inf_mm
@@ -261,6 +283,13 @@ TINY_SUM = 2.0**-900
 
 
 def sums_need_rescaling(tot: Totals) -> bool:
+    """Whether the float64 sums of ``tot`` overflowed or (nearly) underflowed (see :func:`rescaled_sums`).
+
+    >>> t = Totals()
+    >>> t.add(numpy_chunk(np.array([1e200]), np.array([2e200]), 0.0, 0.0, (ULP_NONE,), Work(1)), 0)
+    >>> t.sums, sums_need_rescaling(t)
+    ([inf, inf, inf, inf], True)
+    """
     s_dd, s_rr, s_cc, s_rc = tot.sums
     if not all(math.isfinite(x) for x in tot.sums):
         return True
@@ -272,6 +301,11 @@ def rescaled_sums(rs: Side, cs: Side, n: int, chunk: int) -> tuple[list[float], 
 
     Only run when the plain float64 sums overflowed or (nearly) underflowed. Two NumPy passes: the
     greatest magnitude among positions finite on both sides, then the scaled sums.
+
+    >>> r, c = Side(np.array([1e200, 2e200]), None, "ref"), Side(np.array([1e200, 3e200]), None, "cand")
+    >>> sums, exp = rescaled_sums(r, c, 2, 1024)
+    >>> exp, [round(x, 4) for x in sums]
+    (666, [0.1067, 0.5334, 1.0667, 0.7467])
     """
     top = 0.0
     for s in range(0, n, chunk):
