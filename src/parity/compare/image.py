@@ -52,6 +52,13 @@ class ImageMetrics:
         mean_offset: mean (slow, fast) offset candidate − reference of matched peaks, in pixels.
         mean_distance: mean distance of matched pairs, in pixels.
         examples: up to 5 ``[row, col]`` of missing and of extra peaks (to look at).
+
+    >>> ref = np.zeros((32, 32)); ref[5, 7] = ref[20, 12] = 10.0
+    >>> cand = ref.copy(); cand[28, 28] = 9.0
+    >>> m = image_metrics(ref, cand)
+    >>> print(m.summary()); m.extra_examples
+    pearson 0.843316 · peaks 2/2 matched within 2 px, 0 missing, 1 extra, mean offset (0, 0) px
+    ((28, 28),)
     """
 
     pearson: float
@@ -104,13 +111,22 @@ def _unnum(x: Any) -> float:
 
 
 def is_image_stage(shape: tuple[int, ...], axes: tuple[str, ...] | None) -> bool:
-    """A 2-D stage whose axes name an image (``("slow", "fast")``...)."""
+    """A 2-D stage whose axes name an image (``("slow", "fast")``...).
+
+    >>> is_image_stage((32, 32), ("slow", "fast")), is_image_stage((32, 32), ("seq", "hidden"))
+    (True, False)
+    """
     return len(shape) == 2 and axes is not None and tuple(a.lower() for a in axes) in IMAGE_AXES
 
 
 def find_peaks(img: np.ndarray, threshold: float, max_peaks: int = DEFAULT_MAX_PEAKS) -> np.ndarray:
     """``(n, 2)`` integer [row, col] of local maxima (>= their 8 neighbours, > ``threshold``),
-    brightest first, at most ``max_peaks``; plateaus give their first pixel in row-major order."""
+    brightest first, at most ``max_peaks``; plateaus give their first pixel in row-major order.
+
+    >>> img = np.zeros((8, 8)); img[2, 3] = 5.0; img[6, 6] = img[6, 7] = 7.0  # a peak and a plateau
+    >>> find_peaks(img, threshold=1.0).tolist()
+    [[6, 6], [2, 3]]
+    """
     a = np.asarray(img, dtype=np.float64)
     if a.ndim != 2 or a.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -172,6 +188,11 @@ def image_metrics(ref: np.ndarray, cand: np.ndarray, *, threshold: float | None 
         threshold: peak threshold for both sides (default from the reference, see the module docstring).
         radius: matching radius in pixels.
         max_peaks: brightest peaks kept per side.
+
+    >>> img = np.zeros((16, 16)); img[4, 4] = 1.0
+    >>> m = image_metrics(img, 2 * img)  # twice as bright: same peaks, correlation 1
+    >>> m.pearson, m.matched, m.missing, m.extra
+    (1.0, 1, 0, 0)
     """
     r = np.asarray(ref, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
@@ -207,6 +228,12 @@ def image_metrics(ref: np.ndarray, cand: np.ndarray, *, threshold: float | None 
 
 
 def image_of(sd: Any) -> ImageMetrics | None:
-    """The :class:`ImageMetrics` a :class:`~parity.StageDiff` carries (``extra["image"]``), if any."""
+    """The :class:`ImageMetrics` a :class:`~parity.StageDiff` carries (``extra["image"]``), if any.
+
+    >>> img = np.zeros((16, 16)); img[4, 4] = 1.0
+    >>> sd = parity.StageDiff("detector", "ok", extra={"image": image_metrics(img, img).to_dict()})
+    >>> image_of(sd).matched, image_of(parity.StageDiff("logits", "ok"))
+    (1, None)
+    """
     d = (sd.extra or {}).get("image") if sd is not None else None
     return ImageMetrics.from_dict(d) if isinstance(d, dict) else None
