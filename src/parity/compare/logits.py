@@ -53,6 +53,13 @@ class LogitsMetrics:
         greedy_ref, greedy_cand: argmax at the last position of each batch row.
         greedy_match: whether the greedy tokens agree for every batch row.
         first_mismatch: first position (C order over the leading axes) whose argmax differs.
+
+    The demo pair's ``logits`` stage (8 positions) keeps its greedy token in the float32 port:
+
+    >>> sd = parity.compare_traces("ref.trace", "cand.trace")["logits"]
+    >>> m = LogitsMetrics.from_dict(sd.extra["logits"])
+    >>> m.positions, m.topk_agreement, m.top1_agreement, m.greedy_match, round(m.kl_max, 4)
+    (8, 0.95, 1.0, True, 0.0318)
     """
 
     k: int
@@ -193,7 +200,11 @@ def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DT
 
 
 def is_logits_key(key: str) -> bool:
-    """Whether a stage key names logits: ``logits``, ``logits[step=3]``, ``decoder.logits#1``..."""
+    """Whether a stage key names logits: ``logits``, ``logits[step=3]``, ``decoder.logits#1``...
+
+    >>> is_logits_key("logits[step=3]"), is_logits_key("decoder.logits#1"), is_logits_key("logits_bias")
+    (True, True, False)
+    """
     try:
         name = split_key(key)[0]
     except Exception:  # noqa: BLE001 - not a valid key: not logits
@@ -203,7 +214,15 @@ def is_logits_key(key: str) -> bool:
 
 def stage_extra(key: str, ref: Any, cand: Any, ref_dtype: DType | None, cand_dtype: DType | None,
                 k: int = DEFAULT_TOP_K) -> dict[str, Any] | None:
-    """The ``StageDiff.extra`` entry for a stage: ``{"logits": {...}}`` for float logits, else ``None``."""
+    """The ``StageDiff.extra`` entry for a stage: ``{"logits": {...}}`` for float logits, else ``None``.
+
+    >>> from parity.trace.dtypes import dtype_of_array
+    >>> x = np.array([[0.0, 1.0, 5.0]]); f64 = dtype_of_array(x)
+    >>> stage_extra("logits", x, x[..., ::-1], f64, f64, k=1)["logits"]["greedy_cand"]
+    [0]
+    >>> stage_extra("hidden", x, x, f64, f64) is None
+    True
+    """
     if not is_logits_key(key) or ref_dtype is None or cand_dtype is None:
         return None
     if not (is_float(ref_dtype) and is_float(cand_dtype)):
@@ -222,6 +241,10 @@ class TokenDivergence:
         step: the step index (``0`` for a stage without a step index).
         key: the logits stage of that step.
         ref_tokens, cand_tokens: the greedy token of each batch row on each side.
+
+    >>> div = TokenDivergence(step=2, key="logits[step=2]", ref_tokens=(7,), cand_tokens=(3,))
+    >>> f"step {div.step}: {list(div.ref_tokens)} vs {list(div.cand_tokens)}"
+    'step 2: [7] vs [3]'
     """
 
     step: int
@@ -298,7 +321,13 @@ def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TO
 
 
 def describe_logits(diff: Any) -> list[str]:
-    """Plain-text lines summarising the logits stages of a diff (used by the text report)."""
+    """Plain-text lines summarising the logits stages of a diff (used by the text report).
+
+    >>> for line in describe_logits(parity.compare_traces("ref.trace", "cand.trace")):
+    ...     print(line)
+    Logits (1 stage(s)): top-5 agreement min 0.95 (logits) · KL max 0.0318 nats (logits)
+      greedy tokens agree at every compared step.
+    """
     rows = []
     for sd in getattr(diff, "stages", ()):
         lg = (getattr(sd, "extra", None) or {}).get("logits")
