@@ -57,7 +57,13 @@ def relative_rms(sqnr_db: float) -> float | None:
 
 @dataclass(frozen=True)
 class StageFloor:
-    """The rounding-only error of one stage: relative RMS, absolute RMS and max abs error."""
+    """The rounding-only error of one stage: relative RMS, absolute RMS and max abs error.
+
+    >>> StageFloor(rel_rms=1e-3, rms=2e-4, max_abs=5e-4).to_dict()
+    {'rel_rms': 0.001, 'rms': 0.0002, 'max_abs': 0.0005}
+    >>> StageFloor(rel_rms=None, rms=0.0, max_abs=0.0).to_dict()  # an all-zero stage: no relative RMS
+    {'rms': 0.0, 'max_abs': 0.0}
+    """
 
     rel_rms: float | None
     rms: float
@@ -72,7 +78,18 @@ class StageFloor:
 
 @dataclass(frozen=True)
 class NoiseFloor:
-    """Per-stage floors and the margin allowed over them (see the module docstring)."""
+    """Per-stage floors and the margin allowed over them (see the module docstring).
+
+    >>> floor = NoiseFloor({"logits": StageFloor(rel_rms=1e-2, rms=1e-3, max_abs=4e-3)}, pairs=2)
+    >>> print(floor.to_toml())
+    [noise_floor]
+    margin = 3.0
+    pairs = 2
+    <BLANKLINE>
+    [noise_floor.stages]
+    "logits" = { rel_rms = 0.01, rms = 0.001, max_abs = 0.004 }
+    <BLANKLINE>
+    """
 
     stages: dict[str, StageFloor] = field(default_factory=dict)
     margin: float = DEFAULT_MARGIN
@@ -127,6 +144,13 @@ def load_noise_floor(path: str | os.PathLike[str]) -> NoiseFloor:
 
     Raises:
         ConfigError: the file is missing, not TOML, or a field is wrong (named).
+
+    >>> with open("floor.toml", "w") as f:
+    ...     _ = f.write('[noise_floor]\\nmargin = 2.0\\n[noise_floor.stages]\\n'
+    ...                 '"logits" = { rel_rms = 0.01, rms = 0.001, max_abs = 0.004 }\\n')
+    >>> floor = load_noise_floor("floor.toml")
+    >>> floor.margin, floor.get("logits")
+    (2.0, StageFloor(rel_rms=0.01, rms=0.001, max_abs=0.004))
     """
     path = os.fspath(path)
     try:
@@ -166,7 +190,13 @@ def load_noise_floor(path: str | os.PathLike[str]) -> NoiseFloor:
 
 
 def floor_ratio(sd: Any) -> float | None:
-    """How many times its noise floor a :class:`~parity.StageDiff`'s error is (``None``: no floor)."""
+    """How many times its noise floor a :class:`~parity.StageDiff`'s error is (``None``: no floor).
+
+    >>> floor = NoiseFloor({"logits": StageFloor(rel_rms=1e-2, rms=1e-3, max_abs=4e-3)})
+    >>> diff = parity.compare_traces("ref.trace", "cand.trace", noise_floor=floor)
+    >>> round(floor_ratio(diff["logits"]), 2), diff["logits"].status, floor_ratio(diff["embedding"])
+    (13.26, 'fail', None)
+    """
     info = (sd.extra or {}).get("noise_floor") if sd is not None else None
     if not isinstance(info, dict):
         return None
