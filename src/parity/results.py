@@ -323,7 +323,14 @@ class Diagnosis:
 
 @dataclass(frozen=True)
 class SideInfo:
-    """What one side stored for a stage."""
+    """What one side stored for a stage.
+
+    >>> sd = parity.compare_traces("ref.trace", "cand.trace")["layers.0.q_proj"]
+    >>> sd.ref.dtype, sd.cand.dtype, sd.cand.shape, sd.cand.axes
+    ('F64', 'F32', (8, 32), ('seq', 'hidden'))
+    >>> SideInfo.from_dict(sd.cand.to_dict()) == sd.cand
+    True
+    """
 
     key: str
     dtype: str | None
