@@ -288,7 +288,15 @@ class StageLocalityAcross:
 class LocalizationSet:
     """:func:`localize_sets`: one :class:`~parity.localize.local.Localization` per input, and per
     stage how often it is the culprit, fails locally, or only propagates. Truthy when parity holds
-    on every input."""
+    on every input.
+
+    >>> import os, shutil
+    >>> for d, src in (("r", "ref.trace"), ("c", "cand.trace"), ("l", "cand.trace")):
+    ...     os.mkdir(d); _ = shutil.copytree(src, f"{d}/in0")
+    >>> s = localize_sets("r", "c", "l", "parity.toml")
+    >>> bool(s), s.names, s.failing_inputs, s.to_dict()["culprit"]
+    (False, ('in0',), ['in0'], 'layers.0.attn_scores')
+    """
 
     names: tuple[str, ...]
     results: tuple[Localization, ...]
