@@ -47,6 +47,11 @@ class Arena:
         used: bytes claimed so far.
         stages: what the user of the arena recorded about each claim (e.g. ``PackedStage``).
         pending: work to finish before the arena is written (e.g. device copies in flight).
+
+    >>> arena = Arena(5000)  # rounded up to whole pages
+    >>> arena.capacity, arena.array.ctypes.data % 4096, arena.claim(4096), arena.claim(8, 4), arena.used
+    (8192, 0, 0, 4096, 4104)
+    >>> arena.close()
     """
 
     __slots__ = ("capacity", "limit", "array", "used", "stages", "pending", "_map")
@@ -109,6 +114,12 @@ class ArenaPool:
     Args:
         arena_bytes: capacity of an ordinary arena (= the size of the data files written).
         max_bytes: bound on the bytes of all arenas of this pool.
+
+    >>> pool = ArenaPool(arena_bytes=1 << 20, max_bytes=4 << 20)
+    >>> big, small = pool.get(3 << 20), pool.get(100)  # a value larger than arena_bytes gets its own arena
+    >>> big.capacity, small.capacity
+    (3145728, 1048576)
+    >>> pool.put(big); pool.put(small); pool.close()
     """
 
     def __init__(self, arena_bytes: int, max_bytes: int):
@@ -189,7 +200,14 @@ def _keep_spare(arenas: list[Arena]) -> None:
 
 
 def release_spare() -> int:
-    """Free the arenas kept from finished captures; return how many bytes were released."""
+    """Free the arenas kept from finished captures; return how many bytes were released.
+
+    >>> _ = release_spare()  # start with no spare arenas
+    >>> pool = ArenaPool(arena_bytes=1 << 20, max_bytes=4 << 20)
+    >>> pool.put(pool.get(10)); pool.close()  # the closed pool's arena is kept as a spare
+    >>> release_spare(), release_spare()
+    (1048576, 0)
+    """
     with _spare_lock:
         arenas = list(_spare)
         _spare.clear()
