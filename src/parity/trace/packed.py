@@ -61,7 +61,16 @@ class PackedStage(NamedTuple):
 
 class PackedShard(NamedTuple):
     """A data file prepared by :meth:`TraceWriter.pack`, to be written by :meth:`TraceWriter.write_packed`
-    (see the example there)."""
+    (see the example there).
+
+    >>> from parity.trace import TraceWriter
+    >>> data = np.arange(4, dtype=np.float32).view(np.uint8)
+    >>> with TraceWriter("p.trace") as w:
+    ...     shard = w.pack([PackedStage("a", "F32", (2,), 0, 8), PackedStage("b", "F32", (2,), 8, 8)], data)
+    ...     w.write_packed(shard)
+    >>> shard.rel, shard.keys, shard.size, parity.load_trace("p.trace")["b"]
+    ('data/000000.safetensors', ['a', 'b'], 16, array([2., 3.], dtype=float32))
+    """
 
     seq: int
     rel: str
