@@ -47,6 +47,17 @@ def stage_from_entry(raw: object, pos: int, where: str, path: str, headers: dict
     A well-formed tensor entry (nearly all of them: a trace may hold millions) is checked here in
     one pass; anything else goes to :func:`_checked_stage`, which checks field by field and
     raises naming the field.
+
+    >>> from parity.trace.safetensors_header import TensorEntry
+    >>> headers = {"data/000000.safetensors": ({"x": TensorEntry("x", "F32", (2, 3), 0, 24)}, 4096)}
+    >>> raw, seen = {"key": "x", "dtype": "F32", "shape": [2, 3], "file": "data/000000.safetensors"}, set()
+    >>> stage_from_entry(raw, 0, "", "a.trace/manifest.json", headers, seen).shape
+    (2, 3)
+    >>> try:
+    ...     stage_from_entry(raw, 1, "", "a.trace/manifest.json", headers, seen)
+    ... except parity.TraceFormatError as e:
+    ...     print(e)
+    a.trace/manifest.json: stage 'x' is listed twice.
     """
     if type(raw) is dict and raw.get("kind", "tensor") == "tensor":
         key = raw.get("key")

@@ -21,5 +21,9 @@ DATA_DIR = "data"
 
 
 def data_file(n: int) -> str:
-    """The path, relative to the trace directory, of data file number ``n``."""
+    """The path, relative to the trace directory, of data file number ``n``.
+
+    >>> data_file(0), data_file(1234567)
+    ('data/000000.safetensors', 'data/1234567.safetensors')
+    """
     return f"{DATA_DIR}/{n:06d}.safetensors"
