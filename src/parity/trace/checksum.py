@@ -36,7 +36,14 @@ _POLY = 0xEDB88320  # the bit-reflected CRC-32 polynomial
 
 class ByteRangeError(UsageError, ValueError):
     """The bytes asked for do not fit the buffers given (a copy into a buffer of another size, a
-    range outside it, a negative length). Also a ``ValueError``, as the C module raises."""
+    range outside it, a negative length). Also a ``ValueError``, as the C module raises.
+
+    >>> try:
+    ...     copy_crc32_at(np.zeros(4, np.uint8), 2, 0, 8)
+    ... except ByteRangeError as e:
+    ...     print(isinstance(e, ValueError), e)
+    True copy_crc32_at: bytes [2, 2 + 8) are outside dst of 4 bytes.
+    """
 
 
 def implementation() -> str:

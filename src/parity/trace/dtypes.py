@@ -20,7 +20,14 @@ __all__ = ["DType", "DTYPES", "UnsupportedDTypeError", "dtype_of_array", "storag
 class UnsupportedDTypeError(UsageError, TypeError):
     """A value's dtype cannot be stored in a trace (complex, object, strings), or widened here (a
     float8 stage without the ``ml_dtypes`` package). Also a ``TypeError``, as NumPy raises for a
-    dtype it cannot use."""
+    dtype it cannot use.
+
+    >>> try:
+    ...     dtype_of_array(np.zeros(2, np.complex128))
+    ... except UnsupportedDTypeError as e:
+    ...     print(isinstance(e, TypeError), str(e).split(";")[0])
+    True dtype complex128 cannot be stored
+    """
 
 
 @dataclass(frozen=True)
