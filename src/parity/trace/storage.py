@@ -42,7 +42,11 @@ _NO_RENAME = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2
 
 
 def is_remote(path: str | os.PathLike[str]) -> bool:
-    """True for a URL that fsspec must open (any scheme but ``file``)."""
+    """True for a URL that fsspec must open (any scheme but ``file``).
+
+    >>> is_remote("memory://runs/ref.trace"), is_remote("FILE:///tmp/ref.trace"), is_remote("C:/runs/ref.trace")
+    (True, False, False)
+    """
     if not isinstance(path, str):
         return False
     m = _SCHEME.match(path)
@@ -50,7 +54,11 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
 
 
 def local_path(path: str | os.PathLike[str]) -> str:
-    """The local filesystem path of a plain path or a ``file://`` URL."""
+    """The local filesystem path of a plain path or a ``file://`` URL.
+
+    >>> local_path("file:///tmp/ref.trace"), local_path("runs/ref.trace"), local_path("file://")
+    ('/tmp/ref.trace', 'runs/ref.trace', '/')
+    """
     path = os.fspath(path)
     if path.lower().startswith("file://"):
         return path[len("file://"):] or "/"
@@ -165,7 +173,17 @@ class RemoteDir:
 
 
 def open_remote(url: str, storage_options: Mapping[str, Any] | None = None) -> RemoteDir:
-    """The :class:`RemoteDir` at ``url`` (``memory://runs/ref.trace``, ``s3://bucket/ref.trace``)."""
+    """The :class:`RemoteDir` at ``url`` (``memory://runs/ref.trace``, ``s3://bucket/ref.trace``).
+
+    >>> d = open_remote("memory://doc/open_remote.trace")
+    >>> d, d.can_rename, d.label("manifest.json")
+    (<RemoteDir 'memory://doc/open_remote.trace'>, True, 'memory://doc/open_remote.trace/manifest.json')
+    >>> try:
+    ...     open_remote("ref.trace")
+    ... except parity.UsageError as e:
+    ...     print(e)
+    ref.trace: not a URL (a local path is read directly).
+    """
     if not is_remote(url):
         raise UsageError(f"{url}: not a URL (a local path is read directly).")
     return RemoteDir(url, storage_options)
