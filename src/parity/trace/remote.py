@@ -41,6 +41,10 @@ class RemoteTrace(Trace):
 
     Stage values are fetched on demand, one ranged read per stage (nothing is cached: the
     comparison streams stage by stage), as read-only arrays.
+
+    >>> t = load_remote_trace(upload_trace("cand.trace", "memory://doc/RemoteTrace/cand.trace", overwrite=True))
+    >>> t.name, t.verify(), t["logits"].dtype, t["logits"].flags.writeable
+    ('cand.trace', [], dtype('float32'), False)
     """
 
     def __init__(self, path: str, manifest: dict[str, Any], stages: list[Stage],
@@ -91,6 +95,14 @@ def load_remote_trace(url: str, storage_options: Mapping[str, Any] | None = None
     Raises:
         TraceFormatError: no trace there, or a file is corrupt, truncated or foreign (naming its URL).
         UsageError: fsspec, or the filesystem package for the URL's scheme, is not installed.
+
+    >>> load_remote_trace(upload_trace("ref.trace", "memory://doc/load_remote/ref.trace", overwrite=True))
+    <Trace 'memory://doc/load_remote/ref.trace': 31 stages, complete>
+    >>> try:
+    ...     load_remote_trace("memory://doc/load_remote/none.trace")
+    ... except parity.TraceFormatError as e:
+    ...     print(e)
+    memory://doc/load_remote/none.trace: no such trace.
     """
     remote = open_remote(url, storage_options)
     mpath = remote.label(MANIFEST)
@@ -127,6 +139,13 @@ def upload_trace(local: str | os.PathLike[str], url: str, storage_options: Mappi
     Raises:
         UsageError: ``url`` already holds a trace (pass ``overwrite=True`` to replace it).
         TraceFormatError: ``local`` is not a trace, or a file cannot be written.
+
+    >>> url = upload_trace("ref.trace", "memory://doc/upload/ref.trace", overwrite=True)
+    >>> try:
+    ...     upload_trace("cand.trace", url)
+    ... except parity.UsageError as e:
+    ...     print(e)
+    memory://doc/upload/ref.trace: a trace is already there; remove it first (or overwrite=True).
     """
     local = os.fspath(local)
     if not os.path.isfile(os.path.join(local, MANIFEST)):
