@@ -316,6 +316,17 @@ def align_graph(graph: Any, values: Mapping[str, np.ndarray], preset: Preset) ->
 
     Returns:
         Canonical stage key (``layers.3.attn_probs``, ``embedding``) → (ONNX value name, spec).
+
+    >>> from onnx import TensorProto, helper
+    >>> from parity.capture.presets import Preset, StageSpec
+    >>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="/layers.0/act/Relu"),
+    ...                        helper.make_node("Neg", ["r"], ["y"], name="/layers.0/out/Neg")], "g", [],
+    ...                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    >>> mini = Preset("mini", ("mini",), "layers", (StageSpec("ffn_act", "output", "act", ("x",)),
+    ...                                              StageSpec("ffn_residual", "output", "", ("x",))), ())
+    >>> values = {"r": np.zeros(3, np.float32), "y": np.zeros(3, np.float32)}  # dtypes decide what is float
+    >>> {key: name for key, (name, _) in align_graph(g, values, mini).items()}
+    {'layers.0.ffn_act': 'r', 'layers.0.ffn_residual': 'y'}
     """
     g = graph if isinstance(graph, _Graph) else _Graph(graph)
     layers = _layer_prefixes(g, preset)
