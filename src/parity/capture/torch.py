@@ -41,6 +41,7 @@ from .torch_hf import attn_implementation as current_attn_implementation
 from .torch_hf import install_preset, set_attn_implementation, version
 from .torch_hooks import Session, install_modules, parse_layers, parse_steps
 from .torch_replay import TorchReplay
+from .torch_shard import ShardedSink, ShardPlan
 from .torch_sink import DEFAULT_BUFFER_BYTES, DEFAULT_QUEUE_BYTES, PackedSink
 
 __all__ = ["capture", "Capture", "parse_layers", "parse_steps"]
@@ -52,7 +53,7 @@ class Capture:
     """What a :func:`capture` block is recording (yielded by it).
 
     Attributes:
-        path: the trace directory.
+        path: the trace directory (with ``shard_dims``, this rank's trace inside the sharded one).
         preset: the :class:`~parity.capture.presets.Preset` in use, or ``None`` (module tree).
         stages: canonical stage names being captured (preset mode) or the hooked module names.
         layers: layer indices being captured (``()`` when the model has no recognisable layers).
@@ -189,9 +190,11 @@ def _capture_meta(session: Session, model: torch.nn.Module, meta: Mapping[str, A
 
 
 def _open(session: Session, model: torch.nn.Module, path: str | os.PathLike[str], stages: object, layers: object,
-          meta: Mapping[str, Any] | None, writer_options: dict[str, Any], sink_options: dict[str, Any]) -> None:
+          meta: Mapping[str, Any] | None, writer_options: dict[str, Any], sink_options: dict[str, Any],
+          shard: ShardPlan | None = None) -> None:
     """Install the hooks, then open the trace writer and the sink (hooks first: a selector or preset
-    error then leaves nothing on disk). On failure, everything installed is removed again."""
+    error then leaves nothing on disk). On failure, everything installed is removed again. With
+    ``shard``, the writer writes this rank's trace of a sharded one and the sink records placements."""
     try:
         session.handles.append(model.register_forward_pre_hook(session.root_pre, with_kwargs=True))
         session.handles.append(model.register_forward_hook(session.root_post))
@@ -200,8 +203,13 @@ def _open(session: Session, model: torch.nn.Module, path: str | os.PathLike[str]
         else:
             install_modules(session, model, stages, layers)
         _training_warning(model)
-        session.writer = TraceWriter(path, meta=_capture_meta(session, model, meta), **writer_options)
+        full_meta = _capture_meta(session, model, meta)
+        if shard is not None:
+            path, full_meta = shard.prepare(path), {**full_meta, **shard.meta()}
+        session.writer = TraceWriter(path, meta=full_meta, **writer_options)
         session.sink = PackedSink(session.writer, **sink_options)
+        if shard is not None:
+            session.sink = ShardedSink(session.sink, shard)  # type: ignore[assignment]
     except BaseException:
         session.remove()
         if session.writer is not None:
@@ -250,6 +258,15 @@ def _attention_switched(model: torch.nn.Module, impl: str | None) -> Iterator[No
             set_attn_implementation(model, original)  # type: ignore[arg-type]
 
 
+def _replay_or_shards(session: Session, replay: str | os.PathLike[str] | None,
+                      shard_dims: Mapping[str, int] | None) -> ShardPlan | None:
+    """Set up ``replay=`` (teacher forcing) or ``shard_dims=`` (a sharded capture; its plan), not both."""
+    if shard_dims is not None and replay is not None:
+        raise UsageError("replay= and shard_dims= cannot be combined: a rank's values are slices of the reference's.")
+    session.replay = TorchReplay(replay) if replay is not None else None
+    return ShardPlan.from_distributed(shard_dims) if shard_dims is not None else None
+
+
 @contextmanager
 def capture(
     model: torch.nn.Module,
@@ -262,11 +279,9 @@ def capture(
     attn_implementation: str | None = None,
     meta: Mapping[str, Any] | None = None,
     background: bool = True,
-    queue_bytes: int = DEFAULT_QUEUE_BYTES,
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-    producer: str = "parity.torch.capture",
-    command: Sequence[str] | None = None,
-    replay: str | os.PathLike[str] | None = None,
+    queue_bytes: int = DEFAULT_QUEUE_BYTES, buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    producer: str = "parity.torch.capture", command: Sequence[str] | None = None,
+    replay: str | os.PathLike[str] | None = None, shard_dims: Mapping[str, int] | None = None,
 ) -> Iterator[Capture]:
     """Record a PyTorch model's intermediate values into the trace directory ``path``.
 
@@ -298,6 +313,8 @@ def capture(
         replay: a reference trace of the same stages: teacher forcing. Each captured stage is
             recorded, then the reference's value takes its place in the forward, so each stage's
             error is its own (:mod:`parity.capture.torch_replay`; ``parity localize``).
+        shard_dims: under ``torch.distributed``, one trace per rank, read as one: stage globs → the
+            dim this rank's value is a slice along; others replicated (:mod:`~parity.capture.torch_shard`).
 
     Yields:
         A :class:`Capture` describing what is recorded.
@@ -320,11 +337,11 @@ def capture(
         raise UsageError(f"capture() needs a torch.nn.Module, not {type(model).__name__}.")
     session = Session(model, parse_steps(steps))
     session.preset = _resolve_preset(model, preset)
-    session.replay = TorchReplay(replay) if replay is not None else None
+    plan = _replay_or_shards(session, replay, shard_dims)
     with _attention_switched(model, attn_implementation):
         _open(session, model, path, stages, layers, meta,
               {"producer": producer, "buffer_bytes": buffer_bytes, "command": list(sys.argv) if command is None else command},
-              {"background": bool(background), "arena_bytes": buffer_bytes, "queue_bytes": queue_bytes})
+              {"background": bool(background), "arena_bytes": buffer_bytes, "queue_bytes": queue_bytes}, plan)
         try:
             yield Capture(session)
         except BaseException as e:

@@ -369,7 +369,8 @@ def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False,
         storage_options: options for the fsspec filesystem of a URL (endpoint, credentials).
 
     Returns:
-        A :class:`Trace`; ``trace.complete`` is False for an interrupted capture.
+        A :class:`Trace`; ``trace.complete`` is False for an interrupted capture. A sharded
+        capture's directory (``shards.json``) gives a :class:`~parity.trace.sharded.ShardedTrace`.
 
     Raises:
         TraceFormatError: the directory is not a trace, or a file is corrupt, truncated or foreign
@@ -390,6 +391,10 @@ def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False,
 
         return load_remote_trace(path, storage_options)
     path = local_path(path)
+    if os.path.isfile(os.path.join(path, "shards.json")) and not os.path.lexists(os.path.join(path, MANIFEST)):
+        from .sharded import load_sharded_trace  # one logical trace written by several ranks
+
+        return load_sharded_trace(path, follow_symlinks=follow_symlinks)
     manifest, bad = _read_manifest(path, follow_symlinks)
     origins, deferred = _replay_journal(path, manifest, follow_symlinks)
     headers = _local_headers(path, manifest, follow_symlinks)
