@@ -64,6 +64,17 @@ class PackedSink:
     arena is then prepared by the writer thread after waiting on a CUDA event, so the forward
     never waits for the device. Other values
     (NumPy arrays, scalars, text from :meth:`Capture.add`) are packed the same way, in order.
+
+    >>> import torch
+    >>> from parity.trace import TraceWriter
+    >>> with TraceWriter("sink.trace") as w:
+    ...     sink = PackedSink(w, background=False, arena_bytes=1 << 16, queue_bytes=1 << 20)
+    ...     sink.put("x", torch.arange(6.0).reshape(2, 3), ("seq", "hidden"), None)
+    ...     sink.put("note", "warm-up done", None, None)
+    ...     sink.close()
+    >>> t = parity.load_trace("sink.trace")
+    >>> t.keys(), t["x"].tolist(), t["note"]
+    (['x', 'note'], [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], 'warm-up done')
     """
 
     def __init__(self, writer: TraceWriter, *, background: bool, arena_bytes: int, queue_bytes: int):
