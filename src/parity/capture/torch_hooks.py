@@ -139,6 +139,12 @@ def joined_slices(t: torch.Tensor, slices: Mapping[int, tuple[int, torch.Tensor]
 
 
 def pick(value: object, index: int) -> torch.Tensor | None:
+    """The tensor at ``index`` of a module's output (a tensor is its own index 0), or ``None``.
+
+    >>> t = torch.zeros(2)
+    >>> pick(t, 0) is t, pick(t, 1), pick((t, None), 1), pick([t, t], 1) is t
+    (True, None, None, True)
+    """
     if isinstance(value, torch.Tensor):
         return value if index == 0 else None
     if isinstance(value, (tuple, list)) and len(value) > index and isinstance(value[index], torch.Tensor):
@@ -155,6 +161,17 @@ def safe_name(name: str) -> str:
 # -- the capture session --------------------------------------------------------------------------
 
 class Session:
+    """The state of one capture (see the module docstring): hooks, step counter, stages to produce.
+
+    Each call of the model is a step (:meth:`root_pre`); with a step selector, captured values
+    carry the step index:
+
+    >>> s = Session(torch.nn.Linear(3, 2), parse_steps(True))
+    >>> s.root_pre(s.model, ()); s.root_pre(s.model, ())
+    >>> s.indices(), s.active
+    ({'step': 1}, True)
+    """
+
     def __init__(self, model: torch.nn.Module, step_sel: Callable[[int], bool] | None):
         self.model = model
         self.writer: TraceWriter = None  # type: ignore[assignment]  # set once the hooks are installed
@@ -333,6 +350,14 @@ class Session:
 
 
 def find_layer_list(model: torch.nn.Module, suffix: str | None) -> tuple[str, torch.nn.ModuleList] | None:
+    """The model's layer list: the shortest-named non-empty ``ModuleList`` named ``suffix`` (or
+    ending in ``.suffix``), or with ``suffix=None`` the one of most modules; ``None`` when there is none.
+
+    >>> model = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])})
+    >>> name, layers = find_layer_list(model, None)
+    >>> name, len(layers), find_layer_list(model, "layers")
+    ('blocks', 3, None)
+    """
     best: tuple[str, torch.nn.ModuleList] | None = None
     for name, mod in model.named_modules():
         if not isinstance(mod, torch.nn.ModuleList) or len(mod) == 0:
@@ -348,6 +373,20 @@ def find_layer_list(model: torch.nn.Module, suffix: str | None) -> tuple[str, to
 
 
 def install_modules(s: Session, model: torch.nn.Module, stages: object, layers: object) -> None:
+    """Module-tree mode (no preset): hook every module selected by ``stages`` (``None``: all; glob
+    patterns of module names; or a predicate ``f(name, module)``) and, inside the layer list, by
+    ``layers``; each one's output is a stage named after the module.
+
+    Raises:
+        UsageError: a pattern matches no module (the message lists the model's modules).
+
+    >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    >>> s = Session(model, None)
+    >>> install_modules(s, model, ["0", "2"], None)
+    >>> s.stage_names, len(s.handles)
+    (('0', '2'), 2)
+    >>> s.remove()
+    """
     found = find_layer_list(model, None)
     layer_path, layer_list = found if found is not None else (None, None)
     s.layer_ids = parse_layers(layers, len(layer_list)) if layer_list is not None else ()
