@@ -35,7 +35,11 @@ def function_globals(cls: type) -> dict[str, Any]:
 
 
 def version(modname: str) -> str | None:
-    """The ``__version__`` of an already imported module, or ``None``."""
+    """The ``__version__`` of an already imported module, or ``None``.
+
+    >>> version("numpy") == np.__version__, version("no_such_module")
+    (True, None)
+    """
     mod = sys.modules.get(modname)
     return getattr(mod, "__version__", None) if mod is not None else None
 
@@ -56,12 +60,28 @@ def find_model_module(model: torch.nn.Module, alternatives: str, exclude: str | 
 
 
 def attn_implementation(model: torch.nn.Module) -> str | None:
-    """The model's attention implementation (``"eager"``, ``"sdpa"``...), or ``None``."""
+    """The model's attention implementation (``"eager"``, ``"sdpa"``...), or ``None``.
+
+    >>> import transformers
+    >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                                                        intermediate_size=16, vocab_size=16)).eval()
+    >>> attn_implementation(model), attn_implementation(torch.nn.Linear(2, 2))
+    ('sdpa', None)
+    """
     cfg = getattr(model, "config", None)
     return getattr(cfg, "_attn_implementation", None) if cfg is not None else None
 
 
 def set_attn_implementation(model: torch.nn.Module, impl: str) -> None:
+    """Switch a ``transformers`` model to the attention implementation ``impl`` (``"eager"``...).
+
+    >>> import transformers
+    >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                                                        intermediate_size=16, vocab_size=16)).eval()
+    >>> set_attn_implementation(model, "eager")
+    >>> attn_implementation(model)
+    'eager'
+    """
     setter = getattr(model, "set_attn_implementation", None)
     if callable(setter):
         setter(impl)
@@ -157,6 +177,17 @@ def install_preset(s: Session, model: torch.nn.Module, preset: Preset, stages: o
     Raises:
         UsageError: a stage selector names no stage of the preset (from :meth:`Preset.select`).
         CaptureError: a stage asked for by name cannot be captured from this model.
+
+    >>> from parity.capture.presets import PRESETS
+    >>> from parity.capture.torch_hooks import Session
+    >>> import transformers
+    >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+    ...                                                        intermediate_size=16, vocab_size=16)).eval()
+    >>> s = Session(model, None); set_attn_implementation(model, "eager")  # attn_probs needs eager attention
+    >>> install_preset(s, model, PRESETS["bert"], ["attn_probs", "ffn_residual"], "-1")
+    >>> s.stage_names, list(s.expected)
+    (('attn_probs', 'ffn_residual'), ['layers.1.attn_probs', 'layers.1.ffn_residual'])
+    >>> s.remove()
     """
     # Names and globs are requests (a stage the model cannot produce is an error); None and a
     # predicate filter what the model can produce (the rest is listed in Capture.omitted).
