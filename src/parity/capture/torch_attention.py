@@ -38,6 +38,12 @@ class AttentionOps(TorchFunctionMode):
     When replaying, ``on_scores(scores)`` and ``on_probs(probs)`` return the reference's values,
     which the call then goes on with: the scores go into the masking op (or the softmax) in place
     of the candidate's, and the softmax returns the reference's probabilities.
+
+    >>> scores, mask = torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    >>> with AttentionOps(mask) as ops:
+    ...     probs = torch.softmax(scores + mask, dim=-1)
+    >>> ops.scores() is scores, ops.softmax_out is probs
+    (True, True)
     """
 
     def __init__(self, mask: object, on_scores: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -109,7 +115,16 @@ class AttentionOps(TorchFunctionMode):
 
 def eager_wrapper(session: Session, original: Any) -> Any:
     """Wrap the model's ``eager_attention_forward`` to emit ``attn_scores`` and ``attn_probs``
-    (and, when replaying, to go on with the reference's)."""
+    (and, when replaying, to go on with the reference's).
+
+    >>> import transformers, parity.torch
+    >>> model = transformers.BertModel(transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+    ...                                intermediate_size=16, vocab_size=16, attn_implementation="eager")).eval()
+    >>> with parity.torch.capture(model, "bert.trace", preset="bert", stages=["attn_probs"]), torch.no_grad():
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> parity.load_trace("bert.trace").stage("layers.0.attn_probs").provenance["function"]
+    'transformers.models.bert.modeling_bert.eager_attention_forward'
+    """
     function = f"{original.__module__}.{original.__qualname__}"
 
     def parity_eager_attention_forward(module, query, key, value, attention_mask, *args, **kwargs):
@@ -171,7 +186,16 @@ class _Forcing:
 
 def rope_wrapper(session: Session, original: Any) -> Any:
     """Wrap the model's ``apply_rotary_pos_emb`` to emit ``q_rope`` and ``k_rope`` (and, when
-    replaying, to return the reference's)."""
+    replaying, to return the reference's).
+
+    >>> import transformers, parity.torch
+    >>> model = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16,
+    ...                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    >>> with parity.torch.capture(model, "llama.trace", preset="llama", stages=["k_rope"]), torch.no_grad():
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> k = parity.load_trace("llama.trace").stage("layers.0.k_rope"); k.axes, k.shape, k.provenance["taken"]
+    (('batch', 'kv_heads', 'seq', 'head_dim'), (1, 1, 3, 4), 'return[1]')
+    """
     function = f"{original.__module__}.{original.__qualname__}"
 
     def parity_apply_rotary_pos_emb(q, k, *args, **kwargs):
