@@ -1,7 +1,7 @@
 """The comparison flags of ``parity diff``, ``localize``, ``bisect`` and ``calibrate``, defined once.
 
 Each flag maps onto one keyword of :func:`parity.compare_traces`: ``--config`` onto ``config``,
-``--tolerances`` onto ``noise_floor``, and the others onto the config overrides of
+``--tolerances`` onto ``noise_floor``, ``--dask`` onto ``scheduler``, and the others onto the config overrides of
 :data:`parity.compare.config.OVERRIDES` (their help is the override's own doc). A verb names the
 flags it takes; the decorated command receives them as one dict, ``compare``, holding only the
 flags that were given, ready to pass on as ``**compare``.
@@ -35,6 +35,9 @@ FLAGS: dict[str, tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]]
     "tolerances": ("noise_floor", click.option("--tolerances", "noise_floor", type=click.Path(dir_okay=False),
                                                help="Noise floors from `parity calibrate`: a stage with a floor "
                                                     "passes within its margin.")),
+    "dask": ("scheduler", click.option("--dask", "scheduler", metavar="SCHEDULER",
+                                       help="Compare on a Dask cluster: a scheduler address (tcp://HOST:PORT) or "
+                                            "local[:N] (N worker processes); same result (needs parity[dask]).")),
 }
 
 

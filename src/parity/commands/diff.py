@@ -29,7 +29,7 @@ def _console() -> Console:
 @click.command("diff")
 @click.argument("ref", type=click.Path(file_okay=False))
 @click.argument("cand", type=click.Path(file_okay=False))
-@compare_flags("config", "rtol", "atol", "strict", "tolerances")
+@compare_flags("config", "rtol", "atol", "strict", "tolerances", "dask")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON result instead of the table.")
 @click.option("--all", "show_all", is_flag=True, help="Show every passing stage in the table.")
 @click.option("--md", "md_out", metavar="FILE", help="Write the Markdown report to FILE ('-' prints it instead of the table).")
@@ -46,7 +46,8 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
     """Compare trace CAND against reference trace REF, stage by stage.
 
     With --bundle DIR the command line goes to DIR/commands.txt and the JSON, Markdown, HTML and
-    text results to DIR/NN-diff.{json,md,html,txt}.
+    text results to DIR/NN-diff.{json,md,html,txt}. With --dask the stages are compared on a Dask
+    cluster (docs/scale.md); the result is the same.
 
     Exit status: 0 parity holds, 1 divergence found, 2 usage or input error, 3 internal error.
     """
@@ -59,6 +60,9 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
     if is_event_trace(ref) and is_event_trace(cand):  # agent sessions / JSONL event logs (docs/events.md)
         from .events import do_diff
 
+        if "scheduler" in compare:
+            raise UsageError("--dask compares the stages of two traces; these are event traces.")
+
         do_diff(ref, cand, config=compare.get("config"), min_score=min_score, as_json=as_json, md_out=md_out,
                 html_out=html_out)
     if min_score is not None:
@@ -68,6 +72,8 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
     if pairs_file or (os.path.isdir(ref) and os.path.isdir(cand) and not is_trace_dir(ref) and not is_trace_dir(cand)):
         if html_out:
             raise UsageError("--html renders one pair of traces; with many inputs use --json or --md.")
+        if "scheduler" in compare:
+            raise UsageError("--dask compares one pair of traces; with many inputs compare without it.")
         _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare)
     with bundle_command(bundle_dir, "diff") as rec:
         with progress_bar("comparing") as progress:

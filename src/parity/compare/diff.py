@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -36,11 +36,11 @@ from .align import apply_transforms
 from .config import CompareConfig, as_config
 from .floor import NoiseFloor, load_noise_floor, relative_rms
 from .image import ImageMetrics, image_metrics, is_image_stage
-from .logits import stage_extra
+from .logits import is_logits_key, stage_extra
 from .metrics import compute_metrics
 from .tolerance import Tolerance
 
-__all__ = ["compare_stages", "compare_traces", "Diagnoser", "Progress", "DIFF_SCHEMA_VERSION", "Diagnosis",
+__all__ = ["compare_stages", "compare_traces", "Diagnoser", "Executor", "Progress", "DIFF_SCHEMA_VERSION", "Diagnosis",
            "SideInfo", "StageDiff", "TraceDiff", "Status", "Verdict"]
 
 #: Called as ``progress(done, total, key)`` after each reference stage.
@@ -68,12 +68,37 @@ class Diagnoser(Protocol):
     def trace(self, results: Sequence[StageDiff], ref: Trace, cand: Trace, config: CompareConfig) -> Sequence[StageDiff]: ...
 
 
+class Executor(Protocol):
+    """Where the stages are compared: given the matched ``(reference, candidate)`` stage pairs in
+    reference order, yields each pair's :class:`StageDiff` in that order, exactly as
+    :func:`compare_stage` gives it. The default compares them one after another in this process;
+    :class:`parity.compare.executor.DaskExecutor` spreads the work over a Dask cluster.
+
+    >>> class Here:
+    ...     def results(self, ref, cand, pairs, config, diagnoser, floor):
+    ...         return (compare_stage(ref, cand, rs, cs, config, diagnoser, floor) for rs, cs in pairs)
+    >>> compare_stages("ref.trace", "cand.trace", executor=Here()).first_divergence.key
+    'layers.0.attn_scores'
+    """
+
+    def results(self, ref: Trace, cand: Trace, pairs: Sequence[tuple[Stage, Stage]], config: CompareConfig,
+                diagnoser: Diagnoser | None, floor: NoiseFloor | None) -> Iterator[StageDiff]: ...
+
+
 def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.3g}"
 
 
-def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: CompareConfig,
-                   diagnoser: Diagnoser | None, floor: NoiseFloor | None = None) -> StageDiff:
+def compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: CompareConfig,
+                  diagnoser: Diagnoser | None, floor: NoiseFloor | None = None,
+                  metrics: StageMetrics | None = None) -> StageDiff:
+    """The :class:`StageDiff` of one matched stage pair (``metrics``: the stage's
+    :func:`~parity.compare.metrics.compute_metrics`, when computed elsewhere; see :class:`Executor`).
+
+    >>> ref, cand = load_trace("ref.trace"), load_trace("cand.trace")
+    >>> compare_stage(ref, cand, ref.stage("logits"), cand.stage("logits"), as_config(None), None).problem
+    'values'
+    """
     ri, ci = SideInfo.of(rs), SideInfo.of(cs)
     base = StageDiff(key=rs.key, status=Status.PASS, ref=ri, cand=ci)
     notes = []
@@ -110,7 +135,8 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
     if rs.dtype != cs.dtype:
         notes.append(f"dtype differs: {rs.dtype} vs {cs.dtype}")
     tol = config.tolerance.for_stage(rs.key, rs.dtype, cs.dtype)
-    m = compute_metrics(ra, ca, ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info, rtol=tol.rtol, atol=tol.atol)
+    m = metrics if metrics is not None else compute_metrics(ra, ca, ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info,
+                                                           rtol=tol.rtol, atol=tol.atol)
     problem, message = None, ""
     floor_info = None
     if floor is not None and floor.get(rs.key) is not None:
@@ -144,13 +170,38 @@ def _compare_stage(ref: Trace, cand: Trace, rs: Stage, cs: Stage, config: Compar
                    notes=tuple(notes), diagnoses=diagnoses, extra=extra)
 
 
-def _image_metrics(rs: Stage, cs: Stage, ra: Any, ca: Any, tol: Tolerance, config: CompareConfig) -> ImageMetrics | None:
-    """Image metrics of a 2-D stage that is an image: named image axes, a correlation floor, or ``[images]``."""
+def _image_options(rs: Stage, cs: Stage, tol: Tolerance, config: CompareConfig) -> tuple[bool, dict[str, Any] | None]:
+    """Whether a stage is an image (a 2-D stage with named image axes, a correlation floor, or
+    ``[images]`` options), and its ``[images]`` options."""
     if len(rs.shape) != 2 or rs.size < 2 or rs.dtype_info is None or cs.dtype_info is None:
-        return None
+        return False, None
     opted = getattr(config, "image_options", None)
     options = opted(rs.key) if opted is not None else None
-    if not (is_image_stage(rs.shape, rs.axes or cs.axes) or tol.correlation_min is not None or options is not None):
+    return is_image_stage(rs.shape, rs.axes or cs.axes) or tol.correlation_min is not None or options is not None, options
+
+
+def streamable(rs: Stage, cs: Stage, config: CompareConfig) -> bool:
+    """Whether a stage pair's result depends on its values only through
+    :func:`~parity.compare.metrics.compute_metrics` (two tensors of one shape and layout, no
+    transforms, not an image nor logits), so that its metrics may be computed chunk by chunk elsewhere.
+
+    >>> ref, cand, cfg = load_trace("ref.trace"), load_trace("cand.trace"), as_config(None)
+    >>> streamable(ref.stage("embedding"), cand.stage("embedding"), cfg), streamable(ref.stage("logits"), cand.stage("logits"), cfg)
+    (True, False)
+    """
+    if rs.kind != "tensor" or cs.kind != "tensor" or rs.shape != cs.shape or is_logits_key(rs.key):
+        return False
+    if rs.axes is not None and cs.axes is not None and rs.axes != cs.axes:
+        return False
+    if any(t.applies(rs.key, side) and t.steps for t in config.transforms for side in ("reference", "candidate")):
+        return False
+    return not _image_options(rs, cs, config.tolerance.for_stage(rs.key, rs.dtype, cs.dtype), config)[0]
+
+
+def _image_metrics(rs: Stage, cs: Stage, ra: Any, ca: Any, tol: Tolerance, config: CompareConfig) -> ImageMetrics | None:
+    """Image metrics of a 2-D stage that is an image (see :func:`_image_options`)."""
+    image, options = _image_options(rs, cs, tol, config)
+    if not image:
         return None
     r = to_float64(np.asarray(ra), rs.dtype_info)
     c = to_float64(np.asarray(ca), cs.dtype_info)
@@ -173,7 +224,8 @@ def _floor_verdict(floor: NoiseFloor, key: str, m: StageMetrics) -> tuple[str | 
 def compare_stages(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,
                    config: str | os.PathLike[str] | CompareConfig | Mapping[str, Any] | None = None, *,
                    diagnoser: Diagnoser | None = None, progress: Progress | None = None,
-                   noise_floor: NoiseFloor | str | os.PathLike[str] | None = None, **overrides: Any) -> TraceDiff:
+                   noise_floor: NoiseFloor | str | os.PathLike[str] | None = None, executor: Executor | None = None,
+                   **overrides: Any) -> TraceDiff:
     """Compare a candidate trace against a reference trace, stage by stage (no diagnoses unless a
     ``diagnoser`` is given; :func:`parity.compare_traces` gives one and handles event traces).
 
@@ -186,6 +238,8 @@ def compare_stages(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[
         noise_floor: per-stage noise floors (a :class:`~parity.compare.floor.NoiseFloor` or the
             file ``parity calibrate`` wrote): a stage with a floor passes when its relative RMS
             error is within the floor's margin, instead of the element-wise rtol/atol.
+        executor: where the stages are compared (see :class:`Executor`); default one after
+            another in this process. The result does not depend on it.
 
     Raises:
         TraceFormatError: a trace cannot be read.
@@ -203,7 +257,7 @@ def compare_stages(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[
     if unused and cfg.strict:
         cfg.check_patterns(rt.keys(), ct.keys())  # raises, listing them all
     floor = load_noise_floor(noise_floor) if isinstance(noise_floor, (str, os.PathLike)) else noise_floor
-    results, ignored = _walk(rt, ct, cfg, diagnoser, floor, progress)
+    results, ignored = _walk(rt, ct, cfg, diagnoser, floor, progress, executor)
     if diagnoser is not None:
         results = list(diagnoser.trace(results, rt, ct, cfg))
     return TraceDiff(ref_path=rt.path, cand_path=ct.path, stages=tuple(results), strict=cfg.strict,
@@ -248,25 +302,29 @@ def _candidates_by_reference(ct: Trace, cfg: CompareConfig) -> dict[str, Stage]:
 
 
 def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None, floor: NoiseFloor | None,
-          progress: Progress | None) -> tuple[list[StageDiff], int]:
+          progress: Progress | None, executor: Executor | None = None) -> tuple[list[StageDiff], int]:
     """Every stage's result (reference order, then candidate-only stages) and the number ignored."""
     cand_by_ref = _candidates_by_reference(ct, cfg)
-    results: list[StageDiff] = []
-    used: set[str] = set()
+    used: set[str] = set()  # reference keys (a candidate stage mapped to none of them is extra)
     ignored = 0
-    total = len(rt)
+    plan: list[tuple[int, Stage, Stage | None]] = []  # reference position, stage, its candidate
     for i, rs in enumerate(rt):
+        used.add(rs.key)
         if cfg.is_ignored(rs.key):
             ignored += 1
-            used.add(rs.key)
-            continue
-        cs = cand_by_ref.get(rs.key)
+        else:
+            plan.append((i, rs, cand_by_ref.get(rs.key)))
+    pairs = [(rs, cs) for _, rs, cs in plan if cs is not None]
+    judged = iter(executor.results(rt, ct, pairs, cfg, diagnoser, floor) if executor is not None else
+                  (compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor) for rs, cs in pairs))
+    results: list[StageDiff] = []
+    total = len(rt)
+    for i, rs, cs in plan:
         if cs is None:
             results.append(StageDiff(key=rs.key, status=Status.MISSING, ref=SideInfo.of(rs),
                                      message="present in the reference only."))
         else:
-            used.add(rs.key)
-            sd = _compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor)
+            sd = next(judged)
             reason = cfg.expected_reason(rs.key)
             if reason is not None and sd.status == Status.FAIL:
                 sd = replace(sd, status=Status.EXPECTED, expected_reason=reason)

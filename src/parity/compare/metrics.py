@@ -49,7 +49,7 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -77,6 +77,11 @@ __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "DEFAULT_CHUNK_ELEMENTS_NUMPY",
     "PARALLEL_MIN_ELEMENTS",
+    "chunk_layout",
+    "chunk_partials",
+    "metrics_from_partials",
+    "stage_rescaled_sums",
+    "ChunkPartial",
 ]
 
 #: Elements per chunk when the C kernel reads the inputs directly (no per-chunk copies are made).
@@ -306,7 +311,98 @@ def compute_metrics(
     extra = {name: float(m.result()) for name, m in extras.items()}
     if sums_need_rescaling(tot):
         tot.sums, tot.scale_exp = rescaled_sums(rs, cs, n, min(chunk_elements, DEFAULT_CHUNK_ELEMENTS_NUMPY))
-    return _finish(tot, n, ref.shape, rs, cs, rtol, atol, ulp, extra)
+    return _finish(tot, n, ref.shape, rs.value, cs.value, rtol, atol, ulp, extra)
+
+
+#: One chunk's result from :func:`chunk_partials`: its first element, its partials, and the values
+#: ``{flat index: (reference, candidate)}`` at the positions it names (its worst elements).
+ChunkPartial = tuple[int, tuple, dict[int, tuple[float, float]]]
+
+
+def chunk_layout(ref_dtype: DType, cand_dtype: DType) -> tuple[str, int]:
+    """How :func:`compute_metrics` cuts a stage of these dtypes by default: the backend it resolves
+    ``"auto"`` to (``"c"`` or ``"numpy"``) and the elements per chunk.
+
+    :func:`chunk_partials` run with these two values wherever the data is (another process or
+    machine), folded by :func:`metrics_from_partials`, gives the very metrics ``compute_metrics``
+    gives: the same chunks, reduced in the same order.
+
+    >>> from parity.trace.dtypes import DTYPES
+    >>> chunk_layout(DTYPES["I32"], DTYPES["I32"])[1] == DEFAULT_CHUNK_ELEMENTS_NUMPY
+    True
+    """
+    _, _, native = _backend_plan(ref_dtype, cand_dtype, _ulp_plan(ref_dtype, cand_dtype), "auto")
+    return ("c" if _kernel is not None else "numpy"), (DEFAULT_CHUNK_ELEMENTS if native else DEFAULT_CHUNK_ELEMENTS_NUMPY)
+
+
+def chunk_partials(ref: np.ndarray, cand: np.ndarray, start: int, end: int, *, ref_dtype: DType | None = None,
+                   cand_dtype: DType | None = None, rtol: float, atol: float, backend: str,
+                   chunk_elements: int) -> list[ChunkPartial]:
+    """The partials of the chunks of elements ``[start, end)`` (C order) of one stage.
+
+    ``start`` is a multiple of ``chunk_elements``, and so is ``end`` unless it is the stage's end;
+    ``backend`` and ``chunk_elements`` are those of :func:`chunk_layout` when the result must equal
+    :func:`compute_metrics`'s. Fold every range's partials, in order, with :func:`metrics_from_partials`.
+
+    Raises:
+        UsageError: the range is not made of whole chunks, or an argument :func:`compute_metrics` refuses.
+    """
+    ref, cand = _as_arrays(ref, cand)
+    rtol, atol = _check_tol("rtol", rtol), _check_tol("atol", atol)
+    _check_run_args(backend, 1, chunk_elements)
+    n = int(ref.size)
+    if not (0 <= start <= end <= n and start % chunk_elements == 0 and (end % chunk_elements == 0 or end == n)):
+        raise UsageError(f"elements [{start}, {end}) of a stage of {n} are not whole chunks of {chunk_elements}")
+    rs, cs = Side(ref, ref_dtype, "ref"), Side(cand, cand_dtype, "cand")
+    run, size = _chunk_runner(rs, cs, rtol, atol, _ulp_plan(rs.dtype, cs.dtype), backend, chunk_elements)
+    out = []
+    for s in range(start, end, size):
+        p = run(s, min(s + size, end))
+        at = {s + i: (rs.value(s + i), cs.value(s + i)) for i in (p[8], p[10], p[12]) if i >= 0}
+        out.append((s, tuple(p), at))
+    return out
+
+
+def metrics_from_partials(parts: Iterable[ChunkPartial], shape: tuple[int, ...], *, ref_dtype: DType,
+                          cand_dtype: DType, rtol: float, atol: float,
+                          rescale: Callable[[], tuple[list[float], int]]) -> StageMetrics:
+    """The :class:`StageMetrics` of a stage from the :func:`chunk_partials` of all its chunks, in order.
+
+    ``rescale()`` is called only when the float64 sums over- or underflowed; it returns
+    :func:`stage_rescaled_sums` of the stage (a second pass over the data, wherever it is).
+
+    >>> from parity.trace.dtypes import DTYPES
+    >>> r = np.arange(10.0); c = r + 0.5 * (r == 7)
+    >>> kw = dict(rtol=0.0, atol=0.1, backend="numpy", chunk_elements=4)
+    >>> parts = chunk_partials(r, c, 0, 4, **kw) + chunk_partials(r, c, 4, 10, **kw)
+    >>> m = metrics_from_partials(parts, r.shape, ref_dtype=DTYPES["F64"], cand_dtype=DTYPES["F64"],
+    ...                           rtol=0.0, atol=0.1, rescale=lambda: ([0.0] * 4, 0))
+    >>> m.max_abs_index, m.max_abs_cand, m == compute_metrics(r, c, **kw)
+    ((7,), 7.5, True)
+    """
+    tot = Totals()
+    values: dict[int, tuple[float, float]] = {}
+    for s, p, at in parts:
+        tot.add(p, s)
+        values.update(at)
+    n = int(np.prod(shape, dtype=np.int64))
+    if sums_need_rescaling(tot):
+        tot.sums, tot.scale_exp = rescale()
+    return _finish(tot, n, tuple(shape), lambda f: values[f][0], lambda f: values[f][1], _check_tol("rtol", rtol),
+                   _check_tol("atol", atol), _ulp_plan(ref_dtype, cand_dtype), {})
+
+
+def stage_rescaled_sums(ref: np.ndarray, cand: np.ndarray, *, ref_dtype: DType | None = None,
+                        cand_dtype: DType | None = None, chunk_elements: int) -> tuple[list[float], int]:
+    """The four sums of a stage over values scaled by a power of two, and that power, as
+    :func:`compute_metrics` recomputes them when the plain sums over- or underflow.
+
+    >>> stage_rescaled_sums(np.array([1e200, 2e200]), np.array([1e200, 2e200]), chunk_elements=1 << 20)[1]
+    666
+    """
+    ref, cand = _as_arrays(ref, cand)
+    rs, cs = Side(ref, ref_dtype, "ref"), Side(cand, cand_dtype, "cand")
+    return rescaled_sums(rs, cs, int(ref.size), min(chunk_elements, DEFAULT_CHUNK_ELEMENTS_NUMPY))
 
 
 def _as_arrays(ref: Any, cand: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -343,14 +439,19 @@ def _ulp_plan(rd: DType, cd: DType) -> tuple:
     return (ULP_SPACING, coarse.mantissa_bits, _EMIN[coarse.code])
 
 
+def _backend_plan(rd: DType, cd: DType, ulp: tuple, backend: str) -> tuple[bool, bool, bool]:
+    """(exact 64-bit integer inequality, use the C kernel, the kernel reads both dtypes natively)."""
+    int_exact = not is_float(rd) and not is_float(cd) and (rd.itemsize == 8 or cd.itemsize == 8)
+    use_c = _kernel is not None and backend != "numpy" and not int_exact and not (
+        ulp[0] == ULP_BITS and rd.code not in _KCODE)
+    return int_exact, use_c, use_c and rd.code in _KCODE and cd.code in _KCODE
+
+
 def _chunk_runner(rs: Side, cs: Side, rtol: float, atol: float, ulp: tuple, backend: str,
                   chunk_elements: int | None) -> tuple[Callable[[int, int], tuple], int]:
     """``run(start, end)`` giving the partials of one chunk (C kernel or NumPy), and the chunk size."""
     rd, cd = rs.dtype, cs.dtype
-    int_exact = not is_float(rd) and not is_float(cd) and (rd.itemsize == 8 or cd.itemsize == 8)
-    use_c = _kernel is not None and backend != "numpy" and not int_exact and not (
-        ulp[0] == ULP_BITS and rd.code not in _KCODE)
-    native = use_c and rd.code in _KCODE and cd.code in _KCODE
+    int_exact, use_c, native = _backend_plan(rd, cd, ulp, backend)
     if chunk_elements is None:
         chunk_elements = DEFAULT_CHUNK_ELEMENTS if native else DEFAULT_CHUNK_ELEMENTS_NUMPY
     size = chunk_elements
@@ -388,8 +489,8 @@ def _chunk_runner(rs: Side, cs: Side, rtol: float, atol: float, ulp: tuple, back
     return run, chunk_elements
 
 
-def _finish(tot: Totals, n: int, shape: tuple, rs: Side, cs: Side, rtol: float, atol: float, ulp: tuple,
-            extra: dict[str, float]) -> StageMetrics:
+def _finish(tot: Totals, n: int, shape: tuple, rvalue: Callable[[int], float], cvalue: Callable[[int], float],
+            rtol: float, atol: float, ulp: tuple, extra: dict[str, float]) -> StageMetrics:
     both_nan, mismatched, ref_nan, cand_nan, ref_inf, cand_inf, nan_mm, inf_mm = tot.counts
     s_dd, s_rr, s_cc, s_rc = tot.sums
     n_err = n - both_nan
@@ -398,7 +499,7 @@ def _finish(tot: Totals, n: int, shape: tuple, rs: Side, cs: Side, rtol: float, 
         if flat < 0:
             return None, 0.0, 0.0
         idx = tuple(int(i) for i in np.unravel_index(flat, shape))
-        return idx, rs.value(flat), cs.value(flat)
+        return idx, rvalue(flat), cvalue(flat)
 
     if nan_mm:
         abs_err = rel_err = rms = sqnr = math.nan

@@ -32,7 +32,7 @@ TracePath = str | os.PathLike[str]
 def compare_traces(ref: TracePath | Trace, cand: TracePath | Trace,
                    config: TracePath | CompareConfig | Mapping[str, Any] | None = None, *,
                    local: TracePath | None = None, diagnose: bool = True, progress: Progress | None = None,
-                   noise_floor: NoiseFloor | TracePath | None = None,
+                   noise_floor: NoiseFloor | TracePath | None = None, scheduler: Any = None,
                    **overrides: Any) -> TraceDiff | EventDiff | Localization:
     """Compare a candidate trace against a reference trace, stage by stage.
 
@@ -50,6 +50,10 @@ def compare_traces(ref: TracePath | Trace, cand: TracePath | Trace,
         noise_floor: per-stage noise floors (a :class:`~parity.compare.floor.NoiseFloor` or the
             file ``parity calibrate`` wrote): a stage with a floor passes when its relative RMS
             error is within the floor's margin, instead of the element-wise rtol/atol.
+        scheduler: compare on a Dask cluster: ``"local"`` / ``"local:N"`` (N worker processes
+            started for this call), a scheduler address (``"tcp://host:8786"``) or a
+            ``distributed.Client``; see :mod:`parity.compare.executor`. The result is the same,
+            bit for bit. Needs ``parity[dask]``; not with ``local`` or event traces.
         **overrides: keyword overrides of the config's fields, applied on top of ``config``:
             {overrides}. The schema, with what each one means, is :class:`~parity.CompareConfig`.
 
@@ -62,8 +66,8 @@ def compare_traces(ref: TracePath | Trace, cand: TracePath | Trace,
     Raises:
         TraceFormatError: a trace cannot be read.
         ConfigError: the config is wrong, e.g. (under ``strict``) a pattern matches no stage.
-        UsageError: an unknown override (the message lists the valid ones), or ``local`` with
-            event traces.
+        UsageError: an unknown override (the message lists the valid ones), ``local`` with
+            event traces, or a ``scheduler`` that is malformed or cannot be reached.
 
     Example:
         >>> diff = parity.compare_traces("ref.trace", "cand.trace", rtol=1e-4, atol=1e-6)
@@ -75,6 +79,9 @@ def compare_traces(ref: TracePath | Trace, cand: TracePath | Trace,
     """
     rt = ref if isinstance(ref, Trace) else load_trace(ref)
     ct = cand if isinstance(cand, Trace) else load_trace(cand)
+    if scheduler is not None and (local is not None or (is_event_trace(rt) and is_event_trace(ct))):
+        raise UsageError("scheduler= compares the stages of two traces on Dask; it does not apply to "
+                         + ("local=." if local is not None else "event traces."), path=ct.path)
     if is_event_trace(rt) and is_event_trace(ct):
         if local is not None:
             raise UsageError("local= localizes a divergence between traces of stages; these are event traces.",
@@ -84,8 +91,14 @@ def compare_traces(ref: TracePath | Trace, cand: TracePath | Trace,
         return compare_events(rt, ct, config if isinstance(config, (str, os.PathLike)) else None)
     if local is not None:
         return localize(rt, ct, local, config=config, diagnose=diagnose, noise_floor=noise_floor, **overrides)
-    return compare_stages(rt, ct, config, diagnoser=DIAGNOSER if diagnose else None, progress=progress,
-                          noise_floor=noise_floor, **overrides)
+    if scheduler is None:
+        return compare_stages(rt, ct, config, diagnoser=DIAGNOSER if diagnose else None, progress=progress,
+                              noise_floor=noise_floor, **overrides)
+    from ..compare.executor import dask_executor
+
+    with dask_executor(scheduler) as executor:
+        return compare_stages(rt, ct, config, diagnoser=DIAGNOSER if diagnose else None, progress=progress,
+                              noise_floor=noise_floor, executor=executor, **overrides)
 
 
 compare_traces.__doc__ = (compare_traces.__doc__ or "").replace("{overrides}", ", ".join(f"``{k}``" for k in OVERRIDES))
