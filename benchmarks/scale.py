@@ -35,9 +35,14 @@ compares with two threads and its ratios use wall time.
                                [--keys both|residual|logits] [--budget 30] [--quick]
                                [--report-json] [--dir DIR] [--keep]
 
-``--quick``: 100,000 stages, 0.5 GiB, a 5 s budget (well under a minute). More sections (the diff
-on a local Dask cluster with 1 and 2 workers; a trace larger than half the RAM) are one more
-``section_*`` function in ``SECTIONS`` plus the child steps they run, registered in ``STEPS``.
+``dask``: the same diff (diagnoses on) single-process and on a local Dask cluster
+(``compare_traces(scheduler=client)``, processes, one thread each) of 1 and 2 workers, on the
+``big`` data and on ``--dask-stages`` small stages: wall seconds, speed-up and overhead versus the
+single-process diff, the cluster's start-up apart, and whether the ``--json`` bytes are identical.
+
+``--quick``: 100,000 stages, 0.5 GiB, a 5 s budget (well under a minute). More sections (a trace
+larger than half the RAM) are one more ``section_*`` function in ``SECTIONS`` plus the child steps
+they run, registered in ``STEPS``.
 """
 
 from __future__ import annotations
@@ -382,6 +387,35 @@ def step_floor_numpy_big(p: dict[str, Any]) -> dict[str, Any]:
     return {"numpy": res}
 
 
+def step_diff_dask(p: dict[str, Any]) -> dict[str, Any]:
+    """The diff single-process (``workers`` 0) or on a fresh local cluster of ``workers`` processes."""
+    import hashlib
+
+    import parity
+    from parity.report.json import render_json
+
+    out: dict[str, Any] = {}
+    if p["workers"] == 0:
+        clock = Clock()
+        diff = parity.compare_traces(p["ref"], p["cand"])
+        out["diff"] = clock.done()
+    else:
+        from distributed import Client, LocalCluster
+
+        clock = Clock()
+        with LocalCluster(n_workers=p["workers"], threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
+                Client(cl) as client:
+            client.wait_for_workers(p["workers"])
+            out["start"] = clock.done()
+            clock = Clock()
+            diff = parity.compare_traces(p["ref"], p["cand"], scheduler=client)
+            out["diff"] = clock.done()
+    first = diff.first_divergence
+    out["diff"].update(first=first.key if first else None,
+                       json=hashlib.sha256(render_json(diff).encode()).hexdigest())
+    return out
+
+
 STEPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "write_small": step_write_small,
     "open_small": step_open_small,
@@ -393,6 +427,7 @@ STEPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "diff_big": step_diff_big,
     "floor_read": step_floor_read,
     "floor_numpy_big": step_floor_numpy_big,
+    "diff_dask": step_diff_dask,
 }
 
 
@@ -562,9 +597,50 @@ def section_big(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def section_dask(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+    total = int(args.big_gib * 2**30)
+    per = min(BIG_STAGE_BYTES, max(total // 2, 4096))
+    n = args.dask_stages
+    figures: dict[str, Any] = {}
+    for name in ("big", "small"):
+        d = os.path.join(workdir, "big-dask" if name == "big" else f"small-dask-{n}")
+        os.makedirs(d, exist_ok=True)
+        ref, cand = os.path.join(d, "ref.trace"), os.path.join(d, "cand.trace")
+        try:
+            if name == "big":
+                header(f"dask: 2 traces x {args.big_gib:g} GiB in stages of {per / 2**20:.0f} MiB (float32), page cache "
+                       "warm; single process vs a local cluster (processes, 1 thread each)")
+                w = run_step("write_big", dir=d, bytes=total, stage_bytes=per)["write"]
+                amount, unit = 2 * w["stages"] * per, "GB/s"
+            else:
+                header(f"dask: {n:,} stages x {ELEMS} float32; single process vs a local cluster")
+                run_step("write_small", dir=d, stages=n, template=KEY_FAMILIES["residual"], diverge=int(n * 0.7))
+                amount, unit = n, "st/s"
+            _warm(ref, cand)
+            runs = {k: run_step("diff_dask", ref=ref, cand=cand, workers=k) for k in (0, 1, 2)}
+            single = runs[0]["diff"]
+            row("compare_traces, single process", single, amount, unit)
+            for k in (1, 2):
+                r = runs[k]
+                row(f"compare_traces, Dask {k} worker(s)", r["diff"], amount, unit,
+                    note=f"cluster start {r['start']['wall']:.2f} s (not included)")
+            same = all(runs[k]["diff"]["json"] == single["json"] for k in (1, 2))
+            one, two = runs[1]["diff"]["wall"], runs[2]["diff"]["wall"]
+            ratio(f"overhead: 1 worker takes {one / single['wall']:.2f}x the single-process wall time; speed-up: "
+                  f"2 workers {single['wall'] / two:.2f}x vs single process, {one / two:.2f}x vs 1 worker "
+                  f"({os.cpu_count()} CPUs shared by the client, the scheduler and the workers)")
+            ratio(f"--json identical to the single-process diff on 1 and 2 workers: {same}")
+            figures[name] = {"single": single["wall"], "one": one, "two": two, "same": same}
+        finally:
+            if not args.keep:
+                shutil.rmtree(d, ignore_errors=True)
+    return figures
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace, str], dict[str, Any]]] = {
     "million": section_million,
     "big": section_big,
+    "dask": section_dask,
 }
 
 
@@ -578,14 +654,15 @@ def main() -> None:
     ap.add_argument("--stages", default="1000000", help="stages per trace in `million`; a comma list runs each")
     ap.add_argument("--big-gib", type=float, default=2.0, help="GiB per trace in `big` (default 2)")
     ap.add_argument("--keys", choices=["both", *KEY_FAMILIES], default="both", help="key families diffed in `million`")
+    ap.add_argument("--dask-stages", type=int, default=100_000, help="small stages per trace in `dask` (default 100000)")
     ap.add_argument("--budget", type=float, default=30.0, help="seconds before a long step stops (default 30)")
     ap.add_argument("--report-json", action="store_true", help="also time TraceDiff.to_dict() + json.dumps")
-    ap.add_argument("--quick", action="store_true", help="100,000 stages, 0.5 GiB, 5 s budget")
+    ap.add_argument("--quick", action="store_true", help="100,000 stages, 0.5 GiB, 5 s budget, 20,000 dask stages")
     ap.add_argument("--dir", default=None, help="where to write the traces (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated traces")
     args = ap.parse_args()
     if args.quick:
-        args.stages, args.big_gib, args.budget = "100000", 0.5, 5.0
+        args.stages, args.big_gib, args.budget, args.dask_stages = "100000", 0.5, 5.0, 20_000
     args.stages = [int(x) for x in str(args.stages).split(",")]
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
