@@ -17,8 +17,9 @@ executor only decides where each stage's work runs. The plan, made from the mani
   :data:`BATCH_STAGES` stages.
 
 Tasks carry trace paths or URLs, stage keys and element ranges, never array data: each worker
-process opens the traces itself (once per comparison) and reads its own ranges (memory-mapped
-for a local trace). Results come back in stage order, so progress, the first divergence and the
+process opens the traces itself (once per comparison) and reads its own ranges through the
+memory map (stages of a trace at a URL, or of a sharded trace, whose readers produce a stage
+whole, are batched but never split). Results come back in stage order, so progress, the first divergence and the
 ``--json`` document are those of the single-process diff. Diagnoses run on the client, for
 failing stages only: a :class:`~parity.compare.diff.Diagnoser` is any object of the caller's
 (it need not be importable on a worker), and it reads the two arrays. A worker lost mid-run has
@@ -289,8 +290,10 @@ class DaskExecutor:
         src = (_source(ref), _source(cand))
         self._check_workers()
         run = uuid.uuid4().hex
-        tasks = _plan(pairs, config, not (is_remote(ref.path) or is_remote(cand.path)), self.task_elements,
-                      self.batch_stages)
+        # only memory-mapped traces read a range without the rest of its stage (a URL fetches the
+        # stage in one request, a sharded trace joins its ranks' slices): the others are batched
+        split = type(ref) is Trace and type(cand) is Trace
+        tasks = _plan(pairs, config, split, self.task_elements, self.batch_stages)
         futures = self._submit(run, src, tasks, pairs, config, floor)
         try:
             for t, fs in zip(tasks, futures):
