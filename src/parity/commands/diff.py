@@ -9,8 +9,6 @@ import sys
 
 import click
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
@@ -18,7 +16,9 @@ from ..localize.divergence import compare_traces
 from ..errors import UsageError
 from ..report.json import render_json
 from ..report.progress import progress_bar
-from ..report.text import format_float, render_text
+from ..compare.suggest import alignment_hint
+from ..report.sets import render_set_markdown, render_set_text
+from ..report.text import render_text
 from .compare_flags import compare_flags
 
 
@@ -115,13 +115,13 @@ def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwa
         with progress_bar("comparing inputs") as progress:
             result = compare_sets(ref, cand, pairs_file=pairs_file, on_input=progress, **compare_kwargs)
         doc = json.dumps(result.to_dict(), indent=2, allow_nan=False)
-        md = _sets_markdown(result)
+        md = render_set_markdown(result)
         if as_json:
             click.echo(doc)
         elif md_out == "-":
             click.echo(md, nl=False)
         else:
-            _sets_text(result, _console())
+            render_set_text(result, _console())
         if md_out and md_out != "-":
             with open(md_out, "w", encoding="utf-8") as f:
                 f.write(md)
@@ -129,66 +129,3 @@ def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwa
             rec.write("json", doc + "\n")
             rec.write("md", md)
         sys.exit(exitcodes.for_result(result.passed))
-
-
-def _sets_rows(result) -> list[list[str]]:
-    rows = []
-    first = result.first_divergence
-    for s in result.stages:
-        rows.append([str(s.position + 1), s.key + ("  ◀ first divergence" if s is first else ""), str(s.inputs),
-                     f"{s.failed} ({100 * s.fraction:.0f}%)", s.worst_input or "-", format_float(s.worst_rel),
-                     str(s.first_on)])
-    return rows
-
-
-_SET_COLUMNS = ("#", "stage", "inputs", "diverge on", "worst input", "worst max rel", "first on")
-
-
-def _sets_text(result, console: Console) -> None:
-    table = Table(title=f"parity diff over {len(result.names)} inputs", title_justify="left", pad_edge=False)
-    for c in _SET_COLUMNS:
-        table.add_column(c, overflow="fold" if c == "stage" else "ellipsis")
-    for row in _sets_rows(result):
-        failed = not row[3].startswith("0 ")
-        table.add_row(*row, style="red" if failed else None)
-    console.print(table)
-    for name, d in zip(result.names, result.diffs):
-        first = d.first_divergence
-        console.print(Text(f"{name}: " + ("parity holds" if d.passed else
-                                          f"first divergence {first.key}" if first else d.verdict.replace("_", " ")),
-                           style="green" if d.passed else "red"))
-    bad = result.failing_inputs
-    verdict = "PARITY HOLDS on every input" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {len(result.names)} inputs"
-    console.print(Text(verdict, style="bold green" if result.passed else "bold red"))
-
-
-def _sets_markdown(result) -> str:
-    bad = result.failing_inputs
-    out = [f"# parity diff over {len(result.names)} inputs: "
-           + ("PARITY HOLDS" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {len(result.names)} inputs"), "",
-           "| " + " | ".join(_SET_COLUMNS) + " |", "| ---: | --- | ---: | ---: | --- | ---: | ---: |"]
-    out += ["| " + " | ".join(r[:1] + [f"`{r[1]}`"] + r[2:]) + " |" for r in _sets_rows(result)]
-    out += ["", "| input | result |", "| --- | --- |"]
-    for name, d in zip(result.names, result.diffs):
-        first = d.first_divergence
-        out.append(f"| `{name}` | " + ("parity holds" if d.passed else f"first divergence `{first.key}`" if first
-                                         else d.verdict.replace("_", " ")) + " |")
-    return "\n".join(out) + "\n"
-
-
-def alignment_hint(result, config: str | None, limit: int = 5) -> list[str]:
-    """A few lines proposing counterparts for stages present on one side only (``[]`` if none)."""
-    if not (result.missing and result.extra):
-        return []
-    from ..compare.suggest import suggest_alignment
-
-    suggestions = suggest_alignment(result.ref_path, result.cand_path, config, max_stage_bytes=64 << 20,
-                                    min_confidence=0.6)
-    if not suggestions:
-        return []
-    lines = [f"hint: {len(suggestions)} unmatched stage(s) look like pairs "
-             f"(parity align {result.ref_path} {result.cand_path} --write aliases.toml saves them):"]
-    lines += [f"  {s.describe()}" for s in suggestions[:limit]]
-    if len(suggestions) > limit:
-        lines.append(f"  … and {len(suggestions) - limit} more (parity align lists them all)")
-    return lines

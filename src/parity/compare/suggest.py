@@ -58,7 +58,7 @@ from ..trace.keys import split_key
 from ..trace.reader import Stage, Trace, load_trace
 from .config import CompareConfig
 
-__all__ = ["AlignSuggestion", "suggest_alignment", "aliases_toml", "name_tokens", "unmatched_keys"]
+__all__ = ["AlignSuggestion", "suggest_alignment", "aliases_toml", "name_tokens", "unmatched_keys", "alignment_hint"]
 
 #: Trailing name tokens that only state a unit (``pix0_vector_meters`` → ``pix0 vector``).
 UNIT_TOKENS = frozenset("""
@@ -569,3 +569,24 @@ def aliases_toml(suggestions: Sequence[AlignSuggestion], *, header: str | None =
     if transforms:
         out += ["[transforms]"] + transforms + [""]
     return "\n".join(out)
+
+
+def alignment_hint(result, config: str | None, limit: int = 5) -> list[str]:
+    """A few lines proposing counterparts for the stages of a diff ``result`` present on one side
+    only (``[]`` if none): what ``parity diff`` prints after its table.
+
+    >>> alignment_hint(parity.compare_traces("ref.trace", "ref.trace"), None)
+    []
+    """
+    if not (result.missing and result.extra):
+        return []
+    suggestions = suggest_alignment(result.ref_path, result.cand_path, config, max_stage_bytes=64 << 20,
+                                    min_confidence=0.6)
+    if not suggestions:
+        return []
+    lines = [f"hint: {len(suggestions)} unmatched stage(s) look like pairs "
+             f"(parity align {result.ref_path} {result.cand_path} --write aliases.toml saves them):"]
+    lines += [f"  {s.describe()}" for s in suggestions[:limit]]
+    if len(suggestions) > limit:
+        lines.append(f"  … and {len(suggestions) - limit} more (parity align lists them all)")
+    return lines
