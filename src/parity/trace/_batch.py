@@ -24,6 +24,7 @@ from ._jsontext import _encode_str, _flat_spec, _flat_texts, _jsonable, _plain, 
 from .convert import as_array
 from .datafiles import _MIN_STAGE_COST, _open_scratch
 from .dtypes import DType
+from .index_writer import Rows, RowsBuilder, batch_rows, meta_fields
 from .keys import _INT_BOUND, IDENT_RE, MAX_KEY_LENGTH, _format_value, make_key, validate_key
 from .layout import SPILL, data_file
 
@@ -189,8 +190,6 @@ class _BatchWriting:
         """
         if self._closed:
             raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
-        if self._closed:
-            raise TraceError("the trace writer is closed; stages can no longer be added.", path=self.path)
         n = len(keys)
         columns = [(f'values in provenance column "{k}"', c) for k, c in provenance.items()] if isinstance(provenance, Mapping) else []
         for what, seq in (("shapes", shapes), ("indices", indices), ("provenance", provenance), *columns):
@@ -206,7 +205,7 @@ class _BatchWriting:
         with self._lock:
             if general or general_prov:  # floats, bools, nested values: stage by stage, through the general encoder
                 return self._record_batch_general(bases, shapes, infos, arr, dtype, ind_texts, prov_texts)
-            return self._record_batch(bases, shapes, infos, counts, arr, dtype, ind_texts, prov_texts)
+            return self._record_batch(bases, shapes, infos, counts, arr, dtype, ind_texts, prov_texts, provenance)
 
     def _batch_shapes(self, shapes: Sequence[tuple[int, ...] | str], arr: np.ndarray | None, dtype: DType | None
                       ) -> tuple[list[tuple[int, str, str, str]], list[int]]:
@@ -423,7 +422,7 @@ class _BatchWriting:
                 frags_j.append(f'{{"stage": {{{it_j}"key": "{key}", "kind": "text", {occ_j}{pt_j}"text": {text}}}}}')
         return keys, ",\n  ".join(frags_m).encode("utf-8"), "\n".join(frags_j).encode("utf-8")
 
-    def _record_batch(self, bases, shapes, infos, counts, arr, dtype, ind_texts, prov_texts) -> list[str]:
+    def _record_batch(self, bases, shapes, infos, counts, arr, dtype, ind_texts, prov_texts, provenance) -> list[str]:
         """Record a batch whose entries all render as text: cut it where add() would flush (found
         with cumulative sums), then render each piece's entries as one block for its data file."""
         n = len(bases)
@@ -438,7 +437,7 @@ class _BatchWriting:
         directs = np.flatnonzero(nbytes >= self._direct_threshold).tolist() + [n]
         keys: list[str] = []
 
-        def render(first: int, end: int) -> tuple[bytes, bytes, int]:
+        def render(first: int, end: int) -> tuple[bytes, bytes, int, Rows | None]:
             pre_m, pre_j = self._entry_prefixes(code)
             if _render is not None and type(bases) is list and type(shapes) is list and type(ind_texts) is list:
                 got, block_m, block_j = _render.render_entries(pre_m, pre_j, bases, self._seen, ind_texts, prov_texts,
@@ -447,7 +446,10 @@ class _BatchWriting:
                 got, block_m, block_j = self._render_entries(pre_m, pre_j, bases, ind_texts, prov_texts, infos,
                                                              shapes, first, end)
             keys.extend(got)
-            return block_m, block_j, end - first
+            rows = None
+            if self._index_builder is not None:
+                rows = batch_rows(got, first, end, code, counts, shapes, ind_texts, prov_texts, provenance, _ABSENT)
+            return block_m, block_j, end - first, rows
 
         a = 0
         for d in directs:
@@ -484,70 +486,66 @@ class _BatchWriting:
         pre_m, pre_j = self._entry_prefixes(code)
         seg_m: list[str] = []  # rendered entries since the last flush, joined into one block
         seg_j: list[str] = []
+        seg_rows = RowsBuilder() if self._index_builder is not None else None  # their rows for the stage index
         run_first = 0  # the open run of small tensor stages: from this stage, and this element
         run_elem = pos = 0
         for i, (base, info, it, pt) in enumerate(zip(bases, infos, ind_texts, prov_texts)):
             key, occ, occ_m, occ_j = _next_occurrence(seen, base)
             keys.append(key)
             size = info[0]
-            if it[0] is None or pt[0] is None:
-                # floats, bools, nested values: the general encoder, on the entry add() would make
-                entry: dict[str, Any] = {"key": key}
-                if size < 0:
-                    entry.update(kind="text", text=shapes[i])
-                else:
-                    entry.update(kind="tensor", dtype=code, shape=list(shapes[i]))
-                if it[2] is not None:
-                    entry["indices"] = it[2]
-                if pt[2] is not None:
-                    entry["provenance"] = dict(pt[2])
-                if occ:
-                    entry["occurrence"] = occ
-                rendered: dict[str, Any] | None = entry
+            if it[0] is None or pt[0] is None:  # floats, bools, nested values: the general encoder
+                rendered: dict[str, Any] | None = _general_entry(key, occ, size < 0, code, shapes[i], it[2], pt[2])
             else:
                 rendered = None
                 it_m, it_j = it[0], it[1]
                 pt_m, pt_j = pt[0], pt[1]
             if size < 0:  # a text stage
                 if rendered is not None:
-                    self._add_entries(seg_m, seg_j, rendered)
+                    self._add_entries(seg_m, seg_j, rendered, seg_rows)
                     seg_m, seg_j = [], []
                     continue
                 text = _encode_str(shapes[i])
+                if seg_rows is not None:
+                    seg_rows.add(key, None, None, meta_fields(None, None, it[2], pt[2], shapes[i]))
                 seg_m.append(f'{{\n{it_m}   "key": "{key}",\n   "kind": "text",\n{occ_m}{pt_m}   "text": {text}\n  }}')
                 seg_j.append(f'{{"stage": {{{it_j}"key": "{key}", "kind": "text", {occ_j}{pt_j}"text": {text}}}}}')
                 continue
             nbytes = size * itemsize
             if nbytes >= direct:  # as add(): flush what is pending, then this stage in a shard of its own
-                self._add_entries(seg_m, seg_j, None)
+                self._add_entries(seg_m, seg_j, None, seg_rows)
                 seg_m, seg_j = [], []
                 self._add_run(keys, infos, run_first, i, arr, run_elem, pos, dtype)
                 self._flush()
                 pre_m, pre_j = self._entry_prefixes(code)
                 if rendered is None:
+                    if seg_rows is not None:
+                        seg_rows.add(key, code, shapes[i], meta_fields(None, None, it[2], pt[2]))
                     rendered = (f'{pre_m}{it_m}   "key": "{key}",\n   "kind": "tensor",\n{occ_m}{pt_m}   "shape": {info[1]}\n  }}',  # type: ignore[assignment]
-                                f'{pre_j}{it_j}"key": "{key}", "kind": "tensor", {occ_j}{pt_j}"shape": {info[2]}}}}}')
+                                f'{pre_j}{it_j}"key": "{key}", "kind": "tensor", {occ_j}{pt_j}"shape": {info[2]}}}}}', 1,
+                                seg_rows and seg_rows.take())
                 self._write_shard([_Run(keys, infos, i, i + 1, arr[pos:pos + size], dtype)], [rendered])  # type: ignore[list-item]
                 pos += size
                 run_first, run_elem = i + 1, pos
                 pre_m, pre_j = self._entry_prefixes(code)
                 continue
             if rendered is not None:
-                self._add_entries(seg_m, seg_j, rendered)  # _write_shard sets its file
+                self._add_entries(seg_m, seg_j, rendered, seg_rows)  # _write_shard sets its file
                 seg_m, seg_j = [], []
             else:
+                if seg_rows is not None:
+                    seg_rows.add(key, code, shapes[i], meta_fields(None, None, it[2], pt[2]))
                 seg_m.append(f'{pre_m}{it_m}   "key": "{key}",\n   "kind": "tensor",\n{occ_m}{pt_m}   "shape": {info[1]}\n  }}')
                 seg_j.append(f'{pre_j}{it_j}"key": "{key}", "kind": "tensor", {occ_j}{pt_j}"shape": {info[2]}}}}}')
             pos += size
             self._pending_bytes += max(nbytes, _MIN_STAGE_COST)
             if self._pending_bytes >= limit:
-                self._add_entries(seg_m, seg_j, None)
+                self._add_entries(seg_m, seg_j, None, seg_rows)
                 seg_m, seg_j = [], []
                 self._add_run(keys, infos, run_first, i + 1, arr, run_elem, pos, dtype)
                 run_first, run_elem = i + 1, pos
                 self._flush()
                 pre_m, pre_j = self._entry_prefixes(code)
-        self._add_entries(seg_m, seg_j, None)
+        self._add_entries(seg_m, seg_j, None, seg_rows)
         self._add_run(keys, infos, run_first, len(keys), arr, run_elem, pos, dtype)
         self._keys.extend(keys)
         return keys
@@ -558,25 +556,25 @@ class _BatchWriting:
         return (f'{{\n   "dtype": "{code}",\n   "file": "{rel}",\n',
                 f'{{"stage": {{"dtype": "{code}", "file": "{rel}", ')
 
-    def _queue_texts(self, block_m: bytes, block_j: bytes, count: int) -> None:
+    def _queue_texts(self, block_m: bytes, block_j: bytes, count: int, rows: Rows | None = None) -> None:
         """Queue rendered entries until their shard is written. Past _SPILL_BYTES of them (a log of
         scalars fills a 64 MiB shard with 8 million stages), they wait in a file, not in memory."""
         size = len(block_m) + len(block_j)
         if self._pending_text_bytes + size <= _SPILL_BYTES:
             self._pending_text_bytes += size
-            self._pending_entries.append((block_m, block_j, count))
+            self._pending_entries.append((block_m, block_j, count, rows))
             return
         if self._spill is None:
             self._spill, self._spill_path = _open_scratch(os.path.join(self.path, SPILL))
         self._spill.seek(0, os.SEEK_END)
-        self._pending_entries.append(_Spilled(self._spill.tell(), len(block_m), len(block_j), count))
+        self._pending_entries.append(_Spilled(self._spill.tell(), len(block_m), len(block_j), count, rows))
         self._spill.write(block_m)
         self._spill.write(block_j)
 
-    def _add_entries(self, seg_m: list[str], seg_j: list[str], entry: dict[str, Any] | None) -> None:
+    def _add_entries(self, seg_m: list[str], seg_j: list[str], entry: dict[str, Any] | None, seg_rows=None) -> None:
         """Queue rendered entries (as one block: the manifest joins entries with the same ",\\n  ")."""
-        if seg_m:
-            self._pending_entries.append((",\n  ".join(seg_m), "\n".join(seg_j), len(seg_m)))
+        if seg_m:  # (with their rows for the stage index)
+            self._pending_entries.append((",\n  ".join(seg_m), "\n".join(seg_j), len(seg_m), seg_rows and seg_rows.take()))
         if entry is not None:
             self._pending_entries.append(entry)
 
@@ -584,3 +582,18 @@ class _BatchWriting:
         if first < end and any(info[0] >= 0 for info in infos[first:end]):
             self._pending.append(_Run(keys, infos, first, end, arr[elem_start:elem_end], dtype))
 
+
+def _general_entry(key: str, occ: int, text: bool, code: str, shape: Any, indices: Any, provenance: Any) -> dict[str, Any]:
+    """The entry add() would make for a stage of a batch (``shape``: the text of a text stage)."""
+    entry: dict[str, Any] = {"key": key}
+    if text:
+        entry.update(kind="text", text=shape)
+    else:
+        entry.update(kind="tensor", dtype=code, shape=list(shape))
+    if indices is not None:
+        entry["indices"] = indices
+    if provenance is not None:
+        entry["provenance"] = dict(provenance)
+    if occ:
+        entry["occurrence"] = occ
+    return entry

@@ -212,12 +212,14 @@ def _jsonable(value: Any, what: str) -> Any:
 
 
 class _Spilled(NamedTuple):
-    """Rendered entries waiting in the spill file: where, how long, how many stages."""
+    """Rendered entries waiting in the spill file: where, how long, how many stages (and their rows
+    for the stage index, ``parity.trace.index.Rows``, or None)."""
 
     offset: int
     manifest_bytes: int
     journal_bytes: int
     count: int
+    rows: Any = None
 
 
 class _StageTexts:

@@ -32,6 +32,8 @@ from ._jsontext import _encode_str, _entry_text, _field_text, _indices_entry, _j
 from .checksum import crc32, crc32_combine, crc32_hex
 from .datafiles import _HEADER_START, _PAGE, _header_item, _write_packed_file
 from .dtypes import DTYPES, DType
+from .index import derivable_indices
+from .index_writer import RowsBuilder, meta_fields
 from .layout import data_file
 
 __all__ = ["PackedStage", "PackedShard"]
@@ -82,6 +84,7 @@ class PackedShard(NamedTuple):
     texts: list[tuple[str, str]]  # each stage's (manifest, journal) text
     keys: list[str]
     written: bool = False  # set by write_packed_file
+    rows: Any = None  # the stages' rows for the stage index (parity.trace.index.Rows), when the writer keeps one
 
 
 # (base key, its indices, the stage, its dtype, and for a tensor its shared field texts (dtype,
@@ -101,6 +104,7 @@ class _PackedWriting:
     _packed_seq: int
     _packed_written: int
     _files: dict[str, dict[str, Any]]
+    _index_builder: Any
     # the writer's core (parity.trace.writer)
     _base_key: Callable[[str, Mapping[str, object] | None], tuple[str, dict[str, object]]]
     _entry: Callable[..., dict[str, Any]]
@@ -178,8 +182,9 @@ class _PackedWriting:
             self._packed_seq += 1
         texts = _packed_texts(numbered, entries, rel)
         header, crc = _packed_header(tensors, data) if tensors else (b"", None)
+        rows = _packed_rows(numbered, entries) if self._index_builder is not None else None
         return PackedShard(seq, rel, header, data, size, crc, [st for _, st, _ in tensors], texts,
-                           [final for final, _ in numbered])
+                           [final for final, _ in numbered], rows=rows)
 
     def _check_packed(self, stages: Sequence[PackedStage]) -> tuple[list[_Checked], int]:
         """Each stage checked, with its base key and entry fields (see ``_Checked``); and the bytes
@@ -257,7 +262,12 @@ class _PackedWriting:
             if shard.rel:
                 file = (shard.rel, {"bytes": len(shard.header) + shard.size, "crc32": crc32_hex(shard.crc)})
                 self._files[shard.rel] = file[1]
-            self._journal_append(shard.texts, file=file)
+            offsets = None
+            if shard.rows is not None:
+                begins = np.fromiter((st.offset for st in shard.stages), dtype=np.int64, count=len(shard.stages))
+                offsets = (begins, begins + np.fromiter((st.nbytes for st in shard.stages), dtype=np.int64,
+                                                        count=len(shard.stages)))
+            self._journal_append(shard.texts, file=file, offsets=offsets, rows=shard.rows)
 
 
 def _packed_texts(numbered: list[tuple[str, int]], entries: list[_Checked], rel: str) -> list[tuple[str, str]]:
@@ -278,6 +288,29 @@ def _packed_texts(numbered: list[tuple[str, int]], entries: list[_Checked], rel:
             text = _join_fields(parts + known[2])
         texts.append((text, _journal_text(text)))
     return texts
+
+
+def _packed_rows(numbered: list[tuple[str, int]], entries: list[_Checked]) -> Any:
+    """The stages' rows for the stage index. Tensor stages that share their field texts (see
+    ``_check_packed``) and whose indices the key gives share one fields object."""
+    rows = RowsBuilder()
+    shared: dict[int, dict[str, Any] | None] = {}
+    for (final, _), (_, merged, st, dtype, known) in zip(numbered, entries):
+        if dtype is None:  # a text stage: known is its entry
+            rows.add(final, None, None, meta_fields(None, known.get("units"), known.get("indices"),
+                                                    known.get("provenance"), known["text"]))
+            continue
+        indices = _indices_entry(merged) if merged else None
+        own = indices is not None and not derivable_indices(indices)
+        fields = None if own else shared.get(id(known), False)
+        if fields is False or own:
+            axes = [str(a) for a in st.axes] if st.axes is not None else None
+            fields = meta_fields(axes, str(st.units) if st.units is not None else None, indices,
+                                 dict(st.provenance) if st.provenance else None)
+            if not own:
+                shared[id(known)] = fields
+        rows.add(final, dtype.code, st.shape, fields)
+    return rows.take()
 
 
 def _packed_header(tensors: list[tuple[str, PackedStage, DType]], data: np.ndarray) -> tuple[bytes, int | None]:

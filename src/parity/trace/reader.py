@@ -1,4 +1,5 @@
-"""Read a trace directory: the manifest (plus the journal of an interrupted capture) and
+"""Read a trace directory: the manifest (plus the journal of an interrupted capture), or the
+manifest and the stage index of a trace of many stages (:mod:`parity.trace.index`), and
 memory-mapped stage arrays."""
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from ..safefs import check_inside
 from .jsonsafe import BadNumber, holds_bad_number, load_json
 from .entries import short_repr as _short
 from .entries import stage_from_entry
-from .safetensors_header import TensorEntry, is_index, open_regular, read_header
+from .safetensors_header import MAX_HEADER_BYTES, TensorEntry, is_index, open_regular, read_header
+from .index import FileExtents, StageEntries, StageIndex, file_number
 from .stage import Stage
 from .storage import is_remote, local_path
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, storage_dtype
-from .layout import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION
+from .layout import DATA_DIR, FORMAT_NAME, INDEX, INDEXED_SCHEMA_VERSION, JOURNAL, MANIFEST
+from .layout import SCHEMA_VERSION  # noqa: F401  (importers read it here)
 
 __all__ = ["Stage", "Trace", "load_trace"]
 
@@ -51,14 +54,24 @@ class Trace:
         (31, ['embedding', 'layers.0.attn_norm'], True)
     """
 
-    def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any], stages: list[Stage],
-                 headers: dict[str, tuple[dict[str, TensorEntry], int]]):
+    def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any], stages: list[Stage] | StageIndex,
+                 headers: dict[str, tuple[Any, int]]):
         self.path = os.fspath(path)
         self.manifest = manifest
-        self._stages = stages
-        self._by_key = {s.key: s for s in stages}
+        # a list of stages (made when the trace was opened), or the stage index (stages made when asked for)
+        self._index = stages if isinstance(stages, StageIndex) else None
+        self._stages: list[Stage] = [] if self._index is not None else stages  # type: ignore[assignment]
+        self._by_key_table: dict[str, Stage] | None = None
         self._headers = headers
+        self._data_ends: dict[str, int] = {}
         self._maps: dict[str, mmap.mmap] = {}
+
+    @property
+    def _by_key(self) -> dict[str, Stage]:
+        """The stages by key (of a trace that lists its stages), made on first use."""
+        if self._by_key_table is None:
+            self._by_key_table = {s.key: s for s in self._stages}
+        return self._by_key_table
 
     # -- metadata -----------------------------------------------------------------------------
     @property
@@ -81,6 +94,8 @@ class Trace:
         >>> load_trace("ref.trace").keys()[:3]
         ['embedding', 'layers.0.attn_norm', 'layers.0.q_proj']
         """
+        if self._index is not None:
+            return list(self._index.keys)
         return [s.key for s in self._stages]
 
     def stage(self, key: str) -> Stage:
@@ -97,18 +112,25 @@ class Trace:
         ...
         parity.errors.StageNotFoundError: ref.trace: stage "layers.9.q_proj": no such stage; the trace has 31 stages.
         """
-        try:
-            return self._by_key[key]
-        except KeyError:
-            raise StageNotFoundError(f"no such stage; the trace has {len(self._stages)} stages.", path=self.path, stage=key) from None
+        if self._index is not None:
+            row = self._index.row(key) if type(key) is str else None
+            if row is not None:
+                return self._index.stage(row)
+        else:
+            found = self._by_key.get(key)
+            if found is not None:
+                return found
+        raise StageNotFoundError(f"no such stage; the trace has {len(self)} stages.", path=self.path, stage=key)
 
     def __iter__(self) -> Iterator[Stage]:
-        return iter(self._stages)
+        return self._index.stages() if self._index is not None else iter(self._stages)
 
     def __len__(self) -> int:
-        return len(self._stages)
+        return len(self._index) if self._index is not None else len(self._stages)
 
     def __contains__(self, key: object) -> bool:
+        if self._index is not None:
+            return type(key) is str and self._index.row(key) is not None
         return key in self._by_key
 
     def __repr__(self) -> str:
@@ -138,7 +160,7 @@ class Trace:
             full = os.path.join(self.path, stage.file)
             with os.fdopen(open_regular(full, "data file"), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
-                if size < data_start + max((e.end for e in entries.values()), default=0):
+                if size < data_start + self._data_end(stage.file):
                     raise TraceFormatError(f"is now {size} bytes long, shorter than when the trace was opened; "
                                            "the file was truncated or replaced.", path=full)
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -148,8 +170,19 @@ class Trace:
         arr = np.frombuffer(mm, dtype=dt, count=count, offset=data_start + entry.begin) if count else np.empty(0, dt)
         return arr.reshape(stage.shape)
 
+    def _data_end(self, rel: str) -> int:
+        """Bytes of the data buffer of data file ``rel`` that its stages hold."""
+        end = self._data_ends.get(rel)
+        if end is None:
+            if self._index is not None:
+                end = self._index.data_lengths[file_number(rel)]
+            else:
+                end = max((e.end for e in self._headers[rel][0].values()), default=0)
+            self._data_ends[rel] = end
+        return end
+
     def verify(self) -> list[str]:
-        """Re-checksum every data file against the manifest.
+        """Re-checksum every data file (and the stage index) against the manifest.
 
         Files carry a CRC-32 (``"crc32"``, as ``zlib.crc32`` computes it); traces written by
         earlier versions carry a ``"sha256"``, which is checked instead.
@@ -165,7 +198,10 @@ class Trace:
         ["ref.trace/data/000000.safetensors: crc32 ... does not match the manifest's ...."]
         """
         problems = []
-        for rel, info in self.manifest.get("files", {}).items():
+        files = dict(self.manifest.get("files", {}))
+        if "index" in self.manifest:
+            files[INDEX] = self.manifest["index"]
+        for rel, info in files.items():
             full = os.path.join(self.path, rel)
             algo = "crc32" if "crc32" in info else "sha256" if "sha256" in info else None
             if algo is None:
@@ -222,21 +258,46 @@ def parse_manifest(raw: bytes, mpath: str) -> tuple[dict[str, Any], list[BadNumb
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise TraceFormatError(f'is not a parity trace manifest (expected "format": "{FORMAT_NAME}").', path=mpath)
     version = manifest.get("schema_version")
-    if type(version) is not int or version > SCHEMA_VERSION or version < 1:
+    if type(version) is not int or version > INDEXED_SCHEMA_VERSION or version < 1:
         raise TraceFormatError(
-            f"has schema_version {_short(version)}; this parity reads versions 1 to {SCHEMA_VERSION} (upgrade parity).",
+            f"has schema_version {_short(version)}; this parity reads versions 1 to {INDEXED_SCHEMA_VERSION} "
+            "(upgrade parity).",
             path=mpath,
         )
     for name, types, expected in _TOP_FIELDS:
         if name in manifest and type(manifest[name]) not in types:
             raise TraceFormatError(f'"{name}" must be {expected}, got {_short(manifest[name])}.', path=mpath)
+    if version == INDEXED_SCHEMA_VERSION or "index" in manifest:
+        _check_index_info(manifest, version, mpath)
     return manifest, bad
+
+
+def _check_index_info(manifest: dict[str, Any], version: int, mpath: str) -> None:
+    """A manifest of schema version 2 names its stage index (and lists no stages); version 1 has none."""
+    info = manifest.get("index")
+    if version != INDEXED_SCHEMA_VERSION:
+        raise TraceFormatError(f'has a stage index ("index") but schema_version {version}; a stage index needs '
+                               f"schema_version {INDEXED_SCHEMA_VERSION}.", path=mpath)
+    if info is None:
+        raise TraceFormatError(f'has schema_version {version} but no "index" (the stage index of its stages).',
+                               path=mpath)
+    if "stages" in manifest:
+        raise TraceFormatError('lists "stages" and has a stage index ("index"); a manifest has one or the other.',
+                               path=mpath)
+    if info.get("file") != INDEX or not is_index(info.get("stages")):
+        raise TraceFormatError(f'"index" must name the stage index ("file": "{INDEX}") and its stage count '
+                               f'("stages"), got {_short(info)}.', path=mpath)
+    _check_file_info(info, '"index"', mpath)
+    if "crc32" not in info or "bytes" not in info:
+        raise TraceFormatError(f'"index" must give the size ("bytes") and "crc32" of {INDEX}, got {_short(info)}.',
+                               path=mpath)
 
 
 _TOP_FIELDS = [
     ("complete", (bool,), "true or false"),
     ("stages", (list,), "a list of stage entries"),
     ("files", (dict,), "an object of data files"),
+    ("index", (dict,), "an object naming the stage index"),
     ("meta", (dict,), "an object"),
     ("incomplete_reason", (str,), "a string"),
     ("producer", (str,), "a string"),
@@ -301,8 +362,8 @@ def _replay_journal(path: str, manifest: dict[str, Any], follow_symlinks: bool
     a whole, well-formed record.
     """
     jpath = os.path.join(path, JOURNAL)
-    if manifest.get("complete") or not os.path.lexists(jpath):
-        return [], []
+    if manifest.get("complete") or "index" in manifest or not os.path.lexists(jpath):
+        return [], []  # (a manifest with a stage index was written on close: it holds every journaled stage)
     check_inside(path, jpath, follow_symlinks=follow_symlinks, what="journal")
     origins: list[tuple[str, int]] = []
     deferred: list[tuple[int, BadNumber]] = []
@@ -396,9 +457,73 @@ def load_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False,
 
         return load_sharded_trace(path, follow_symlinks=follow_symlinks)
     manifest, bad = _read_manifest(path, follow_symlinks)
+    if "index" in manifest:
+        return _load_indexed(path, manifest, bad, follow_symlinks)
     origins, deferred = _replay_journal(path, manifest, follow_symlinks)
     headers = _local_headers(path, manifest, follow_symlinks)
     return assemble_trace(Trace, path, os.path.join(path, MANIFEST), manifest, bad, origins, deferred, headers)
+
+
+def _load_indexed(path: str, manifest: dict[str, Any], bad: list[BadNumber], follow_symlinks: bool) -> Trace:
+    """A trace whose stages are in its stage index: the data files' headers are not parsed (the
+    index gives every stage's bytes), only their length and size are checked."""
+    mpath = os.path.join(path, MANIFEST)
+    files = manifest.get("files", {})
+    if files and os.path.lexists(os.path.join(path, DATA_DIR)):
+        check_inside(path, os.path.join(path, DATA_DIR), follow_symlinks=follow_symlinks, what="data directory")
+    starts: dict[str, tuple[int, int]] = {}
+    for rel, info in files.items():
+        check_file_entry(rel, info, mpath)
+        full = os.path.join(path, rel)
+        if os.path.lexists(full):
+            check_inside(path, full, follow_symlinks=follow_symlinks, what="data file")
+        starts[rel] = _data_start(full, info)
+    ipath = os.path.join(path, INDEX)
+    if os.path.lexists(ipath):
+        check_inside(path, ipath, follow_symlinks=follow_symlinks, what="stage index")
+    try:
+        raw = _read_file(ipath, "stage index")
+    except FileNotFoundError as e:
+        raise TraceFormatError("the stage index the manifest names is missing.", path=ipath) from e
+    return finish_indexed(Trace, path, mpath, manifest, bad, raw, ipath, starts)
+
+
+def _data_start(full: str, info: dict[str, Any]) -> tuple[int, int]:
+    """(offset of the data buffer, file size) of data file ``full``, from its 8-byte header length."""
+    try:
+        fd = open_regular(full, "data file")
+    except FileNotFoundError as e:
+        raise TraceFormatError("data file is missing.", path=full) from e
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        check_file_size(info, size, full)
+        prefix = f.read(8)
+    n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if n < 0 or 8 + n > size or n > MAX_HEADER_BYTES:
+        raise TraceFormatError(f"header length {n} does not fit in a file of {size} bytes; the file is truncated or "
+                               "not safetensors.", path=full)
+    return 8 + n, size
+
+
+def finish_indexed(cls: type[Trace], path: str, mpath: str, manifest: dict[str, Any], bad: list[BadNumber],
+                   raw: bytes, ipath: str, starts: dict[str, tuple[int, int]], **extra: Any) -> Trace:
+    """Check the stage index ``raw`` (read from ``ipath``) against the manifest and the data files
+    (``starts``: the offset of each one's data buffer and its size), and make the ``cls`` trace."""
+    info = manifest["index"]
+    if len(raw) != info["bytes"]:
+        raise TraceFormatError(f"is {len(raw)} bytes long but the manifest says {info['bytes']}; the stage index is "
+                               "truncated or was changed.", path=ipath)
+    got = crc32_hex(crc32(raw))
+    if got != info["crc32"]:
+        raise TraceFormatError(f"crc32 {got} does not match the manifest's {info['crc32']}; the stage index is "
+                               "corrupt or from another trace.", path=ipath)
+    lengths = {file_number(rel): size - start for rel, (start, size) in starts.items()}
+    index = StageIndex(raw, ipath, info["stages"], lengths)
+    if bad:  # non-finite numbers in the manifest (meta...)
+        _refuse_bad_numbers(manifest, mpath, bad)
+    manifest["stages"] = StageEntries(index)
+    headers = {rel: (FileExtents(index, file_number(rel)), start) for rel, (start, _) in starts.items()}
+    return cls(path, manifest, index, headers, **extra)
 
 
 def _local_headers(path: str, manifest: dict[str, Any], follow_symlinks: bool
@@ -438,7 +563,16 @@ def assemble_trace(cls: type[Trace], path: str, mpath: str, manifest: dict[str, 
                    origins: list[tuple[str, int]], deferred: list[tuple[int, BadNumber]],
                    headers: dict[str, tuple[dict[str, TensorEntry], int]], **extra: Any) -> Trace:
     """Check every stage entry against the data files' headers and make the ``cls`` trace
-    (:class:`Trace` locally, a remote one by URL); shared by every way a trace is opened."""
+    (:class:`Trace` locally, a remote one by URL); shared by every way a trace is opened. A
+    manifest with a stage index reads it through ``extra["remote"]`` (a remote trace's files)."""
+    if "index" in manifest:
+        remote = extra.get("remote")
+        if remote is None:
+            raise TraceFormatError("has a stage index, which this way of opening traces cannot read.", path=mpath)
+        starts = {rel: (start, start + max((e.end for e in entries.values()), default=0))
+                  for rel, (entries, start) in headers.items()}
+        return finish_indexed(cls, path, mpath, manifest, bad, remote.read(INDEX, "stage index"), remote.label(INDEX),
+                              starts, **extra)
     stages: list[Stage] = []
     seen: set[str] = set()
     raw_stages = manifest.get("stages", [])

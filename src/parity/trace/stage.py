@@ -1,18 +1,22 @@
-"""The :class:`Stage`: one recorded value's metadata (its values are read through the Trace)."""
+"""The :class:`Stage`: one recorded value's metadata (its values are read through the Trace).
+
+A trace of a million stages makes a million of these as it is iterated: the class has slots, and
+the reader makes them with :func:`new_stage`, which skips the dataclass ``__init__`` (whose frozen
+checks cost twice as much as the object).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from typing import Any
-
-import numpy as np
 
 from .dtypes import DTYPES, DType
 
-__all__ = ["Stage"]
+__all__ = ["Stage", "new_stage"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stage:
     """One recorded stage: its metadata, and (via :attr:`Trace.__getitem__`) its values.
 
@@ -59,9 +63,42 @@ class Stage:
     @property
     def size(self) -> int:
         """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64)) if self.kind == "tensor" else 0
+        return math.prod(self.shape) if self.kind == "tensor" else 0
 
     @property
     def nbytes(self) -> int:
         info = self.dtype_info
         return self.size * info.itemsize if info else 0
+
+
+_FIELDS = ("key", "kind", "dtype", "shape", "axes", "units", "indices", "provenance", "occurrence", "position", "file",
+           "text")
+(_set_key, _set_kind, _set_dtype, _set_shape, _set_axes, _set_units, _set_indices, _set_provenance, _set_occurrence,
+ _set_position, _set_file, _set_text) = (Stage.__dict__[f].__set__ for f in _FIELDS)  # the slots' own setters
+_new = object.__new__
+
+
+def new_stage(key: str, kind: str, dtype: str | None, shape: tuple[int, ...], axes: tuple[str, ...] | None,
+              units: str | None, indices: dict[str, Any], provenance: dict[str, Any], occurrence: int, position: int,
+              file: str | None, text: str | None) -> Stage:
+    """``Stage(key, kind, ...)`` with every field given, made without the dataclass ``__init__``
+    (the caller has checked the fields).
+
+    >>> new_stage("x", "tensor", "F32", (2,), None, None, {}, {}, 0, 5, "data/000000.safetensors", None) \\
+    ...     == Stage("x", "tensor", "F32", (2,), position=5, file="data/000000.safetensors")
+    True
+    """
+    s = _new(Stage)
+    _set_key(s, key)
+    _set_kind(s, kind)
+    _set_dtype(s, dtype)
+    _set_shape(s, shape)
+    _set_axes(s, axes)
+    _set_units(s, units)
+    _set_indices(s, indices)
+    _set_provenance(s, provenance)
+    _set_occurrence(s, occurrence)
+    _set_position(s, position)
+    _set_file(s, file)
+    _set_text(s, text)
+    return s

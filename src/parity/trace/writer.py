@@ -8,7 +8,9 @@ writes the final ``manifest.json`` and removes the journal. A writer killed at a
 :func:`parity.load_trace` reads as an incomplete trace.
 
 Each stage's manifest entry is rendered once, when it is journaled, and kept in
-``stages.json.tmp`` (not in memory) until closing copies it into the manifest.
+``stages.json.tmp`` (not in memory) until closing copies it into the manifest. A trace of more
+than :data:`~parity.trace.index.INDEX_THRESHOLD` stages lists them instead in its stage index
+(:mod:`parity.trace.index`), whose rows are collected as the stages are journaled.
 
 :class:`TraceWriter` has three ways in, each in its own module: :meth:`~TraceWriter.add` (here,
 with the format core: entries, journal, manifest), :meth:`~TraceWriter.add_packed` and its parts
@@ -42,13 +44,18 @@ from .convert import as_array
 from .datafiles import _MIN_STAGE_COST, _Pending, _write_shard_file
 from .dtypes import DType
 from .keys import make_key, split_key, validate_key
-from .layout import DATA_DIR, FORMAT_NAME, JOURNAL, MANIFEST, SCHEMA_VERSION, STAGE_TEXTS, VOLATILE, data_file
+from .index import INDEX_THRESHOLD, file_number
+from .index_writer import IndexBuilder, shard_offsets
+from .layout import (DATA_DIR, FORMAT_NAME, INDEX, INDEXED_SCHEMA_VERSION, JOURNAL, MANIFEST, SCHEMA_VERSION, STAGE_TEXTS,
+                     VOLATILE, data_file)
 from .packed import PackedShard, PackedStage, _PackedWriting
 from .storage import is_remote, local_path
 
 # re-exported: importers, tests and benchmarks import these from here (homes: _jsontext, datafiles)
 from ._jsontext import _dump_fast, _flat_texts  # noqa: F401
 from .datafiles import _stage_write, _write_data_file, byte_chunks  # noqa: F401
+
+_NO_OFFSETS = (np.empty(0, np.int64), np.empty(0, np.int64))
 
 __all__ = ["TraceWriter", "PackedStage", "PackedShard", "SCHEMA_VERSION", "FORMAT_NAME", "environment_summary"]
 
@@ -96,6 +103,10 @@ class TraceWriter(_PackedWriting, _BatchWriting):
             than a quarter of this are written directly to their own shard.
         volatile: also write ``run.json`` with timestamps and host (kept out of the manifest so
             that two captures of the same values are byte-identical).
+        index: list the stages in a stage index (``index.safetensors``, schema version 2: opens
+            in a fraction of a second at a million stages) instead of the manifest: ``None``
+            (default) when there are more than :data:`~parity.trace.index.INDEX_THRESHOLD`
+            (65,536), ``True`` always, ``False`` never.
 
     Used as a context manager, the writer is closed when the block ends: the trace is complete, or
     incomplete (with the exception named) when the block raised.
@@ -128,6 +139,7 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         command: Sequence[str] | None = None,
         buffer_bytes: int = 64 * 1024 * 1024,
         volatile: bool = True,
+        index: bool | None = None,
     ):
         self.url: str | None = None  # where the trace is uploaded on close, when path is a URL
         self._staging: str | None = None
@@ -145,6 +157,8 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         self._lock = threading.RLock()
         self._keys: list[str] = []  # every key, in execution order
         self._rendered: _StageTexts | None = None  # manifest text of every journaled entry, in order
+        self._index_mode = index
+        self._index_builder = IndexBuilder() if index is not False else None  # the rows of a stage index
         self._files: dict[str, dict[str, Any]] = {}
         self._seen: dict[str, int] = {}
         self._parsed_keys: dict[str, tuple[str, dict[str, str], str]] = {}
@@ -165,7 +179,8 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         self._started = _dt.datetime.now(_dt.timezone.utc)
         self._prepare_directory()
         self._journal = os.fdopen(open_new(os.path.join(self.path, JOURNAL), 0o666), "wb")
-        self._rendered = _StageTexts(os.path.join(self.path, STAGE_TEXTS))
+        if index is not True:
+            self._rendered = _StageTexts(os.path.join(self.path, STAGE_TEXTS))
         self._write_manifest(complete=False)
 
     # -- set-up -------------------------------------------------------------------------------
@@ -181,14 +196,14 @@ class TraceWriter(_PackedWriting, _BatchWriting):
                     "(choose a new path or empty it yourself).",
                     path=p,
                 )
-            for name in (DATA_DIR, MANIFEST, JOURNAL, VOLATILE):  # never write through a planted link
+            for name in (DATA_DIR, MANIFEST, JOURNAL, VOLATILE, INDEX):  # never write through a planted link
                 if name in entries:
                     refuse_symlink(os.path.join(p, name), what="data directory" if name == DATA_DIR else "file")
             for name in entries:  # only our own files: manifest, journal, run.json, data/
                 full = os.path.join(p, name)
                 if name == DATA_DIR and os.path.isdir(full):
                     shutil.rmtree(full)
-                elif name in (MANIFEST, JOURNAL, VOLATILE) or name.endswith(".tmp"):
+                elif name in (MANIFEST, JOURNAL, VOLATILE, INDEX) or name.endswith(".tmp"):
                     os.remove(full)
         os.makedirs(os.path.join(p, DATA_DIR), exist_ok=True)
         refuse_symlink(os.path.join(p, DATA_DIR), what="data directory")  # planted since the check above
@@ -317,7 +332,7 @@ class TraceWriter(_PackedWriting, _BatchWriting):
             if self._closed:
                 return
             self._flush()
-            self._write_manifest(complete=complete, reason=reason)
+            self._write_manifest(complete=complete, reason=reason, final=True)
             self._journal.close()
             os.remove(os.path.join(self.path, JOURNAL))
             if self._rendered is not None:
@@ -403,7 +418,7 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         if pending:
             self._write_shard(pending, entries)
         elif entries:
-            self._journal_append(entries)
+            self._journal_append(entries, offsets=_NO_OFFSETS)
 
     def _write_shard(self, tensors: list[Any], entries: list[dict[str, Any] | tuple[str, str]]) -> None:
         """Write ``tensors`` (``_Pending`` stages, ``_batch._Run`` runs) as the next data file, then
@@ -415,41 +430,67 @@ class TraceWriter(_PackedWriting, _BatchWriting):
         for e in entries:
             if type(e) is dict and e["kind"] == "tensor":
                 e["file"] = rel
-        self._journal_append(entries, file=(rel, self._files[rel]))
+        offsets = shard_offsets(tensors) if self._index_builder is not None else _NO_OFFSETS
+        self._journal_append(entries, file=(rel, self._files[rel]), offsets=offsets)
 
-    def _journal_append(self, entries: list[Any], file: tuple[str, dict[str, Any]] | None = None) -> None:
+    def _journal_append(self, entries: list[Any], file: tuple[str, dict[str, Any]] | None = None,
+                        offsets: tuple[Any, Any] | None = None, rows: Any = None) -> None:
         """Append journal lines for these entries (after the line of their data file), and their
         manifest text to the stage texts. An entry is a dict (rendered here), or the (manifest,
-        journal, count) texts of one or many stages (str or UTF-8, joined as the manifest and the
-        journal join entries), or a :class:`_Spilled` reference to such texts. Written entry by
-        entry: no copy of all of them at once."""
+        journal, count[, index rows]) texts of one or many stages (str or UTF-8, joined as the
+        manifest and the journal join entries), or a :class:`_Spilled` reference to such texts.
+        Written entry by entry: no copy of all of them at once.
+
+        The stage index (when one is kept) gets each entry's rows (``rows``: those of every
+        entry, a packed shard's), and ``offsets`` (begins, ends) of their tensor stages in ``file``."""
         write = self._journal.write
         if file is not None:
             write(json.dumps({"file": file[0], **file[1]}, sort_keys=True).encode("utf-8") + b"\n")
         rendered = self._rendered
-        assert rendered is not None
+        index = self._index_builder
         for e in entries:
             if type(e) is _Spilled:
                 assert self._spill is not None
                 self._spill.seek(e.offset)
-                e = (self._spill.read(e.manifest_bytes), self._spill.read(e.journal_bytes), e.count)
+                e = (self._spill.read(e.manifest_bytes), self._spill.read(e.journal_bytes), e.count, e.rows)
             if type(e) is dict:
                 text = _entry_text(e)
-                rendered.append(text)
+                if rendered is not None:
+                    rendered.append(text)
                 write(_journal_text(text).encode("utf-8") + b"\n")
+                if index is not None:
+                    index.add_entry(e)
             else:
-                rendered.append(e[0], e[2] if len(e) > 2 else 1)
+                if rendered is not None:
+                    rendered.append(e[0], e[2] if len(e) > 2 else 1)
                 write(e[1] if type(e[1]) is bytes else e[1].encode("utf-8"))
                 write(b"\n")
+                if index is not None and rows is None:
+                    index.add_rows(e[3])
+        if index is not None:
+            if rows is not None:
+                index.add_rows(rows)
+            index.add_file(file_number(file[0]) if file is not None else None, *(offsets or _NO_OFFSETS))
+            if rendered is not None and self._index_mode is None and len(index) > INDEX_THRESHOLD:
+                rendered.close()  # the trace will have a stage index: its manifest lists no stages
+                self._rendered = None
         self._journal.flush()
         if self._spill is not None and not any(type(e) is _Spilled for e in self._pending_entries):
             self._spill.seek(0)
             self._spill.truncate()
 
-    def _write_manifest(self, complete: bool, reason: str | None = None) -> None:
+    def _write_manifest(self, complete: bool, reason: str | None = None, final: bool = False) -> None:
+        """Write the manifest: the first (``complete: false``, no stages: the journal lists them),
+        or the ``final`` one, with every stage, or with the stage index it writes first."""
+        index = None
+        builder = self._index_builder
+        if final and builder is not None and (self._index_mode or len(builder) > INDEX_THRESHOLD):
+            with atomic_file(os.path.join(self.path, INDEX)) as f:
+                nbytes, crc = builder.write(f)
+            index = {"bytes": nbytes, "crc32": crc32_hex(crc), "file": INDEX, "stages": len(builder)}
         manifest: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION if index is None else INDEXED_SCHEMA_VERSION,
             "tool_version": __version__,
             "producer": self._producer,
             "complete": complete,
@@ -458,6 +499,9 @@ class TraceWriter(_PackedWriting, _BatchWriting):
             "stages": self._rendered if self._rendered is not None else [],
             "files": dict(sorted(self._files.items())),
         }
+        if index is not None:
+            del manifest["stages"]
+            manifest["index"] = index
         if self._command is not None:
             manifest["command"] = self._command
         if reason:
