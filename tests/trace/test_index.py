@@ -276,3 +276,28 @@ def test_truncated_data_file_of_an_indexed_trace(small_indexed):
     json.dump(m, open(os.path.join(small_indexed, "manifest.json"), "w"))
     with pytest.raises(TraceFormatError, match="index.safetensors: stage index: stage 'c' .* claims bytes"):
         load_trace(small_indexed)
+
+
+def test_show_streams_a_large_trace(tmp_path, monkeypatch, capsys):
+    import parity.commands.show as show
+    from parity.cli import main
+
+    path = str(tmp_path / "show.trace")
+    with TraceWriter(path, index=True) as w:
+        w.add_batch([f"step.{i}.logits" for i in range(50)] + ["done"], [(2,)] * 50 + ["ok"], np.arange(100.0))
+    assert main(["show", path]) == 0
+    table = capsys.readouterr().out
+    monkeypatch.setattr(show, "TABLE_STAGES", 10)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bundle", "new", "inv"]) == 0
+    bundle = capsys.readouterr().out.strip()
+    assert main(["show", path, "--verify", "--bundle", bundle]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["#", "stage"])
+    rows = lines[header + 2:header + 53]
+    assert rows[0].split() == ["1", "step.0.logits", "F64", "2", "0", "1", "0.5", "0.5", "0/0"]
+    assert rows[-1].split() == ["51", "done", "text", "'ok'"] and "data files match" in lines[-1]
+    assert "step.49.logits" in table and "step.49.logits" in lines[header + 51]
+    saved = "".join(open(os.path.join(root, n)).read() for root, _, names in os.walk(bundle) for n in names
+                    if n.endswith(".txt"))
+    assert saved.index("step.0.logits") < saved.index("data files match")
