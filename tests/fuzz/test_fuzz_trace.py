@@ -28,7 +28,7 @@ HOSTILE = [b"1e999", b"-1e999", b"NaN", b"Infinity", b"-Infinity", b"[" * 5000, 
 
 
 def _seed(root: str, kind: str) -> str:
-    """A small valid trace, made once per session: "complete" or "journaled" (interrupted)."""
+    """A small valid trace, made once per session: "complete", "journaled" (interrupted) or "indexed"."""
     if kind not in _SEEDS:
         path = os.path.join(root, f"seed-{kind}.trace")
         if kind == "complete":
@@ -39,6 +39,14 @@ def _seed(root: str, kind: str) -> str:
                 parity.tap("method", "lbfgs")
                 for i in range(3):
                     parity.tap("e", float(i), it=i)
+        elif kind == "indexed":  # a stage index (index.safetensors) instead of the manifest's stages
+            with TraceWriter(path, index=True, buffer_bytes=64) as w:
+                w.add("x", np.arange(6.0).reshape(2, 3), axes=("a", "b"), units="m")
+                w.add_batch([f"it.{i}" for i in range(4)] + ["note"], [(2,), (), (1, 1), (3,), "done"],
+                            np.arange(7, dtype=np.float32), provenance={"line": [1, 2, 3, 4, 5]})
+                w.add("e", np.int8(3), indices={"step": 2})
+                w.add("e", np.int16([1, 2]), indices={"mode": "fast"})
+                w.add("x", np.ones(2, np.float16))
         else:
             w = TraceWriter(path, buffer_bytes=1)
             w.add("y", np.arange(2.0), provenance={"line": 3})
@@ -104,7 +112,7 @@ def _fuzz_file(tmp_path_factory, kind: str, pick, muts) -> None:
 
 
 @fuzz_settings()
-@given(st.sampled_from(["complete", "journaled"]), mutations)
+@given(st.sampled_from(["complete", "journaled", "indexed"]), mutations)
 def test_mutated_manifest(tmp_path_factory, kind, muts):
     _fuzz_file(tmp_path_factory, kind, lambda c: os.path.join(c, "manifest.json"), muts)
 
@@ -116,10 +124,10 @@ def test_mutated_journal(tmp_path_factory, muts):
 
 
 @fuzz_settings()
-@given(st.sampled_from(["complete", "journaled"]), st.integers(0, 100), mutations)
+@given(st.sampled_from(["complete", "journaled", "indexed"]), st.integers(0, 100), mutations)
 def test_mutated_data_file(tmp_path_factory, kind, which, muts):
     def pick(case):
-        data = [f for f in _files(case) if f.endswith(".safetensors")]
+        data = [f for f in _files(case) if f.startswith("data")]
         return os.path.join(case, data[which % len(data)])
     _fuzz_file(tmp_path_factory, kind, pick, muts)
 
@@ -131,7 +139,7 @@ def test_mutated_data_header_values(tmp_path_factory, which, where, payload):
     import re
     import struct
     case = _case(tmp_path_factory, "complete")
-    data_files = [f for f in _files(case) if f.endswith(".safetensors")]
+    data_files = [f for f in _files(case) if f.startswith("data")]
     target = os.path.join(case, data_files[which % len(data_files)])
     raw = open(target, "rb").read()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -185,3 +193,58 @@ def test_random_manifest(tmp_path_factory, raw):
         f.write(raw)
     err = only_parity_errors(_open_read_verify, case)
     assert err is not None and "c.trace" in str(err)
+
+
+def _reseal_index(case: str) -> None:
+    """Make the manifest agree with the (mutated) index file's size and CRC-32, so that the checks
+    of its columns, not its checksum, meet the mutation."""
+    import zlib
+    raw = open(os.path.join(case, "index.safetensors"), "rb").read()
+    mpath = os.path.join(case, "manifest.json")
+    doc = json.load(open(mpath))
+    doc["index"].update(bytes=len(raw), crc32=f"{zlib.crc32(raw):08x}")
+    with open(mpath, "w") as f:
+        json.dump(doc, f)
+
+
+@fuzz_settings()
+@given(st.booleans(), mutations)
+def test_mutated_stage_index(tmp_path_factory, reseal, muts):
+    """Byte mutations of index.safetensors: caught by its CRC, or (resealed) by its column checks."""
+    case = _case(tmp_path_factory, "indexed")
+    target = os.path.join(case, "index.safetensors")
+    data = bytearray(open(target, "rb").read())
+    for how, where, payload in muts:
+        data = bytearray(_mutate(data, how, where, payload))
+    with open(target, "wb") as f:
+        f.write(bytes(data))
+    if reseal:
+        _reseal_index(case)
+    err = only_parity_errors(_open_read_verify, case)
+    if err is not None and err.path is not None:
+        assert "c.trace" in err.path, err
+
+
+@fuzz_settings()
+@given(st.sampled_from(["keys", "dtype", "ndim", "dims", "file", "begin", "end", "meta", "meta_json"]),
+       st.integers(0, 10**6), st.integers(-2**40, 2**40))
+def test_stage_index_column_value(tmp_path_factory, column, where, value):
+    """Structured: one value of one column of the index changes (the index resealed)."""
+    import struct
+    case = _case(tmp_path_factory, "indexed")
+    target = os.path.join(case, "index.safetensors")
+    raw = bytearray(open(target, "rb").read())
+    (n,) = struct.unpack("<Q", raw[:8])
+    col = json.loads(raw[8:8 + n])[column]
+    begin, end = col["data_offsets"]
+    size = {"I64": 8, "I32": 4, "U8": 1}[col["dtype"]]
+    count = (end - begin) // size
+    if count:
+        at = 8 + n + begin + (where % count) * size
+        raw[at:at + size] = (value % (1 << (8 * size))).to_bytes(size, "little")
+        with open(target, "wb") as f:
+            f.write(bytes(raw))
+        _reseal_index(case)
+    err = only_parity_errors(_open_read_verify, case)
+    if err is not None and err.path is not None:
+        assert "c.trace" in err.path, err
