@@ -172,3 +172,18 @@ def test_s3_round_trip_against_a_local_stand_in(s3_endpoint, tmp_path):
     assert t["embedding"].tobytes() == values["embedding"].tobytes()
     d = parity.compare_traces(t, parity.load_trace(local))
     assert d.passed and len(d.stages) == len(values)
+
+
+def test_an_indexed_trace_opens_remotely_without_parsing_data_file_headers(url, tmp_path, monkeypatch):
+    local = str(tmp_path / "big.trace")
+    with parity.trace.writer.TraceWriter(local, index=True, volatile=False) as w:
+        for i in range(300):
+            w.add(f"iter.{i}.residual", np.full(4, float(i), dtype=np.float32))
+    upload_trace(local, url)
+    from parity.trace import remote as R
+
+    monkeypatch.setattr(R, "parse_header", None)  # an indexed trace never needs the JSON headers
+    t = parity.load_trace(url)
+    assert t.manifest["schema_version"] == 2 and len(t) == 300 and t.verify() == []
+    assert t["iter.123.residual"].tolist() == [123.0] * 4
+    assert parity.compare_traces(t, local).passed

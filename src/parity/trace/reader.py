@@ -18,7 +18,7 @@ from ..safefs import check_inside
 from .jsonsafe import BadNumber, holds_bad_number, load_json
 from .entries import short_repr as _short
 from .entries import stage_from_entry
-from .safetensors_header import MAX_HEADER_BYTES, TensorEntry, is_index, open_regular, read_header
+from .safetensors_header import TensorEntry, data_start, is_index, open_regular, read_header
 from .index import FileExtents, StageEntries, StageIndex, file_number
 from .stage import Stage
 from .storage import is_remote, local_path
@@ -498,11 +498,7 @@ def _data_start(full: str, info: dict[str, Any]) -> tuple[int, int]:
         size = os.fstat(f.fileno()).st_size
         check_file_size(info, size, full)
         prefix = f.read(8)
-    n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-    if n < 0 or 8 + n > size or n > MAX_HEADER_BYTES:
-        raise TraceFormatError(f"header length {n} does not fit in a file of {size} bytes; the file is truncated or "
-                               "not safetensors.", path=full)
-    return 8 + n, size
+    return data_start(prefix, size, full), size
 
 
 def finish_indexed(cls: type[Trace], path: str, mpath: str, manifest: dict[str, Any], bad: list[BadNumber],

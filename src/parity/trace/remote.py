@@ -28,9 +28,10 @@ import numpy as np
 from ..errors import TraceFormatError, UsageError
 from .checksum import crc32, crc32_hex
 from .dtypes import DTYPES, storage_dtype
-from .layout import DATA_DIR, JOURNAL, MANIFEST
-from .reader import Stage, Trace, assemble_trace, check_file_entry, check_file_size, parse_manifest, replay_journal_lines
-from .safetensors_header import TensorEntry, parse_header
+from .layout import DATA_DIR, INDEX, JOURNAL, MANIFEST
+from .reader import (Stage, Trace, assemble_trace, check_file_entry, check_file_size, finish_indexed, parse_manifest,
+                     replay_journal_lines)
+from .safetensors_header import TensorEntry, data_start, parse_header
 from .storage import RemoteDir, open_remote
 
 __all__ = ["RemoteTrace", "load_remote_trace", "upload_trace"]
@@ -111,6 +112,8 @@ def load_remote_trace(url: str, storage_options: Mapping[str, Any] | None = None
             else "no such trace"
         raise TraceFormatError(f"{what}.", path=remote.url)
     manifest, bad = parse_manifest(remote.read(MANIFEST, "manifest"), mpath)
+    if "index" in manifest:
+        return _load_indexed(remote, mpath, manifest, bad)
     origins: list[tuple[str, int]] = []
     deferred: list = []
     if not manifest.get("complete") and remote.exists(JOURNAL):
@@ -128,6 +131,24 @@ def load_remote_trace(url: str, storage_options: Mapping[str, Any] | None = None
         check_file_size(info, size, label)
         headers[rel] = (entries, start)
     return assemble_trace(RemoteTrace, remote.url, mpath, manifest, bad, origins, deferred, headers, remote=remote)
+
+
+def _load_indexed(remote: RemoteDir, mpath: str, manifest: dict[str, Any], bad: list) -> RemoteTrace:
+    """A remote trace whose stages are in its stage index: one read of the index, and per data
+    file only its size and 8-byte header length (the index gives every stage's bytes)."""
+    starts: dict[str, tuple[int, int]] = {}
+    for rel, info in manifest.get("files", {}).items():
+        check_file_entry(rel, info, mpath)
+        if not remote.exists(rel):
+            raise TraceFormatError("data file is missing.", path=remote.label(rel))
+        size = remote.size(rel, "data file")
+        check_file_size(info, size, remote.label(rel))
+        prefix = remote.read_range(rel, 0, min(8, size), "data file")
+        starts[rel] = (data_start(prefix, size, remote.label(rel)), size)
+    if not remote.exists(INDEX):
+        raise TraceFormatError("the stage index the manifest names is missing.", path=remote.label(INDEX))
+    raw = remote.read(INDEX, "stage index")
+    return finish_indexed(RemoteTrace, remote.url, mpath, manifest, bad, raw, remote.label(INDEX), starts, remote=remote)
 
 
 def upload_trace(local: str | os.PathLike[str], url: str, storage_options: Mapping[str, Any] | None = None,

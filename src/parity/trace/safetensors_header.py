@@ -29,7 +29,7 @@ from ..errors import TraceFormatError
 from .dtypes import DTYPES
 from .jsonsafe import load_json
 
-__all__ = ["TensorEntry", "encode_header", "read_header", "parse_header", "open_regular", "is_index", "MAX_HEADER_BYTES",
+__all__ = ["TensorEntry", "encode_header", "read_header", "parse_header", "data_start", "open_regular", "is_index", "MAX_HEADER_BYTES",
            "MAX_INDEX", "MAX_NDIM"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -133,6 +133,21 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
             return f.read(end - start)
 
         return parse_header(read_range, size, os.fspath(path))
+
+
+def data_start(prefix: bytes, size: int, path: str) -> int:
+    """Offset of the data buffer of a safetensors file of ``size`` bytes whose first 8 bytes are
+    ``prefix`` (the header length), checked to fit; the header itself is not read.
+
+    >>> data = open("ref.trace/data/000000.safetensors", "rb").read()
+    >>> data_start(data[:8], len(data), "x") == 8 + int.from_bytes(data[:8], "little")
+    True
+    """
+    n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+    if n < 0 or 8 + n > size or n > MAX_HEADER_BYTES:
+        raise TraceFormatError(f"header length {n} does not fit in a file of {size} bytes; the file is truncated or "
+                               "not safetensors.", path=path)
+    return 8 + n
 
 
 def parse_header(read_range: Callable[[int, int], bytes], size: int, path: str
