@@ -4,7 +4,8 @@
 one :class:`StageDiff` per stage, each with its :class:`StageMetrics`, the :class:`Tolerance`
 applied and the :class:`Diagnosis` list that :mod:`parity.localize` attached. They are plain
 frozen dataclasses with an exact JSON round trip (``to_dict`` / ``from_dict``), so a diff computed
-on one machine can be rendered on another.
+on one machine can be rendered on another. (A :class:`StageDiff` may be a subclass that makes
+some fields when read, :class:`parity.compare.batch.DeferredStageDiff`; it equals the plain one.)
 
 This module sits at the bottom of the layers (docs/architecture.md): it imports nothing of parity
 but the error types and the version, so ``compare/`` (which fills these types), ``localize/``
@@ -191,13 +192,9 @@ class StageMetrics:
         return self.mismatched == 0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict: inf/nan as the strings ``"inf"``, ``"-inf"``, ``"nan"``, indices as lists.
-
-        The dict also carries ``"passed"`` for readers; :meth:`from_dict` ignores it.
-
-        Returns:
-            a dict that ``json.dumps`` accepts (with ``allow_nan=False`` too).
-        """
+        """A JSON-safe dict (``json.dumps`` accepts it with ``allow_nan=False`` too): inf/nan as the
+        strings ``"inf"``, ``"-inf"``, ``"nan"``, indices as lists, and ``"passed"`` for readers
+        (:meth:`from_dict` ignores it)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -214,13 +211,8 @@ class StageMetrics:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageMetrics:
-        """Rebuild a :class:`StageMetrics` from :meth:`to_dict` output (exact round trip).
-
-        Args:
-            d: the dict; unknown keys (such as ``"passed"``) are ignored.
-
-        Returns:
-            the metrics.
+        """Rebuild a :class:`StageMetrics` from :meth:`to_dict` output ``d`` (exact round trip;
+        unknown keys such as ``"passed"`` are ignored).
 
         Raises:
             UsageError: a field is missing or has a value of the wrong kind.
@@ -358,7 +350,7 @@ class SideInfo:
                    d.get("units"), int(d.get("position", 0)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StageDiff:
     """The comparison of one stage.
 
@@ -401,6 +393,23 @@ class StageDiff:
         return self.status in (Status.PASS, Status.EXPECTED)
 
     @property
+    def two_sided(self) -> bool:  # present on both sides
+        return self.ref is not None and self.cand is not None
+
+    @property
+    def has_metrics(self) -> bool:  # metrics is set (a deferred StageDiff answers without making them)
+        return self.metrics is not None
+
+    def __eq__(self, other: object) -> bool:  # field by field, whatever the subclass (parity.compare.batch)
+        if not isinstance(other, StageDiff):
+            return NotImplemented
+        return self is other or all(a is b or a == b for f in _STAGE_DIFF_FIELDS
+                                    for a, b in [(getattr(self, f), getattr(other, f))])
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, f) for f in _STAGE_DIFF_FIELDS))
+
+    @property
     def diverged(self) -> bool:
         return self.status == Status.FAIL
 
@@ -434,6 +443,9 @@ class StageDiff:
             diagnoses=tuple(Diagnosis.from_dict(x) for x in d.get("diagnoses", ())),
             extra=d.get("extra") or None,
         )
+
+
+_STAGE_DIFF_FIELDS = tuple(f.name for f in fields(StageDiff))
 
 
 @dataclass(frozen=True)
@@ -475,7 +487,7 @@ class TraceDiff:
     @property
     def compared(self) -> list[StageDiff]:
         """Stages present on both sides, in reference order."""
-        return [s for s in self.stages if s.ref is not None and s.cand is not None]
+        return [s for s in self.stages if s.two_sided]
 
     def with_status(self, status: str) -> list[StageDiff]:
         """The stages of one :class:`Status`, in order.
@@ -516,7 +528,7 @@ class TraceDiff:
     @property
     def nothing_compared(self) -> bool:
         """True when no stage is present on both sides: nothing was compared, so parity cannot hold."""
-        return not self.compared
+        return not any(s.two_sided for s in self.stages)
 
     @property
     def verdict(self) -> str:

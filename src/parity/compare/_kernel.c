@@ -39,6 +39,7 @@
  *            inf_mismatch, first_nan_index, abs_max, abs_index, rel_max, rel_index, excess_max,
  *            excess_index, sum_dd, sum_rr, sum_cc, sum_rc, ulp_max); indices are chunk-local and
  *            -1 when there is none; maxima are -1.0 when there is none.
+ *   stages(...): the same for many small stages at once, one chunk each (see kernel_stages).
  *   simd() -> "avx2" | "sse2" | "vector" | "scalar": the code path in use.
  *   set_simd(enable) -> simd(): False forces the baseline vector code (tests compare the two).
  */
@@ -805,6 +806,120 @@ done:
     return res;
 }
 
+/* stages(refs, cands, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats) -> None
+ * Many small stages in one call: stage k is refs[k] against cands[k] (each a C-contiguous buffer of
+ * one stage), run through the very chunk function chunk() uses, as one chunk. Row k of ints (int64,
+ * STAGE_INTS a row) gets both_nan, mismatched, ref_nan, cand_nan, ref_inf, cand_inf, nan_mismatch,
+ * inf_mismatch, first_nan, abs_index, rel_index, excess_index, elements, ok; row k of floats
+ * (float64, STAGE_FLOATS a row) abs_max, rel_max, excess_max, sum_dd, sum_rr, sum_cc, sum_rc,
+ * ulp_max, and the reference and candidate values (widened exactly) at abs_index and rel_index
+ * (0.0 where there is none). ok is 0 when a buffer cannot be read or the two sizes differ; that row
+ * holds nothing else. */
+#define STAGE_INTS 14
+#define STAGE_FLOATS 12
+
+static int stage_row(PyObject *ro, PyObject *co, int rt, int ct, chunk_fn fn, const Params *P, int64_t *I,
+                     double *F) {
+    Py_buffer rb, cb;
+    memset(I, 0, STAGE_INTS * sizeof(int64_t));
+    memset(F, 0, STAGE_FLOATS * sizeof(double));
+    if (PyObject_GetBuffer(ro, &rb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (PyObject_GetBuffer(co, &cb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&rb);
+        return 0;
+    }
+    int ok = !(rb.len % ITEMSIZE[rt] || cb.len % ITEMSIZE[ct] || rb.len / ITEMSIZE[rt] != cb.len / ITEMSIZE[ct]);
+    if (ok) {
+        const unsigned char *rp = (const unsigned char *)rb.buf, *cp = (const unsigned char *)cb.buf;
+        int64_t n = (int64_t)(rb.len / ITEMSIZE[rt]);
+        Acc a;
+        fn(rp, cp, n, P, &a);
+        int64_t row[STAGE_INTS] = {a.both_nan, a.mismatched, a.ref_nan, a.cand_nan, a.ref_inf, a.cand_inf, a.nan_mm,
+                                   a.inf_mm, a.first_nan, a.abs_idx, a.rel_idx, a.exc_idx, n, 1};
+        memcpy(I, row, sizeof(row));
+        double ulp = 0.0;
+        if (a.ulp_inf) ulp = INFINITY;
+        else if (P->ulp_mode == ULP_BITS) ulp = (double)a.ulp_u;
+        else if (P->ulp_mode == ULP_SPACING) ulp = a.ulp_d;
+        F[0] = a.abs_max;
+        F[1] = a.rel_max;
+        F[2] = a.exc_max;
+        F[3] = lanes_total(a.dd);
+        F[4] = lanes_total(a.rr);
+        F[5] = lanes_total(a.cc);
+        F[6] = lanes_total(a.rc);
+        F[7] = ulp;
+        if (a.abs_idx >= 0) { F[8] = load1(rp, a.abs_idx, rt); F[9] = load1(cp, a.abs_idx, ct); }
+        if (a.rel_idx >= 0) { F[10] = load1(rp, a.rel_idx, rt); F[11] = load1(cp, a.rel_idx, ct); }
+    }
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&cb);
+    return ok;
+}
+
+static chunk_fn find_chunk_fn(int rt, int ct, int ulp_mode, int ulp_m, int ulp_emin) {
+    for (size_t k = 0; k < sizeof(CHUNKS) / sizeof(CHUNKS[0]); k++) {
+        if (CHUNKS[k].rt == rt && CHUNKS[k].ct == ct && CHUNKS[k].um == ulp_mode) {
+            if (ulp_mode == ULP_SPACING && (ulp_m < 0 || ulp_m > 52 || ulp_emin < -1022 || ulp_emin > 0)) break;
+            return CHUNKS[k].fn[use_avx2];
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "no kernel for types (%d, %d) with ulp_mode %d (or bad ulp_m / ulp_emin)", rt, ct,
+                 ulp_mode);
+    return NULL;
+}
+
+static PyObject *kernel_stages(PyObject *self, PyObject *args) {
+    PyObject *refs, *cands, *io, *fo;
+    int rt, ct, ulp_mode, ulp_m, ulp_emin;
+    double rtol, atol;
+    if (!PyArg_ParseTuple(args, "OOiiddiiiOO:stages", &refs, &cands, &rt, &ct, &rtol, &atol, &ulp_mode, &ulp_m,
+                          &ulp_emin, &io, &fo))
+        return NULL;
+    chunk_fn fn = find_chunk_fn(rt, ct, ulp_mode, ulp_m, ulp_emin);
+    if (fn == NULL) return NULL;
+    PyObject *rs = PySequence_Fast(refs, "refs must be a sequence"), *cs = NULL;
+    if (rs == NULL) return NULL;
+    cs = PySequence_Fast(cands, "cands must be a sequence");
+    if (cs == NULL) { Py_DECREF(rs); return NULL; }
+    Py_buffer ib, fb;
+    int have_i = 0, have_f = 0;
+    PyObject *res = NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(rs);
+    if (PySequence_Fast_GET_SIZE(cs) != n) {
+        PyErr_SetString(PyExc_ValueError, "refs and cands hold different numbers of stages");
+        goto done;
+    }
+    if (PyObject_GetBuffer(io, &ib, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have_i = 1;
+    if (PyObject_GetBuffer(fo, &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have_f = 1;
+    if (ib.len < (Py_ssize_t)(n * STAGE_INTS * sizeof(int64_t)) || fb.len < (Py_ssize_t)(n * STAGE_FLOATS * sizeof(double))) {
+        PyErr_SetString(PyExc_ValueError, "the output buffers are too small for this many stages");
+        goto done;
+    }
+    {
+        Params P = {rtol, atol, ulp_mode, ulp_m, ulp_emin};
+        int64_t *I = (int64_t *)ib.buf;
+        double *F = (double *)fb.buf;
+        PyObject **ritems = PySequence_Fast_ITEMS(rs), **citems = PySequence_Fast_ITEMS(cs);
+        for (Py_ssize_t k = 0; k < n; k++)
+            stage_row(ritems[k], citems[k], rt, ct, fn, &P, I + k * STAGE_INTS, F + k * STAGE_FLOATS);
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    if (have_i) PyBuffer_Release(&ib);
+    if (have_f) PyBuffer_Release(&fb);
+    Py_DECREF(rs);
+    Py_DECREF(cs);
+    return res;
+}
+
 static PyObject *kernel_simd(PyObject *self, PyObject *noargs) {
 #if HAVE_AVX2_CLONE
     return PyUnicode_FromString(use_avx2 ? "avx2" : "sse2");
@@ -829,6 +944,9 @@ static PyObject *kernel_set_simd(PyObject *self, PyObject *arg) {
 static PyMethodDef kernel_methods[] = {
     {"chunk", kernel_chunk, METH_VARARGS,
      "chunk(ref, cand, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin) -> tuple of chunk partials"},
+    {"stages", kernel_stages, METH_VARARGS,
+     "stages(refs, cands, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats): many small stages, "
+     "one chunk each"},
     {"simd", kernel_simd, METH_NOARGS, "simd() -> name of the code path the kernel runs"},
     {"set_simd", kernel_set_simd, METH_O,
      "set_simd(enable) -> simd(); enable=False forces the baseline code (for tests), True picks the best"},

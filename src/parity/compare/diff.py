@@ -33,6 +33,7 @@ from ..results import DIFF_SCHEMA_VERSION, Diagnosis, SideInfo, StageDiff, Stage
 from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
 from .align import apply_transforms
+from .batch import judge
 from .config import CompareConfig, as_config
 from .floor import NoiseFloor, load_noise_floor, relative_rms
 from .image import ImageMetrics, image_metrics, is_image_stage
@@ -303,31 +304,42 @@ def _candidates_by_reference(ct: Trace, cfg: CompareConfig) -> dict[str, Stage]:
 
 def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None, floor: NoiseFloor | None,
           progress: Progress | None, executor: Executor | None = None) -> tuple[list[StageDiff], int]:
-    """Every stage's result (reference order, then candidate-only stages) and the number ignored."""
+    """Every stage's result (reference order, then candidate-only stages) and the number ignored.
+
+    Without an executor the stages stream through :func:`parity.compare.batch.judge` (runs of
+    small plain stages in one kernel call, the same results as :func:`compare_stage`)."""
     cand_by_ref = _candidates_by_reference(ct, cfg)
     used: set[str] = set()  # reference keys (a candidate stage mapped to none of them is extra)
     ignored = 0
-    plan: list[tuple[int, Stage, Stage | None]] = []  # reference position, stage, its candidate
-    for i, rs in enumerate(rt):
-        used.add(rs.key)
-        if cfg.is_ignored(rs.key):
-            ignored += 1
-        else:
-            plan.append((i, rs, cand_by_ref.get(rs.key)))
-    pairs = [(rs, cs) for _, rs, cs in plan if cs is not None]
-    judged = iter(executor.results(rt, ct, pairs, cfg, diagnoser, floor) if executor is not None else
-                  (compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor) for rs, cs in pairs))
+
+    def plan() -> Iterator[tuple[int, Stage, Stage | None]]:  # reference position, stage, its candidate
+        nonlocal ignored
+        for i, rs in enumerate(rt):
+            used.add(rs.key)
+            if cfg.is_ignored(rs.key):
+                ignored += 1
+            else:
+                yield i, rs, cand_by_ref.get(rs.key)
+
+    if executor is not None:
+        planned = list(plan())
+        judged = iter(executor.results(rt, ct, [(rs, cs) for _, rs, cs in planned if cs is not None], cfg, diagnoser,
+                                       floor))
+        stream: Iterable[tuple[int, Stage, Stage | None, StageDiff | None]] = (
+            (i, rs, cs, next(judged) if cs is not None else None) for i, rs, cs in planned)
+    else:
+        stream = judge(rt, ct, plan(), cfg, lambda rs, cs: compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor), floor)
     results: list[StageDiff] = []
     total = len(rt)
-    for i, rs, cs in plan:
-        if cs is None:
+    for i, rs, cs, sd in stream:
+        if cs is None or sd is None:
             results.append(StageDiff(key=rs.key, status=Status.MISSING, ref=SideInfo.of(rs),
                                      message="present in the reference only."))
         else:
-            sd = next(judged)
-            reason = cfg.expected_reason(rs.key)
-            if reason is not None and sd.status == Status.FAIL:
-                sd = replace(sd, status=Status.EXPECTED, expected_reason=reason)
+            if sd.status == Status.FAIL:
+                reason = cfg.expected_reason(rs.key)
+                if reason is not None:
+                    sd = replace(sd, status=Status.EXPECTED, expected_reason=reason)
             results.append(sd)
         if progress is not None:
             progress(i + 1, total, rs.key)

@@ -7,6 +7,7 @@ at bfloat16 precision. Optional floors on cosine similarity and SQNR add stage-l
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ def default_tolerance(ref_dtype: str | None, cand_dtype: str | None) -> Toleranc
     return Tolerance(max(p[0] for p in pairs), max(p[1] for p in pairs))
 
 
+@functools.lru_cache(maxsize=4096)
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
     """Compile a stage glob: ``*`` matches any run of characters, ``?`` one; all else is literal.
 
@@ -101,11 +103,20 @@ class ToleranceRules:
         return cls(g, tuple(s))
 
     def for_stage(self, key: str, ref_dtype: str | None, cand_dtype: str | None) -> Tolerance:
-        """The tolerance that applies to stage ``key``."""
-        tol = replace(default_tolerance(ref_dtype, cand_dtype), **self.overrides)
-        for pattern, fields in self.stages:
-            if glob_to_regex(pattern).match(key):
-                tol = replace(tol, **fields)
+        """The tolerance that applies to stage ``key`` (one object for every stage with the same
+        dtypes and the same matching patterns: a trace of a million stages resolves a few)."""
+        matched = tuple(i for i, (pattern, _) in enumerate(self.stages)
+                        if glob_to_regex(pattern).match(key)) if self.stages else ()
+        cache = self.__dict__.get("_resolved")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_resolved", cache)  # not a field: equality and repr ignore it
+        tol = cache.get((ref_dtype, cand_dtype, matched))
+        if tol is None:
+            tol = replace(default_tolerance(ref_dtype, cand_dtype), **self.overrides)
+            for i in matched:
+                tol = replace(tol, **self.stages[i][1])
+            cache[(ref_dtype, cand_dtype, matched)] = tol
         return tol
 
     def check_patterns(self, keys: Iterable[str]) -> None:

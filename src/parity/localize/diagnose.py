@@ -413,14 +413,16 @@ def _add(out: list[StageDiff], i: int, d: Diagnosis) -> None:
 
 def _first_nonfinite(out: list[StageDiff]) -> None:
     for i, sd in enumerate(out):
+        if sd.status not in (Status.FAIL, Status.EXPECTED):
+            continue
         m = sd.metrics
-        if m is None or sd.status not in (Status.FAIL, Status.EXPECTED):
+        if m is None:
             continue
         nan_new = max(m.nan_mismatch if m.cand_nan > m.ref_nan else 0, 0)
         inf_new = max(m.inf_mismatch if m.cand_inf > m.ref_inf else 0, 0)
         if nan_new or inf_new:
             what = "NaN" if nan_new else "Inf"
-            earlier = sum(1 for x in out[:i] if x.metrics is not None)
+            earlier = sum(1 for x in out[:i] if x.has_metrics)
             _add(out, i, Diagnosis(
                 "first_nonfinite",
                 f"{what} first appears in the candidate at this stage ({m.cand_nan} NaN, {m.cand_inf} Inf; the reference "
@@ -438,9 +440,12 @@ def _groups(out: list[StageDiff]) -> Iterable[list[tuple[int, int]]]:
     """Lists of (result index, row number) of vector stages whose keys differ only by a row number."""
     by: dict[tuple, list[tuple[int, int]]] = {}
     for i, sd in enumerate(out):
+        key = sd.key
+        if not (key[-1:].isdigit() or "[" in key or "#" in key):
+            continue  # no row number in its name nor its indices (split_key would find none): in no group
         if sd.ref is None or sd.cand is None or len(sd.ref.shape) != 1 or sd.ref.shape != sd.cand.shape:
             continue
-        name, idx, occ = split_key(sd.key)
+        name, idx, occ = split_key(key)
         m = _TRAILING_NUM.match(name)
         if m and m.group(1):
             by.setdefault(("name", m.group(1), tuple(sorted(idx.items())), occ), []).append((i, int(m.group(2))))

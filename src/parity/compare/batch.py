@@ -1,0 +1,307 @@
+"""Many small stages judged together: the engine's fast path for traces of a million stages.
+
+A decode-step or solver trace holds a million stages of a few values each; judged one by one, a
+stage costs far more in Python (a :func:`~parity.compare.metrics.compute_metrics` call, the
+result objects) than in arithmetic. :func:`judge` walks the matched stage pairs in order and puts
+runs of consecutive *plain* pairs (two small tensors of one shape, dtypes the C kernel reads, no
+transform, noise floor, image or logits handling, no cosine/SQNR floor, no registered metric) of
+one layout and tolerance through one call of the kernel's ``stages`` entry, which runs each stage
+through the very chunk function ``compute_metrics`` runs it through (a stage this small is one
+chunk), so every partial is the same, bit for bit.
+
+A stage of a run that passes becomes a :class:`DeferredStageDiff`: its partials stay in the run's
+columns and its :class:`~parity.results.StageMetrics` and :class:`~parity.results.SideInfo` are
+made from them, by the same ``_finish`` that ``compute_metrics`` ends with, when read. Every
+other stage of a run (one that fails, whose sums need rescaling, whose buffer the kernel cannot
+read) is judged again by :func:`~parity.compare.diff.compare_stage`, diagnoses included. The
+results equal those of ``compare_stage`` stage for stage (tests/compare/test_batch.py).
+
+>>> from parity.compare.diff import compare_stage, compare_stages
+>>> ref, cand = parity.load_trace("ref.trace"), parity.load_trace("cand.trace")
+>>> fast = compare_stages(ref, cand)["embedding"]
+>>> alone = compare_stage(ref, cand, ref.stage("embedding"), cand.stage("embedding"),
+...                       parity.compare.config.as_config(None), None)
+>>> type(fast).__name__, fast.metrics.max_abs_index, fast == alone, fast.to_dict() == alone.to_dict()
+('DeferredStageDiff', (4, 16), True, True)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from ..results import SideInfo, StageDiff, StageMetrics, Status, Tolerance
+from ..trace.dtypes import DTYPES
+from ..trace.reader import Stage, Trace
+from .chunks import TINY_SUM, Totals
+from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
+
+__all__ = ["judge", "DeferredStageDiff", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
+
+#: Stages of at most this many elements are judged in runs (larger ones gain nothing from it).
+BATCH_MAX_ELEMENTS = 4096
+#: Stages per kernel call (bounds the arrays held at once).
+BATCH_STAGES = 4096
+
+_LITTLE = sys.byteorder == "little"
+_STAGE_INTS, _STAGE_FLOATS = 14, 12
+# a passing stage keeps these partials: counts (int32) and maxima, sums, values (float64)
+_KEEP_INTS = [0, 2, 3, 4, 5, 9, 10]  # both_nan, ref_nan, cand_nan, ref_inf, cand_inf, abs_idx, rel_idx
+_KEEP_FLOATS = [0, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]  # abs, rel, dd, rr, cc, rc, ulp, abs ref/cand, rel ref/cand
+_FIELDS = tuple(f.name for f in fields(StageDiff))
+
+
+class _Run:
+    """The columns of the passing stages of one kernel call, and what they share."""
+
+    __slots__ = ("ref_keys", "cand_keys", "ref_pos", "cand_pos", "ints", "floats", "ref_info", "cand_info", "shape",
+                 "size", "tol", "notes", "ulp")
+
+    def __init__(self, layout: tuple, tol: Tolerance, notes: tuple[str, ...], ulp: tuple):
+        rd, cd, shape, raxes, caxes, runits, cunits = layout
+        self.ref_info, self.cand_info = (rd, shape, raxes, runits), (cd, shape, caxes, cunits)
+        self.shape, self.size = shape, math.prod(shape)
+        self.tol, self.notes, self.ulp = tol, notes, ulp
+        self.ref_keys: list[str] = []
+        self.cand_keys: list[str] = []
+
+    def side(self, row: int, which: str) -> SideInfo:
+        if which == "ref":
+            key, (dtype, shape, axes, units), pos = self.ref_keys[row], self.ref_info, self.ref_pos[row]
+        else:
+            key, (dtype, shape, axes, units), pos = self.cand_keys[row], self.cand_info, self.cand_pos[row]
+        return SideInfo(key, dtype, shape, axes, units, int(pos))
+
+    def metrics(self, row: int) -> StageMetrics:
+        """What ``compute_metrics`` returns for this stage: its one chunk's partials, folded and
+        finished as there."""
+        both_nan, ref_nan, cand_nan, ref_inf, cand_inf, abs_idx, rel_idx = self.ints[row].tolist()
+        abs_max, rel_max, s_dd, s_rr, s_cc, s_rc, ulp, abs_r, abs_c, rel_r, rel_c = self.floats[row].tolist()
+        tot = Totals()
+        tot.add((both_nan, 0, ref_nan, cand_nan, ref_inf, cand_inf, 0, 0, -1, abs_max, abs_idx, rel_max, rel_idx,
+                 -1.0, -1, s_dd, s_rr, s_cc, s_rc, ulp), 0)
+        values = {rel_idx: (rel_r, rel_c), abs_idx: (abs_r, abs_c)}
+        return _finish(tot, self.size, self.shape, lambda f: values[f][0], lambda f: values[f][1], self.tol.rtol,
+                       self.tol.atol, self.ulp, {})
+
+
+_new = object.__new__
+
+
+class DeferredStageDiff(StageDiff):
+    """A passing :class:`~parity.results.StageDiff` of a run (see the module docstring) whose
+    ``ref``, ``cand`` and ``metrics`` are made from the run's columns when read (a few hundred
+    bytes a stage instead of a few kilobytes). It equals, hashes, copies and serialises as the
+    plain ``StageDiff`` it stands for; :func:`dataclasses.replace` returns a plain one.
+    """
+
+    __slots__ = ("key", "status", "_run", "_row")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> StageDiff:  # type: ignore[misc]
+        return StageDiff(*args, **kwargs)  # dataclasses.replace() and copies: a plain StageDiff
+
+    @property  # type: ignore[override]
+    def ref(self) -> SideInfo:
+        return self._run.side(self._row, "ref")
+
+    @property  # type: ignore[override]
+    def cand(self) -> SideInfo:
+        return self._run.side(self._row, "cand")
+
+    @property  # type: ignore[override]
+    def metrics(self) -> StageMetrics:
+        return self._run.metrics(self._row)
+
+    @property  # type: ignore[override]
+    def tolerance(self) -> Tolerance:
+        return self._run.tol
+
+    @property  # type: ignore[override]
+    def notes(self) -> tuple[str, ...]:
+        return self._run.notes
+
+    @property
+    def has_metrics(self) -> bool:
+        return True
+
+    @property
+    def two_sided(self) -> bool:
+        return True
+
+    def plain(self) -> StageDiff:
+        """The plain :class:`StageDiff` with the same fields."""
+        return StageDiff(*(getattr(self, f) for f in _FIELDS))
+
+    def __reduce__(self) -> tuple:
+        return (StageDiff, tuple(getattr(self, f) for f in _FIELDS))
+
+    def __repr__(self) -> str:
+        return repr(self.plain())
+
+
+_set_key, _set_status, _set_run, _set_row = (DeferredStageDiff.__dict__[n].__set__ for n in ("key", "status", "_run", "_row"))
+
+
+def _deferred(key: str, run: _Run, row: int) -> DeferredStageDiff:
+    sd = _new(DeferredStageDiff)
+    _set_key(sd, key)
+    _set_status(sd, Status.PASS)
+    _set_run(sd, run)
+    _set_row(sd, row)
+    return sd
+
+
+# -- which pairs are plain ----------------------------------------------------------------------------
+class _Planner:
+    """Tells the run layout of a plain pair (``None``: judge it alone), caching what it can."""
+
+    def __init__(self, config: Any, floor: Any):
+        self.config, self.floor = config, floor
+        self.sizes: dict[tuple[int, ...], int] = {}
+        self.tols: dict[tuple, Tolerance] = {}
+
+    def layout(self, rs: Stage, cs: Stage) -> tuple | None:
+        if rs.kind != "tensor" or cs.kind != "tensor":
+            return None
+        shape, rd, cd = rs.shape, rs.dtype, cs.dtype
+        if shape != cs.shape or rd not in _KCODE or cd not in _KCODE:
+            return None
+        size = self.sizes.get(shape)
+        if size is None:
+            size = self.sizes[shape] = math.prod(shape)
+        if size > BATCH_MAX_ELEMENTS:
+            return None
+        raxes, caxes = rs.axes, cs.axes
+        if raxes is not None and caxes is not None and raxes != caxes:
+            return None
+        key = rs.key
+        if "logits" in key and _is_logits(key):
+            return None
+        cfg = self.config
+        if cfg.transforms and any(t.applies(key, side) and t.steps for t in cfg.transforms
+                                  for side in ("reference", "candidate")):
+            return None
+        if self.floor is not None and self.floor.get(key) is not None:
+            return None
+        return (rd, cd, shape, raxes, caxes, rs.units, cs.units)
+
+    def tolerance(self, rs: Stage, cs: Stage, layout: tuple) -> Tolerance | None:
+        """The stage's tolerance, ``None`` when it has a stage-level floor or makes it an image."""
+        tol = self.config.tolerance.for_stage(rs.key, layout[0], layout[1])
+        if tol.cosine_min is not None or tol.sqnr_min_db is not None or tol.correlation_min is not None:
+            return None
+        if len(layout[2]) == 2:
+            from .diff import _image_options
+
+            if _image_options(rs, cs, tol, self.config)[0]:
+                return None
+        return tol
+
+
+def _is_logits(key: str) -> bool:
+    from .logits import is_logits_key
+
+    return is_logits_key(key)
+
+
+def _notes(layout: tuple) -> tuple[str, ...]:
+    """The notes :func:`~parity.compare.diff.compare_stage` gives a plain pair of this layout."""
+    rd, cd, _, _, _, runits, cunits = layout
+    notes = []
+    if runits != cunits and (runits or cunits):
+        notes.append(f"units differ: {runits!r} vs {cunits!r}")
+    if rd != cd:
+        notes.append(f"dtype differs: {rd} vs {cd}")
+    return tuple(notes)
+
+
+# -- judging -------------------------------------------------------------------------------------------
+Alone = Callable[[Stage, Stage], StageDiff]
+
+
+def judge(ref: Trace, cand: Trace, items: Iterable[tuple[Any, Stage, Stage | None]], config: Any, alone: Alone,
+          floor: Any = None) -> Iterator[tuple[Any, Stage, Stage | None, StageDiff | None]]:
+    """``(tag, rs, cs, result)`` for every ``(tag, rs, cs)`` of ``items``, in order: the
+    :class:`StageDiff` that ``alone(rs, cs)`` (the engine's per-stage judgement) gives, ``None``
+    where ``cs`` is ``None``; plain pairs judged in runs (see the module docstring)."""
+    if _kernel is None or _REGISTRY:
+        for tag, rs, cs in items:
+            yield tag, rs, cs, (alone(rs, cs) if cs is not None else None)
+        return
+    planner = _Planner(config, floor)
+    pending: list[tuple[Any, Stage, Stage]] = []
+    group: tuple | None = None
+    for tag, rs, cs in items:
+        layout = planner.layout(rs, cs) if cs is not None else None
+        tol = planner.tolerance(rs, cs, layout) if layout is not None else None  # type: ignore[arg-type]
+        if tol is None:
+            if pending:
+                yield from _judge_run(ref, cand, pending, group, alone)  # type: ignore[arg-type]
+                pending = []
+            yield tag, rs, cs, (alone(rs, cs) if cs is not None else None)
+            continue
+        this = (layout, tol)
+        if pending and (this != group or len(pending) >= BATCH_STAGES):
+            yield from _judge_run(ref, cand, pending, group, alone)  # type: ignore[arg-type]
+            pending = []
+        group = this
+        pending.append((tag, rs, cs))  # type: ignore[arg-type]
+    if pending:
+        yield from _judge_run(ref, cand, pending, group, alone)  # type: ignore[arg-type]
+
+
+def _bits(arr: np.ndarray) -> Any:
+    """What the kernel reads of a stage array: itself, or its raw bits (a dtype NumPy cannot
+    export, e.g. ml_dtypes' bfloat16); ``None`` for a byte order the kernel does not read."""
+    dt = arr.dtype
+    if not dt.isnative:
+        return None
+    return arr if dt.kind in "fiub" else arr.view(f"u{dt.itemsize}")
+
+
+def _judge_run(ref: Trace, cand: Trace, pending: list[tuple[Any, Stage, Stage]], group: tuple[tuple, Tolerance],
+               alone: Alone) -> Iterator[tuple[Any, Stage, Stage, StageDiff]]:
+    layout, tol = group
+    rd, cd = DTYPES[layout[0]], DTYPES[layout[1]]
+    ulp = _ulp_plan(rd, cd)
+    kulp = ulp if len(ulp) == 3 else (ulp[0], 0, 0)
+    n = len(pending)
+    refs = [_bits(ref.array(rs)) for _, rs, _ in pending]
+    cands = [_bits(cand.array(cs)) for _, _, cs in pending]
+    ints = np.empty((n, _STAGE_INTS), np.int64)
+    flts = np.empty((n, _STAGE_FLOATS), np.float64)
+    if _LITTLE and all(a is not None for a in refs) and all(a is not None for a in cands):
+        _kernel.stages(refs, cands, _KCODE[rd.code], _KCODE[cd.code], tol.rtol, tol.atol, *kulp, ints, flts)
+        ok = _deferrable(ints, flts)
+    else:
+        ok = np.zeros(n, bool)
+    del refs, cands
+    run = _Run(layout, tol, _notes(layout), ulp)
+    rows = np.flatnonzero(ok)
+    run.ints = ints[rows][:, _KEEP_INTS].astype(np.int32)
+    run.floats = flts[rows][:, _KEEP_FLOATS]
+    row_of = dict(zip(rows.tolist(), range(rows.size)))
+    for k in rows.tolist():
+        _, rs, cs = pending[k]
+        run.ref_keys.append(rs.key)
+        run.cand_keys.append(cs.key)
+    run.ref_pos = np.array([pending[k][1].position for k in rows.tolist()], np.int64)
+    run.cand_pos = np.array([pending[k][2].position for k in rows.tolist()], np.int64)
+    for k, (tag, rs, cs) in enumerate(pending):
+        r = row_of.get(k)
+        yield tag, rs, cs, (alone(rs, cs) if r is None else _deferred(rs.key, run, r))
+
+
+def _deferrable(ints: np.ndarray, flts: np.ndarray) -> np.ndarray:
+    """Rows that the kernel read, that pass, and whose sums ``compute_metrics`` keeps as they are
+    (``sums_need_rescaling`` false)."""
+    s_dd, s_rr, s_cc = flts[:, 3], flts[:, 4], flts[:, 5]
+    with np.errstate(invalid="ignore"):
+        rescale = (~np.isfinite(flts[:, 3:7]).all(axis=1)) | (s_rr < TINY_SUM) | (s_cc < TINY_SUM) | (
+            (s_dd < TINY_SUM) & (flts[:, 0] > 0))
+    return (ints[:, 13] == 1) & (ints[:, 1] == 0) & ~rescale
