@@ -187,3 +187,4 @@ def test_an_indexed_trace_opens_remotely_without_parsing_data_file_headers(url, 
     assert t.manifest["schema_version"] == 2 and len(t) == 300 and t.verify() == []
     assert t["iter.123.residual"].tolist() == [123.0] * 4
     assert parity.compare_traces(t, local).passed
+

@@ -32,6 +32,10 @@ __all__ = ["Stage", "Trace", "load_trace"]
 _FILE_RE = re.compile(r"data/[0-9]{6}\.safetensors")
 
 
+#: Data files up to this size stay mapped once opened; larger ones are mapped per read.
+KEEP_MAPPED_BYTES = 64 << 20
+
+
 class Trace:
     """A trace read from disk. Iterating yields :class:`Stage` objects in execution order.
 
@@ -157,18 +161,25 @@ class Trace:
         entry = entries[stage.key]
         mm = self._maps.get(stage.file)
         if mm is None:
-            full = os.path.join(self.path, stage.file)
-            with os.fdopen(open_regular(full, "data file"), "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < data_start + self._data_end(stage.file):
-                    raise TraceFormatError(f"is now {size} bytes long, shorter than when the trace was opened; "
-                                           "the file was truncated or replaced.", path=full)
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[stage.file] = mm
+            mm = self._map(stage.file, data_start)
         dt = storage_dtype(DTYPES[stage.dtype])
         count = stage.size
         arr = np.frombuffer(mm, dtype=dt, count=count, offset=data_start + entry.begin) if count else np.empty(0, dt)
         return arr.reshape(stage.shape)
+
+    def _map(self, rel: str, data_start: int) -> mmap.mmap:
+        """Map data file ``rel``: kept if small, else per read and unmapped with the last array
+        viewing it (a trace larger than memory keeps only the stages in use resident)."""
+        full = os.path.join(self.path, rel)
+        with os.fdopen(open_regular(full, "data file"), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < data_start + self._data_end(rel):
+                raise TraceFormatError(f"is now {size} bytes long, shorter than when the trace was opened; "
+                                       "the file was truncated or replaced.", path=full)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if size <= KEEP_MAPPED_BYTES:
+            self._maps[rel] = mm
+        return mm
 
     def _data_end(self, rel: str) -> int:
         """Bytes of the data buffer of data file ``rel`` that its stages hold."""
