@@ -4,8 +4,7 @@
 one :class:`StageDiff` per stage, each with its :class:`StageMetrics`, the :class:`Tolerance`
 applied and the :class:`Diagnosis` list that :mod:`parity.localize` attached. They are plain
 frozen dataclasses with an exact JSON round trip (``to_dict`` / ``from_dict``), so a diff computed
-on one machine can be rendered on another. (A :class:`StageDiff` may be a subclass that makes
-some fields when read, :class:`parity.compare.batch.DeferredStageDiff`; it equals the plain one.)
+on one machine can be rendered on another.
 
 This module sits at the bottom of the layers (docs/architecture.md): it imports nothing of parity
 but the error types and the version, so ``compare/`` (which fills these types), ``localize/``
@@ -105,9 +104,7 @@ def _dec(x: Any) -> float:
 
 
 def _same_float(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or (math.isnan(a) and math.isnan(b))
+    return a is b if a is None or b is None else (a == b or (math.isnan(a) and math.isnan(b)))
 
 
 _FLOAT_FIELDS = ("mismatched_fraction", "max_abs_err", "max_abs_ref", "max_abs_cand", "max_rel_err", "max_rel_ref",
@@ -564,6 +561,9 @@ class TraceDiff:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (schema ``parity.diff`` version :data:`DIFF_SCHEMA_VERSION`)."""
+        return {**self.head_dict(), "stages": [s.to_dict() for s in self.stages]}
+
+    def head_dict(self) -> dict[str, Any]:  # to_dict() but its last key, "stages" (report.json streams them)
         first = self.first_divergence
         return {
             "schema": "parity.diff",
@@ -578,7 +578,6 @@ class TraceDiff:
             "first_divergence": first.key if first else None,
             "summary": self.summary(),
             "unused_config": list(self.unused_config),
-            "stages": [s.to_dict() for s in self.stages],
         }
 
     @classmethod

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import click
 from rich.console import Console
@@ -14,11 +15,12 @@ from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
 from ..localize.divergence import compare_traces
 from ..errors import UsageError
-from ..report.json import render_json
+from ..report.json import iter_json, render_json
 from ..report.progress import progress_bar
 from ..compare.suggest import alignment_hint
 from ..report.sets import render_set_markdown, render_set_text
 from ..report.text import render_text
+from ..trace.reader import load_trace
 from .compare_flags import compare_flags
 
 
@@ -51,7 +53,7 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
 
     Exit status: 0 parity holds, 1 divergence found, 2 usage or input error, 3 internal error.
     """
-    from ..report import render_html, render_markdown, stage_worst
+    from ..report import AUTO, render_html, render_markdown, stage_worst
 
     if as_json and md_out == "-":
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
@@ -76,16 +78,19 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
             raise UsageError("--dask compares one pair of traces; with many inputs compare without it.")
         _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare)
     with bundle_command(bundle_dir, "diff") as rec:
+        opened = (load_trace(ref), load_trace(cand))
+        # opened once: the comparison reads them, and so do the reports where they would reopen them (AUTO)
+        traces = opened if all(os.path.isfile(os.path.join(p, "manifest.json")) for p in (ref, cand)) else AUTO
         with progress_bar("comparing") as progress:
-            result = compare_traces(ref, cand, progress=progress, **compare)
-        md = render_markdown(result, worst=worst) if (md_out or rec) else None
+            result = compare_traces(*opened, progress=_every(progress), **compare)
+        md = render_markdown(result, worst=worst, traces=traces) if (md_out or rec) else None
         page = None
         if html_out or rec:
             with progress_bar("HTML report") as progress:
-                page = render_html(result, worst=worst, progress=progress)
-        first_worst = stage_worst(result, result.first_divergence, worst)
+                page = render_html(result, worst=worst, progress=progress, traces=traces)
+        first_worst = stage_worst(result, result.first_divergence, worst, traces=traces)
         if as_json:
-            click.echo(render_json(result))
+            _echo_json(result)
         elif md_out == "-":
             click.echo(md, nl=False)
         else:
@@ -105,6 +110,26 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
             rec.write("html", page)
             rec.write("txt", plain.file.getvalue())
         sys.exit(exitcodes.for_result(result.passed))
+
+
+def _echo_json(result) -> None:
+    """``render_json(result)`` and a newline to stdout, written as it is made (a million stages'
+    dicts are never held at once)."""
+    pieces: list[str] = []
+    for i, piece in enumerate(iter_json(result), 1):
+        pieces.append(piece)
+        if i % 1024 == 0:
+            click.echo("".join(pieces), nl=False)
+            pieces = []
+    click.echo("".join(pieces))
+
+
+def _every(progress: Callable[[int, int, str], None], step: int = 4096) -> Callable[[int, int, str], None]:
+    """``progress`` called every ``step`` stages and at the last (a bar redrawn a million times costs seconds)."""
+    def update(done: int, total: int, key: str) -> None:
+        if done % step == 0 or done == total or done == 1:
+            progress(done, total, key)
+    return update
 
 
 def _diff_sets(ref, cand, pairs_file, as_json, md_out, bundle_dir, **compare_kwargs) -> None:

@@ -137,6 +137,9 @@ class DeferredStageDiff(StageDiff):
         """The plain :class:`StageDiff` with the same fields."""
         return StageDiff(*(getattr(self, f) for f in _FIELDS))
 
+    def to_dict(self) -> dict[str, Any]:
+        return self.plain().to_dict()  # every deferred field made once
+
     def __reduce__(self) -> tuple:
         return (StageDiff, tuple(getattr(self, f) for f in _FIELDS))
 
