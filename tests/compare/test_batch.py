@@ -73,16 +73,17 @@ stage_spec = st.tuples(
     st.lists(st.one_of(st.sampled_from(SPECIAL), st.floats(-1e6, 1e6, width=32)), min_size=1, max_size=8),
     st.sampled_from(["same", "ulp", "noise", "special"]),
     st.sampled_from([None, "m"]),
+    st.sampled_from(["s", "step", "logits"]),
 )
 
 
 def _pairs(specs, seed):
     rng = np.random.default_rng(seed)
     refs, cands, pairs = {}, {}, []
-    for k, (rd, cd, shape, pool, how, units) in enumerate(specs):
+    for k, (rd, cd, shape, pool, how, units, name) in enumerate(specs):
         n = math.prod(shape)
         base = np.array([pool[int(i)] for i in rng.integers(len(pool), size=n)], np.float64).reshape(shape)
-        key = f"s.{k}"
+        key = {"s": f"s.{k}", "step": f"step.{k}.logits", "logits": f"logits[step={k}]"}[name]
         refs[key] = _stored(base, rd).reshape(shape)
         cands[key] = _stored(_nudge(base, how, rng), cd).reshape(shape)
         pairs.append((Stage(key, "tensor", rd, shape, units=units, position=k),
@@ -133,18 +134,21 @@ def test_runs_equal_stage_by_stage(specs, seed, diagnoser):
 
 def test_a_run_of_many_stages_is_deferred_and_exact():
     rng = np.random.default_rng(3)
-    specs = [("F32", "F32", (8,), list(rng.normal(size=8)), "ulp", None)] * 300 + [("F16", "BF16", (4,), [1.0, 2.5], "noise", None)] * 50
+    specs = ([("F32", "F32", (8,), list(rng.normal(size=8)), "ulp", None, "s")] * 300
+             + [("F16", "BF16", (4,), [1.0, 2.5], "noise", None, "s")] * 50
+             + [("F32", "F32", (2, 3, 5), list(rng.normal(size=9)), "noise", None, "step")] * 80)
     ref, cand, pairs = _pairs(specs, 5)
     cfg = as_config(None)
     got = [sd for *_, sd in batch.judge(ref, cand, ((None, rs, cs) for rs, cs in pairs), cfg,
                                         lambda rs, cs: compare_stage(ref, cand, rs, cs, cfg, None))]
-    assert sum(isinstance(sd, batch.DeferredStageDiff) for sd in got) > 300
+    assert sum(isinstance(sd, batch.DeferredStageDiff) for sd in got) > 380
+    assert all(sd.extra is not None for sd in got[350:])
     for sd, (rs, cs) in zip(got, pairs):
         _assert_same(sd, compare_stage(ref, cand, rs, cs, cfg, None))
 
 
 def test_deferred_behaves_as_a_plain_stage_diff():
-    ref, cand, pairs = _pairs([("F32", "F64", (3,), [1.0, -0.0, 2.5], "noise", "m")] * 3, 1)
+    ref, cand, pairs = _pairs([("F32", "F64", (3,), [1.0, -0.0, 2.5], "noise", "m", "s")] * 3, 1)
     cfg = as_config(None)
     sd = next(iter(batch.judge(ref, cand, [(0, *pairs[0])], cfg, None)))[3]
     plain = compare_stage(ref, cand, *pairs[0], cfg, None)
@@ -157,6 +161,19 @@ def test_deferred_behaves_as_a_plain_stage_diff():
     assert StageDiff.from_dict(sd.to_dict()) == sd and sd.two_sided and sd.has_metrics
     with pytest.raises(dataclasses.FrozenInstanceError):
         sd.status = "fail"
+
+
+def test_logits_taken_in_several_chunks_are_judged_alone(monkeypatch):
+    from parity.compare import logits
+
+    monkeypatch.setattr(logits, "_ROWS_PER_CHUNK_BYTES", 8 * 5 * 2)  # two rows of 5 per chunk
+    ref, cand, pairs = _pairs([("F32", "F32", (3, 5), [1.0, 3.0, -2.0], "noise", None, "step")] * 4, 2)
+    cfg = as_config(None)
+    got = [sd for *_, sd in batch.judge(ref, cand, ((None, rs, cs) for rs, cs in pairs), cfg,
+                                        lambda rs, cs: compare_stage(ref, cand, rs, cs, cfg, None))]
+    assert not any(isinstance(sd, batch.DeferredStageDiff) for sd in got)
+    for sd, (rs, cs) in zip(got, pairs):
+        _assert_same(sd, compare_stage(ref, cand, rs, cs, cfg, None))
 
 
 def _write(path, stages):

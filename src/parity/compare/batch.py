@@ -4,10 +4,11 @@ A decode-step or solver trace holds a million stages of a few values each; judge
 stage costs far more in Python (a :func:`~parity.compare.metrics.compute_metrics` call, the
 result objects) than in arithmetic. :func:`judge` walks the matched stage pairs in order and puts
 runs of consecutive *plain* pairs (two small tensors of one shape, dtypes the C kernel reads, no
-transform, noise floor, image or logits handling, no cosine/SQNR floor, no registered metric) of
-one layout and tolerance through one call of the kernel's ``stages`` entry, which runs each stage
+transform, noise floor or image handling, no cosine/SQNR floor, no registered metric) of one
+layout and tolerance through one call of the kernel's ``stages`` entry, which runs each stage
 through the very chunk function ``compute_metrics`` runs it through (a stage this small is one
-chunk), so every partial is the same, bit for bit.
+chunk), so every partial is the same, bit for bit. The logits extras of a run of logits stages
+come from one pass over their stacked rows (:class:`~parity.compare.logits.LogitsColumns`).
 
 A stage of a run that passes becomes a :class:`DeferredStageDiff`: its partials stay in the run's
 columns and its :class:`~parity.results.StageMetrics` and :class:`~parity.results.SideInfo` are
@@ -39,6 +40,8 @@ from ..results import SideInfo, StageDiff, StageMetrics, Status, Tolerance
 from ..trace.dtypes import DTYPES
 from ..trace.reader import Stage, Trace
 from .chunks import TINY_SUM, Totals
+from . import logits as _logits
+from .logits import LogitsColumns, is_logits_key
 from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
 
 __all__ = ["judge", "DeferredStageDiff", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
@@ -60,11 +63,13 @@ class _Run:
     """The columns of the passing stages of one kernel call, and what they share."""
 
     __slots__ = ("ref_keys", "cand_keys", "ref_pos", "cand_pos", "ints", "floats", "ref_info", "cand_info", "shape",
-                 "size", "tol", "notes", "ulp")
+                 "size", "tol", "notes", "ulp", "logits", "logits_rows")
 
     def __init__(self, layout: tuple, tol: Tolerance, notes: tuple[str, ...], ulp: tuple):
-        rd, cd, shape, raxes, caxes, runits, cunits = layout
+        rd, cd, shape, raxes, caxes, runits, cunits, _ = layout
         self.ref_info, self.cand_info = (rd, shape, raxes, runits), (cd, shape, caxes, cunits)
+        self.logits: LogitsColumns | None = None  # the logits extras of a run of logits stages
+        self.logits_rows: list[int] = []  # their rows there
         self.shape, self.size = shape, math.prod(shape)
         self.tol, self.notes, self.ulp = tol, notes, ulp
         self.ref_keys: list[str] = []
@@ -76,6 +81,9 @@ class _Run:
         else:
             key, (dtype, shape, axes, units), pos = self.cand_keys[row], self.cand_info, self.cand_pos[row]
         return SideInfo(key, dtype, shape, axes, units, int(pos))
+
+    def extra(self, row: int) -> dict[str, Any] | None:
+        return None if self.logits is None else self.logits.extra(self.logits_rows[row])
 
     def metrics(self, row: int) -> StageMetrics:
         """What ``compute_metrics`` returns for this stage: its one chunk's partials, folded and
@@ -124,6 +132,10 @@ class DeferredStageDiff(StageDiff):
     @property  # type: ignore[override]
     def notes(self) -> tuple[str, ...]:
         return self._run.notes
+
+    @property  # type: ignore[override]
+    def extra(self) -> dict[str, Any] | None:
+        return self._run.extra(self._row)
 
     @property
     def has_metrics(self) -> bool:
@@ -183,15 +195,16 @@ class _Planner:
         if raxes is not None and caxes is not None and raxes != caxes:
             return None
         key = rs.key
-        if "logits" in key and _is_logits(key):
-            return None
+        logits = "logits" in key and is_logits_key(key) and len(shape) > 0 and size > 0  # stage_extra's logits
+        if logits and size // shape[-1] > max(1, _logits._ROWS_PER_CHUNK_BYTES // (8 * shape[-1])):
+            return None  # logits_metrics would take its rows in several chunks
         cfg = self.config
         if cfg.transforms and any(t.applies(key, side) and t.steps for t in cfg.transforms
                                   for side in ("reference", "candidate")):
             return None
         if self.floor is not None and self.floor.get(key) is not None:
             return None
-        return (rd, cd, shape, raxes, caxes, rs.units, cs.units)
+        return (rd, cd, shape, raxes, caxes, rs.units, cs.units, logits)
 
     def tolerance(self, rs: Stage, cs: Stage, layout: tuple) -> Tolerance | None:
         """The stage's tolerance, ``None`` when it has a stage-level floor or makes it an image."""
@@ -206,15 +219,9 @@ class _Planner:
         return tol
 
 
-def _is_logits(key: str) -> bool:
-    from .logits import is_logits_key
-
-    return is_logits_key(key)
-
-
 def _notes(layout: tuple) -> tuple[str, ...]:
     """The notes :func:`~parity.compare.diff.compare_stage` gives a plain pair of this layout."""
-    rd, cd, _, _, _, runits, cunits = layout
+    rd, cd, _, _, _, runits, cunits, _ = layout
     notes = []
     if runits != cunits and (runits or cunits):
         notes.append(f"units differ: {runits!r} vs {cunits!r}")
@@ -274,8 +281,9 @@ def _judge_run(ref: Trace, cand: Trace, pending: list[tuple[Any, Stage, Stage]],
     ulp = _ulp_plan(rd, cd)
     kulp = ulp if len(ulp) == 3 else (ulp[0], 0, 0)
     n = len(pending)
-    refs = [_bits(ref.array(rs)) for _, rs, _ in pending]
-    cands = [_bits(cand.array(cs)) for _, _, cs in pending]
+    ref_arrays = [ref.array(rs) for _, rs, _ in pending]
+    cand_arrays = [cand.array(cs) for _, _, cs in pending]
+    refs, cands = [_bits(a) for a in ref_arrays], [_bits(a) for a in cand_arrays]
     ints = np.empty((n, _STAGE_INTS), np.int64)
     flts = np.empty((n, _STAGE_FLOATS), np.float64)
     if _LITTLE and all(a is not None for a in refs) and all(a is not None for a in cands):
@@ -286,6 +294,9 @@ def _judge_run(ref: Trace, cand: Trace, pending: list[tuple[Any, Stage, Stage]],
     del refs, cands
     run = _Run(layout, tol, _notes(layout), ulp)
     rows = np.flatnonzero(ok)
+    if layout[-1] and rows.size:
+        run.logits, run.logits_rows = LogitsColumns(ref_arrays, cand_arrays, rd, cd, layout[2]), rows.tolist()
+    del ref_arrays, cand_arrays
     run.ints = ints[rows][:, _KEEP_INTS].astype(np.int32)
     run.floats = flts[rows][:, _KEEP_FLOATS]
     row_of = dict(zip(rows.tolist(), range(rows.size)))

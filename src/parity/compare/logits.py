@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..trace.dtypes import DType, is_float, to_float64
 from ..trace.keys import split_key
 
-__all__ = ["LogitsMetrics", "TokenDivergence", "logits_metrics", "is_logits_key", "stage_extra",
+__all__ = ["LogitsMetrics", "TokenDivergence", "logits_metrics", "row_stats", "LogitsColumns", "is_logits_key", "stage_extra",
            "first_token_divergence", "describe_logits", "DEFAULT_TOP_K"]
 
 DEFAULT_TOP_K = 5
@@ -117,6 +117,27 @@ def _topk(x: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-np.nan_to_num(x, nan=-np.inf), k - 1, axis=-1)[:, :k]
 
 
+def row_stats(r: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Per row (position) of two float64 ``[rows, vocab]`` matrices: both argmaxes, the number of
+    shared top-``k`` tokens, and ``KL(softmax(r) || softmax(c))`` (NaN where a logit is NaN). Each
+    row's values depend on that row alone (:mod:`parity.compare.batch` stacks many stages' rows).
+
+    >>> [x.tolist() for x in row_stats(np.array([[0.0, 1.0, 5.0]]), np.array([[5.0, 1.0, 0.0]]), 1)][:3]
+    [[2], [0], [0]]
+    """
+    ar = np.argmax(np.nan_to_num(r, nan=-np.inf), axis=-1)
+    ac = np.argmax(np.nan_to_num(c, nan=-np.inf), axis=-1)
+    tr, tc = _topk(r, k), _topk(c, k)
+    agree = (tr[:, :, None] == tc[:, None, :]).sum(axis=(1, 2))
+    lr, lc = _log_softmax(r), _log_softmax(c)
+    with np.errstate(invalid="ignore", over="ignore"):
+        pr = np.exp(lr)
+        kl = np.where(pr > 0, pr * (lr - lc), 0.0).sum(axis=-1)
+    nan_rows = np.isnan(r).any(axis=-1) | np.isnan(c).any(axis=-1)
+    kl = np.where(nan_rows, np.nan, np.maximum(kl, 0.0))  # clip tiny negative rounding; NaN logits give NaN
+    return ar, ac, agree, kl
+
+
 def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DType | None = None,
                    cand_dtype: DType | None = None) -> LogitsMetrics:
     """Compare two logit arrays of the same shape over their last axis.
@@ -160,21 +181,13 @@ def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DT
     for lo in range(0, n, rows):
         r = _widen(r2[lo:lo + rows], ref_dtype)
         c = _widen(c2[lo:lo + rows], cand_dtype)
-        ar = np.argmax(np.nan_to_num(r, nan=-np.inf), axis=-1)
-        ac = np.argmax(np.nan_to_num(c, nan=-np.inf), axis=-1)
+        ar, ac, agree, kl = row_stats(r, c, k)
         argmax_r[lo:lo + len(r)], argmax_c[lo:lo + len(c)] = ar, ac
         same = ar == ac
         top1_same += int(same.sum())
         if first_bad < 0 and not same.all():
             first_bad = lo + int(np.argmin(same))
-        tr, tc = _topk(r, k), _topk(c, k)
-        agree_sum += float((tr[:, :, None] == tc[:, None, :]).sum(axis=(1, 2)).sum()) / k
-        lr, lc = _log_softmax(r), _log_softmax(c)
-        with np.errstate(invalid="ignore", over="ignore"):
-            pr = np.exp(lr)
-            kl = np.where(pr > 0, pr * (lr - lc), 0.0).sum(axis=-1)
-        nan_rows = np.isnan(r).any(axis=-1) | np.isnan(c).any(axis=-1)
-        kl = np.where(nan_rows, np.nan, np.maximum(kl, 0.0))  # clip tiny negative rounding; NaN logits give NaN
+        agree_sum += float(agree.sum()) / k
         kl_sum += float(kl.sum())
         if np.isnan(kl).any():
             i = int(np.argmax(np.isnan(kl)))
@@ -231,6 +244,61 @@ def stage_extra(key: str, ref: Any, cand: Any, ref_dtype: DType | None, cand_dty
     if r.shape != c.shape or r.ndim == 0 or r.size == 0:
         return None
     return {"logits": logits_metrics(r, c, k=k, ref_dtype=ref_dtype, cand_dtype=cand_dtype).to_dict()}
+
+
+class LogitsColumns:
+    """:func:`stage_extra` of many logits stages of one shape and dtypes (``refs[i]`` against
+    ``cands[i]``), from one :func:`row_stats` pass over their stacked rows; :meth:`extra` gives
+    stage ``i``'s, equal to ``stage_extra`` of that stage alone (each stage is one chunk of rows
+    there, its per-stage sums are the same sums). For stages of fewer than
+    ``_ROWS_PER_CHUNK_BYTES // (8 * vocab)`` rows.
+
+    >>> r, f32 = [np.float32([0, 1, 5]), np.float32([2, 0, 1])], parity.trace.dtypes.DTYPES["F32"]
+    >>> cols = LogitsColumns(r, [x[::-1].copy() for x in r], f32, f32, (3,), k=1)
+    >>> cols.extra(1) == stage_extra("logits", r[1], r[1][::-1], f32, f32, k=1)
+    True
+    """
+
+    def __init__(self, refs: Any, cands: Any, ref_dtype: DType, cand_dtype: DType, shape: tuple[int, ...],
+                 k: int = DEFAULT_TOP_K):
+        lead, vocab = shape[:-1], shape[-1]
+        n = math.prod(lead)
+        self.lead, self.n, self.k = lead, n, max(1, min(int(k), vocab))
+        count = len(refs)
+        r = to_float64(np.concatenate([np.asarray(a).reshape(-1) for a in refs]), ref_dtype).reshape(count * n, vocab)
+        c = to_float64(np.concatenate([np.asarray(a).reshape(-1) for a in cands]), cand_dtype).reshape(count * n, vocab)
+        ar, ac, agree, kl = row_stats(r, c, self.k)
+        same = (ar == ac).reshape(count, n)
+        self.top1 = same.sum(axis=1).tolist()
+        self.first_bad = np.where(same.all(axis=1), -1, np.argmin(same, axis=1)).tolist()
+        self.agree = agree.reshape(count, n).sum(axis=1).tolist()
+        kl2 = kl.reshape(count, n)
+        # each stage's float64 sum of its rows' KL, as logits_metrics sums one chunk (one element: itself)
+        self.kl_sum = kl2[:, 0].tolist() if n == 1 else [float(row.sum()) for row in kl2]
+        nan = np.isnan(kl2)
+        at = np.argmax(kl2, axis=1)
+        top = kl2[np.arange(count), at]
+        self.kl_max = np.where(nan.any(axis=1), np.nan, np.where(top > -np.inf, top, -np.inf)).tolist()
+        self.kl_arg = np.where(nan.any(axis=1), np.argmax(nan, axis=1), np.where(top > -np.inf, at, -1)).tolist()
+        ar2, ac2 = ar.reshape(count, n), ac.reshape(count, n)
+        if len(lead) >= 2:
+            ar2, ac2 = ar2.reshape((count, *lead))[..., -1].reshape(count, -1), ac2.reshape((count, *lead))[..., -1].reshape(count, -1)
+        elif lead:
+            ar2, ac2 = ar2[:, -1:], ac2[:, -1:]
+        self.last_r, self.last_c = ar2.tolist(), ac2.tolist()
+
+    def extra(self, i: int) -> dict[str, Any]:
+        """``stage_extra(...)`` of stage ``i``: ``{"logits": LogitsMetrics(...).to_dict()}``."""
+        n, lead = self.n, self.lead
+        unravel = (lambda j: tuple(int(x) for x in np.unravel_index(j, lead))) if lead else (lambda j: ())
+        last_r, last_c = self.last_r[i], self.last_c[i]
+        m = LogitsMetrics(
+            k=self.k, positions=n, topk_agreement=(0.0 + float(self.agree[i]) / self.k) / n,
+            top1_agreement=self.top1[i] / n, kl_mean=(0.0 + float(self.kl_sum[i])) / n, kl_max=float(self.kl_max[i]),
+            kl_max_position=unravel(self.kl_arg[i]) if self.kl_arg[i] >= 0 else None,
+            greedy_ref=tuple(last_r), greedy_cand=tuple(last_c), greedy_match=last_r == last_c,
+            first_mismatch=unravel(self.first_bad[i]) if self.first_bad[i] >= 0 else None)
+        return {"logits": m.to_dict()}
 
 
 @dataclass(frozen=True)

@@ -246,8 +246,9 @@ def _rounding(rs: Stage, cs: Stage, r: np.ndarray, c: np.ndarray) -> Diagnosis |
 
 
 def _scale(r: np.ndarray, c: np.ndarray, rtol: float, atol: float) -> Diagnosis | None:
-    rr = float(np.dot(r, r))
-    cc = float(np.dot(c, c))
+    with np.errstate(over="ignore"):  # an overflowing sum of squares: no scale is told (below)
+        rr = float(np.dot(r, r))
+        cc = float(np.dot(c, c))
     if rr == 0 or cc == 0 or not math.isfinite(rr) or not math.isfinite(cc):
         return None
     s = float(np.dot(c, r)) / rr
