@@ -86,11 +86,7 @@ def by_key(items: Iterable[K], key: str) -> K:
 
 # -- one stage's value metrics ----------------------------------------------------------------
 def _enc(x: float) -> float | str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return float(x)
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf") if math.isinf(x) else float(x)
 
 
 def _dec(x: Any) -> float:
@@ -396,6 +392,9 @@ class StageDiff:
     @property
     def has_metrics(self) -> bool:  # metrics is set (a deferred StageDiff answers without making them)
         return self.metrics is not None
+
+    def extra_value(self, name: str) -> Any:  # extra[name], None if absent (a deferred one makes only that)
+        return (self.extra or {}).get(name)
 
     def __eq__(self, other: object) -> bool:  # field by field, whatever the subclass (parity.compare.batch)
         if not isinstance(other, StageDiff):

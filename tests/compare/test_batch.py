@@ -144,7 +144,10 @@ def test_a_run_of_many_stages_is_deferred_and_exact():
     assert sum(isinstance(sd, batch.DeferredStageDiff) for sd in got) > 380
     assert all(sd.extra is not None for sd in got[350:])
     for sd, (rs, cs) in zip(got, pairs):
-        _assert_same(sd, compare_stage(ref, cand, rs, cs, cfg, None))
+        alone = compare_stage(ref, cand, rs, cs, cfg, None)
+        _assert_same(sd, alone)
+        for name in ("logits", "image", "noise_floor"):
+            assert batch.extra_value(sd, name) == sd.extra_value(name) == (alone.extra or {}).get(name)
 
 
 def test_deferred_behaves_as_a_plain_stage_diff():

@@ -44,7 +44,7 @@ from . import logits as _logits
 from .logits import LogitsColumns, is_logits_key
 from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
 
-__all__ = ["judge", "DeferredStageDiff", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
+__all__ = ["judge", "DeferredStageDiff", "extra_value", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
 
 #: Stages of at most this many elements are judged in runs (larger ones gain nothing from it).
 BATCH_MAX_ELEMENTS = 4096
@@ -140,6 +140,9 @@ class DeferredStageDiff(StageDiff):
     @property
     def has_metrics(self) -> bool:
         return True
+
+    def extra_value(self, name: str) -> Any:
+        return self._run.extra(self._row)["logits"] if name == "logits" and self._run.logits is not None else None
 
     @property
     def two_sided(self) -> bool:
@@ -319,3 +322,17 @@ def _deferrable(ints: np.ndarray, flts: np.ndarray) -> np.ndarray:
         rescale = (~np.isfinite(flts[:, 3:7]).all(axis=1)) | (s_rr < TINY_SUM) | (s_cc < TINY_SUM) | (
             (s_dd < TINY_SUM) & (flts[:, 0] > 0))
     return (ints[:, 13] == 1) & (ints[:, 1] == 0) & ~rescale
+
+
+def extra_value(sd: Any, name: str) -> Any:
+    """``sd.extra[name]`` (``None``: absent or no ``sd``), through
+    :meth:`~parity.results.StageDiff.extra_value` where ``sd`` has it, so that a deferred stage makes
+    no other extra (the renderers ask every stage for its image and noise floor).
+
+    >>> extra_value(parity.StageDiff("x", "pass", extra={"image": 1}), "image"), extra_value(None, "image")
+    (1, None)
+    """
+    if sd is None:
+        return None
+    get = getattr(sd, "extra_value", None)
+    return get(name) if get is not None else (getattr(sd, "extra", None) or {}).get(name)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .batch import extra_value
 
 __all__ = ["StageFloor", "NoiseFloor", "load_noise_floor", "relative_rms", "floor_ratio", "DEFAULT_MARGIN"]
 
@@ -197,7 +198,7 @@ def floor_ratio(sd: Any) -> float | None:
     >>> round(floor_ratio(diff["logits"]), 2), diff["logits"].status, floor_ratio(diff["embedding"])
     (13.26, 'fail', None)
     """
-    info = (sd.extra or {}).get("noise_floor") if sd is not None else None
+    info = extra_value(sd, "noise_floor")
     if not isinstance(info, dict):
         return None
     return float(info["ratio"])  # "inf" reads back as float("inf")

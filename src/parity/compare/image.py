@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .batch import extra_value
 from ..errors import UsageError
 
 __all__ = ["ImageMetrics", "image_metrics", "find_peaks", "is_image_stage", "image_of", "IMAGE_AXES", "DEFAULT_RADIUS"]
@@ -235,5 +236,5 @@ def image_of(sd: Any) -> ImageMetrics | None:
     >>> image_of(sd).matched, image_of(parity.StageDiff("logits", "ok"))
     (1, None)
     """
-    d = (sd.extra or {}).get("image") if sd is not None else None
+    d = extra_value(sd, "image")
     return ImageMetrics.from_dict(d) if isinstance(d, dict) else None

@@ -358,14 +358,7 @@ def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TO
     """
     found: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] = []
     if cand is None:
-        for sd in getattr(source, "stages", ()):
-            extra = getattr(sd, "extra", None) or {}
-            lg = extra.get("logits")
-            if lg is None:
-                continue
-            m = LogitsMetrics.from_dict(lg)
-            if not m.greedy_match:
-                found.append((_step_of(sd.key), sd.key, m.greedy_ref, m.greedy_cand))
+        return _first_divergence_of(_logits_extras(source))
     else:
         from ..trace.reader import Trace, load_trace
 
@@ -388,6 +381,30 @@ def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TO
     return TokenDivergence(step, key, rtok, ctok)
 
 
+def _logits_extras(diff: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    """``(key, extra["logits"])`` of every stage of a diff that has them, in order."""
+    from .batch import extra_value  # (batch judges logits stages with this module)
+
+    out = []
+    for sd in getattr(diff, "stages", ()):
+        lg = extra_value(sd, "logits")
+        if lg is not None:
+            out.append((sd.key, lg))
+    return out
+
+
+def _first_divergence_of(extras: list[tuple[str, Mapping[str, Any]]]) -> TokenDivergence | None:
+    found = []
+    for key, lg in extras:
+        if not bool(lg["greedy_match"]):
+            m = LogitsMetrics.from_dict(lg)
+            found.append((_step_of(key), key, m.greedy_ref, m.greedy_cand))
+    if not found:
+        return None
+    step, key, rtok, ctok = min(found, key=lambda f: f[0])
+    return TokenDivergence(step, key, rtok, ctok)
+
+
 def describe_logits(diff: Any) -> list[str]:
     """Plain-text lines summarising the logits stages of a diff (used by the text report).
 
@@ -396,19 +413,16 @@ def describe_logits(diff: Any) -> list[str]:
     Logits (1 stage(s)): top-5 agreement min 0.95 (logits) · KL max 0.0318 nats (logits)
       greedy tokens agree at every compared step.
     """
-    rows = []
-    for sd in getattr(diff, "stages", ()):
-        lg = (getattr(sd, "extra", None) or {}).get("logits")
-        if lg is not None:
-            rows.append((sd.key, LogitsMetrics.from_dict(lg)))
-    if not rows:
+    extras = _logits_extras(diff)
+    if not extras:
         return []
-    worst_topk = min(rows, key=lambda r: (r[1].topk_agreement if not math.isnan(r[1].topk_agreement) else -1.0))
-    worst_kl = max(rows, key=lambda r: (r[1].kl_max if not math.isnan(r[1].kl_max) else math.inf))
-    k = worst_topk[1].k
-    lines = [f"Logits ({len(rows)} stage(s)): top-{k} agreement min {worst_topk[1].topk_agreement:.4g} "
-             f"({worst_topk[0]}) · KL max {worst_kl[1].kl_max:.3g} nats ({worst_kl[0]})"]
-    div = first_token_divergence(diff)
+    # the values as LogitsMetrics.from_dict reads them (float() of a number or of "nan"/"inf")
+    worst_topk = min(extras, key=lambda r: (v if not math.isnan(v := float(r[1]["topk_agreement"])) else -1.0))
+    worst_kl = max(extras, key=lambda r: (v if not math.isnan(v := float(r[1]["kl_max"])) else math.inf))
+    top, kl = LogitsMetrics.from_dict(worst_topk[1]), LogitsMetrics.from_dict(worst_kl[1])
+    lines = [f"Logits ({len(extras)} stage(s)): top-{top.k} agreement min {top.topk_agreement:.4g} "
+             f"({worst_topk[0]}) · KL max {kl.kl_max:.3g} nats ({worst_kl[0]})"]
+    div = _first_divergence_of(extras)
     if div is None:
         lines.append("  greedy tokens agree at every compared step.")
     else:
