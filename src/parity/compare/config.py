@@ -234,7 +234,7 @@ class CompareConfig:
         return key.replace(name, new, 1)
 
     def is_ignored(self, key: str) -> bool:
-        return any(glob_to_regex(p).match(key) for p in self.ignore)
+        return bool(self.ignore) and any(glob_to_regex(p).match(key) for p in self.ignore)
 
     def expected_reason(self, key: str) -> str | None:
         for pattern, reason in self.expected.items():
@@ -276,7 +276,7 @@ class CompareConfig:
             if not any(rx.search(k) for k in cand_keys):
                 out.append(f'[rename] "{pattern}" matches no candidate stage')
         renamed = [apply_renames(k, self.renames) for k in cand_keys] if self.renames else cand_keys
-        names = sorted({_name_of(k) for k in renamed} - {None})
+        names = sorted({_name_of(k) for k in renamed} - {None}) if self.aliases else []  # (only aliases read them)
         for alias in self.aliases:
             if not any(n == alias or n.endswith("." + alias) for n in names):
                 out.append(f'[aliases] "{alias}" matches no candidate stage{hint(alias, names)}')

@@ -289,8 +289,25 @@ def compare_traces(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[
     return compare_stages(ref, cand, config, **kwargs)
 
 
-def _candidates_by_reference(ct: Trace, cfg: CompareConfig) -> dict[str, Stage]:
+class _SameKeys:
+    """Candidate stages by their own key (no renames, no aliases), made when asked for: a trace of
+    a million stages then holds no million candidate :class:`Stage` objects while it is compared."""
+
+    def __init__(self, ct: Trace):
+        self.ct = ct
+
+    def get(self, key: str) -> Stage | None:
+        return self.ct.stage(key) if key in self.ct else None
+
+    def unused(self, used: set[str]) -> Iterator[tuple[str, Stage]]:
+        """``(key, stage)`` of the candidate stages whose key is not in ``used``, in candidate order."""
+        return ((k, self.ct.stage(k)) for k in self.ct.keys() if k not in used)
+
+
+def _candidates_by_reference(ct: Trace, cfg: CompareConfig) -> dict[str, Stage] | _SameKeys:
     """Candidate stages by the reference key they map to (after renames and aliases)."""
+    if not cfg.renames and not cfg.aliases:
+        return _SameKeys(ct)
     cand_by_ref: dict[str, Stage] = {}
     for cs in ct:
         target = cfg.rename_candidate(cs.key)
@@ -343,9 +360,9 @@ def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None,
             results.append(sd)
         if progress is not None:
             progress(i + 1, total, rs.key)
-    for target, cs in cand_by_ref.items():
-        if target in used:
-            continue
+    rest = (cand_by_ref.unused(used) if isinstance(cand_by_ref, _SameKeys) else
+            ((t, cs) for t, cs in cand_by_ref.items() if t not in used))
+    for target, cs in rest:
         if cfg.is_ignored(target) or cfg.is_ignored(cs.key):
             ignored += 1
             continue
