@@ -13,6 +13,7 @@ from rich.console import Console
 
 from .. import exitcodes
 from ..bundle import bundle_command, bundle_option
+from ..compare.diff import collector_paused
 from ..localize.divergence import compare_traces
 from ..errors import UsageError
 from ..report.json import iter_json, render_json
@@ -53,7 +54,7 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
 
     Exit status: 0 parity holds, 1 divergence found, 2 usage or input error, 3 internal error.
     """
-    from ..report import AUTO, render_html, render_markdown, stage_worst
+    from ..report import AUTO
 
     if as_json and md_out == "-":
         raise UsageError("--json and --md - both print to stdout; choose one (or give --md a file name).")
@@ -83,33 +84,41 @@ def diff_cmd(ref, cand, compare, as_json, show_all, md_out, html_out, worst, pai
         traces = opened if all(os.path.isfile(os.path.join(p, "manifest.json")) for p in (ref, cand)) else AUTO
         with progress_bar("comparing") as progress:
             result = compare_traces(*opened, progress=_every(progress), **compare)
-        md = render_markdown(result, worst=worst, traces=traces) if (md_out or rec) else None
-        page = None
-        if html_out or rec:
-            with progress_bar("HTML report") as progress:
-                page = render_html(result, worst=worst, progress=progress, traces=traces)
-        first_worst = stage_worst(result, result.first_divergence, worst, traces=traces)
-        if as_json:
-            _echo_json(result)
-        elif md_out == "-":
-            click.echo(md, nl=False)
-        else:
-            render_text(result, _console(), show_all=show_all, worst=first_worst)
-        hint = alignment_hint(result, compare.get("config"))
-        if hint:
-            click.echo("\n".join(hint), err=as_json or md_out == "-")
-        for path, text in ((md_out, md), (html_out, page)):
-            if path and path != "-":
-                with open(path, "w", encoding="utf-8") as f:
-                    f.write(text)
-        if rec is not None:
-            plain = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False, highlight=False)
-            render_text(result, plain, show_all=True, worst=first_worst)
-            rec.write("json", render_json(result) + "\n")
-            rec.write("md", md)
-            rec.write("html", page)
-            rec.write("txt", plain.file.getvalue())
+        with collector_paused():  # the reports walk every stage's result
+            _report(result, traces, compare, as_json, show_all, md_out, html_out, worst, rec)
         sys.exit(exitcodes.for_result(result.passed))
+
+
+def _report(result, traces, compare, as_json, show_all, md_out, html_out, worst, rec) -> None:
+    """Print and write the reports of one pair's diff (see :func:`diff_cmd`)."""
+    from ..report import render_html, render_markdown, stage_worst
+
+    md = render_markdown(result, worst=worst, traces=traces) if (md_out or rec) else None
+    page = None
+    if html_out or rec:
+        with progress_bar("HTML report") as progress:
+            page = render_html(result, worst=worst, progress=progress, traces=traces)
+    first_worst = stage_worst(result, result.first_divergence, worst, traces=traces)
+    if as_json:
+        _echo_json(result)
+    elif md_out == "-":
+        click.echo(md, nl=False)
+    else:
+        render_text(result, _console(), show_all=show_all, worst=first_worst)
+    hint = alignment_hint(result, compare.get("config"))
+    if hint:
+        click.echo("\n".join(hint), err=as_json or md_out == "-")
+    for path, text in ((md_out, md), (html_out, page)):
+        if path and path != "-":
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+    if rec is not None:
+        plain = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False, highlight=False)
+        render_text(result, plain, show_all=True, worst=first_worst)
+        rec.write("json", render_json(result) + "\n")
+        rec.write("md", md)
+        rec.write("html", page)
+        rec.write("txt", plain.file.getvalue())
 
 
 def _echo_json(result) -> None:

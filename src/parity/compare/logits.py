@@ -358,7 +358,7 @@ def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TO
     """
     found: list[tuple[int, str, tuple[int, ...], tuple[int, ...]]] = []
     if cand is None:
-        return _first_divergence_of(_logits_extras(source))
+        return _scan(source)[3]
     else:
         from ..trace.reader import Trace, load_trace
 
@@ -381,28 +381,35 @@ def first_token_divergence(source: Any, cand: Any = None, *, k: int = DEFAULT_TO
     return TokenDivergence(step, key, rtok, ctok)
 
 
-def _logits_extras(diff: Any) -> list[tuple[str, Mapping[str, Any]]]:
-    """``(key, extra["logits"])`` of every stage of a diff that has them, in order."""
+def _scan(diff: Any) -> tuple[int, Any, Any, TokenDivergence | None]:
+    """One pass over the logits extras of a diff (none held): how many stages have them, the
+    ``(key, extra)`` of the lowest top-k agreement and of the highest KL (the first such, NaN
+    counting as the worst), and the first decode step whose greedy token differs."""
     from .batch import extra_value  # (batch judges logits stages with this module)
 
-    out = []
+    count, topk, kl = 0, None, None
+    found = []
     for sd in getattr(diff, "stages", ()):
         lg = extra_value(sd, "logits")
-        if lg is not None:
-            out.append((sd.key, lg))
-    return out
-
-
-def _first_divergence_of(extras: list[tuple[str, Mapping[str, Any]]]) -> TokenDivergence | None:
-    found = []
-    for key, lg in extras:
+        if lg is None:
+            continue
+        count += 1
+        v = float(lg["topk_agreement"])  # as LogitsMetrics.from_dict reads it ("nan" too)
+        v = -1.0 if math.isnan(v) else v
+        if topk is None or v < topk[2]:
+            topk = (sd.key, lg, v)
+        w = float(lg["kl_max"])
+        w = math.inf if math.isnan(w) else w
+        if kl is None or w > kl[2]:
+            kl = (sd.key, lg, w)
         if not bool(lg["greedy_match"]):
             m = LogitsMetrics.from_dict(lg)
-            found.append((_step_of(key), key, m.greedy_ref, m.greedy_cand))
-    if not found:
-        return None
-    step, key, rtok, ctok = min(found, key=lambda f: f[0])
-    return TokenDivergence(step, key, rtok, ctok)
+            found.append((_step_of(sd.key), sd.key, m.greedy_ref, m.greedy_cand))
+    div = None
+    if found:
+        step, key, rtok, ctok = min(found, key=lambda f: f[0])
+        div = TokenDivergence(step, key, rtok, ctok)
+    return count, topk, kl, div
 
 
 def describe_logits(diff: Any) -> list[str]:
@@ -413,16 +420,12 @@ def describe_logits(diff: Any) -> list[str]:
     Logits (1 stage(s)): top-5 agreement min 0.95 (logits) · KL max 0.0318 nats (logits)
       greedy tokens agree at every compared step.
     """
-    extras = _logits_extras(diff)
-    if not extras:
+    count, worst_topk, worst_kl, div = _scan(diff)
+    if not count:
         return []
-    # the values as LogitsMetrics.from_dict reads them (float() of a number or of "nan"/"inf")
-    worst_topk = min(extras, key=lambda r: (v if not math.isnan(v := float(r[1]["topk_agreement"])) else -1.0))
-    worst_kl = max(extras, key=lambda r: (v if not math.isnan(v := float(r[1]["kl_max"])) else math.inf))
     top, kl = LogitsMetrics.from_dict(worst_topk[1]), LogitsMetrics.from_dict(worst_kl[1])
-    lines = [f"Logits ({len(extras)} stage(s)): top-{top.k} agreement min {top.topk_agreement:.4g} "
+    lines = [f"Logits ({count} stage(s)): top-{top.k} agreement min {top.topk_agreement:.4g} "
              f"({worst_topk[0]}) · KL max {kl.kl_max:.3g} nats ({worst_kl[0]})"]
-    div = _first_divergence_of(extras)
     if div is None:
         lines.append("  greedy tokens agree at every compared step.")
     else:
