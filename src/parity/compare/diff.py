@@ -24,7 +24,7 @@ import gc
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -323,7 +323,7 @@ class _SameKeys:
     def get(self, key: str) -> Stage | None:
         return self.ct.stage(key) if key in self.ct else None
 
-    def unused(self, used: set[str]) -> Iterator[tuple[str, Stage]]:
+    def unused(self, used: Container[str]) -> Iterator[tuple[str, Stage]]:
         """``(key, stage)`` of the candidate stages whose key is not in ``used``, in candidate order."""
         return ((k, self.ct.stage(k)) for k in self.ct.keys() if k not in used)
 
@@ -350,13 +350,12 @@ def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None,
     Without an executor the stages stream through :func:`parity.compare.batch.judge` (runs of
     small plain stages in one kernel call, the same results as :func:`compare_stage`)."""
     cand_by_ref = _candidates_by_reference(ct, cfg)
-    used: set[str] = set()  # reference keys (a candidate stage mapped to none of them is extra)
+    used = rt  # the reference keys (a candidate stage mapped to none of them is extra), held by the trace
     ignored = 0
 
     def plan() -> Iterator[tuple[int, Stage, Stage | None]]:  # reference position, stage, its candidate
         nonlocal ignored
         for i, rs in enumerate(rt):
-            used.add(rs.key)
             if cfg.is_ignored(rs.key):
                 ignored += 1
             else:
