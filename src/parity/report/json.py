@@ -91,36 +91,47 @@ def _pretty(obj: Any, pad: str, ind: str, depth: int) -> str:
     keys, ``list``); anything else raises :class:`_Unusual`. Several times faster than the
     encoder ``json`` uses when it indents (pure Python, one generator per value)."""
     t = type(obj)
-    if t is str:
-        return encode_basestring(obj)
-    if obj is None:
-        return "null"
-    if obj is True:
-        return "true"
-    if obj is False:
-        return "false"
-    if t is int:
-        return int.__repr__(obj)
-    if t is float:
-        if obj != obj or obj == _INF or obj == -_INF:
-            raise _Unusual
-        return float.__repr__(obj)
-    if depth > 64:
-        raise _Unusual
-    inner = pad + ind
     if t is dict:
         if not obj:
             return "{}"
+        if depth > 64:
+            raise _Unusual
+        inner = pad + ind
         parts = []
         for k, v in obj.items():
             if type(k) is not str:
                 raise _Unusual
-            parts.append(encode_basestring(k) + ": " + _pretty(v, inner, ind, depth + 1))
+            parts.append(encode_basestring(k) + ": " + _scalar(v, inner, ind, depth))
         return "{" + inner + ("," + inner).join(parts) + pad + "}"
     if t is list:
         if not obj:
             return "[]"
-        return "[" + inner + ("," + inner).join([_pretty(v, inner, ind, depth + 1) for v in obj]) + pad + "]"
+        if depth > 64:
+            raise _Unusual
+        inner = pad + ind
+        return "[" + inner + ("," + inner).join([_scalar(v, inner, ind, depth) for v in obj]) + pad + "]"
+    return _scalar(obj, pad, ind, depth)
+
+
+def _scalar(v: Any, pad: str, ind: str, depth: int) -> str:
+    """One value of a container (:func:`_pretty` for a nested one)."""
+    t = type(v)
+    if t is str:
+        return encode_basestring(v)
+    if t is float:
+        if v != v or v == _INF or v == -_INF:
+            raise _Unusual
+        return float.__repr__(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if t is int:
+        return int.__repr__(v)
+    if t is dict or t is list:
+        return _pretty(v, pad, ind, depth + 1)
     raise _Unusual
 
 
