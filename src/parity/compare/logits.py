@@ -269,35 +269,36 @@ class LogitsColumns:
         c = to_float64(np.concatenate([np.asarray(a).reshape(-1) for a in cands]), cand_dtype).reshape(count * n, vocab)
         ar, ac, agree, kl = row_stats(r, c, self.k)
         same = (ar == ac).reshape(count, n)
-        self.top1 = same.sum(axis=1).tolist()
-        self.first_bad = np.where(same.all(axis=1), -1, np.argmin(same, axis=1)).tolist()
-        self.agree = agree.reshape(count, n).sum(axis=1).tolist()
+        self.top1 = same.sum(axis=1)
+        self.first_bad = np.where(same.all(axis=1), -1, np.argmin(same, axis=1))
+        self.agree = agree.reshape(count, n).sum(axis=1)
         kl2 = kl.reshape(count, n)
         # each stage's float64 sum of its rows' KL, as logits_metrics sums one chunk (one element: itself)
-        self.kl_sum = kl2[:, 0].tolist() if n == 1 else [float(row.sum()) for row in kl2]
+        self.kl_sum = kl2[:, 0].copy() if n == 1 else np.array([float(row.sum()) for row in kl2], np.float64)
         nan = np.isnan(kl2)
         at = np.argmax(kl2, axis=1)
         top = kl2[np.arange(count), at]
-        self.kl_max = np.where(nan.any(axis=1), np.nan, np.where(top > -np.inf, top, -np.inf)).tolist()
-        self.kl_arg = np.where(nan.any(axis=1), np.argmax(nan, axis=1), np.where(top > -np.inf, at, -1)).tolist()
+        self.kl_max = np.where(nan.any(axis=1), np.nan, np.where(top > -np.inf, top, -np.inf))
+        self.kl_arg = np.where(nan.any(axis=1), np.argmax(nan, axis=1), np.where(top > -np.inf, at, -1))
         ar2, ac2 = ar.reshape(count, n), ac.reshape(count, n)
         if len(lead) >= 2:
             ar2, ac2 = ar2.reshape((count, *lead))[..., -1].reshape(count, -1), ac2.reshape((count, *lead))[..., -1].reshape(count, -1)
         elif lead:
             ar2, ac2 = ar2[:, -1:], ac2[:, -1:]
-        self.last_r, self.last_c = ar2.tolist(), ac2.tolist()
+        self.last_r, self.last_c = np.ascontiguousarray(ar2), np.ascontiguousarray(ac2)  # columns: 8 bytes a value
 
     def extra(self, i: int) -> dict[str, Any]:
         """``stage_extra(...)`` of stage ``i``: ``{"logits": LogitsMetrics(...).to_dict()}``."""
         n, lead = self.n, self.lead
         unravel = (lambda j: tuple(int(x) for x in np.unravel_index(j, lead))) if lead else (lambda j: ())
-        last_r, last_c = self.last_r[i], self.last_c[i]
+        last_r, last_c = self.last_r[i].tolist(), self.last_c[i].tolist()
+        kl_arg, first_bad = int(self.kl_arg[i]), int(self.first_bad[i])
         m = LogitsMetrics(
-            k=self.k, positions=n, topk_agreement=(0.0 + float(self.agree[i]) / self.k) / n,
-            top1_agreement=self.top1[i] / n, kl_mean=(0.0 + float(self.kl_sum[i])) / n, kl_max=float(self.kl_max[i]),
-            kl_max_position=unravel(self.kl_arg[i]) if self.kl_arg[i] >= 0 else None,
+            k=self.k, positions=n, topk_agreement=(0.0 + float(int(self.agree[i])) / self.k) / n,
+            top1_agreement=int(self.top1[i]) / n, kl_mean=(0.0 + float(self.kl_sum[i])) / n,
+            kl_max=float(self.kl_max[i]), kl_max_position=unravel(kl_arg) if kl_arg >= 0 else None,
             greedy_ref=tuple(last_r), greedy_cand=tuple(last_c), greedy_match=last_r == last_c,
-            first_mismatch=unravel(self.first_bad[i]) if self.first_bad[i] >= 0 else None)
+            first_mismatch=unravel(first_bad) if first_bad >= 0 else None)
         return {"logits": m.to_dict()}
 
 
