@@ -242,7 +242,7 @@ def judge(ref: Trace, cand: Trace, items: Iterable[tuple[Any, Stage, Stage | Non
     """``(tag, rs, cs, result)`` for every ``(tag, rs, cs)`` of ``items``, in order: the
     :class:`StageDiff` that ``alone(rs, cs)`` (the engine's per-stage judgement) gives, ``None``
     where ``cs`` is ``None``; plain pairs judged in runs (see the module docstring)."""
-    if _kernel is None or _REGISTRY:
+    if _kernel is None or not hasattr(_kernel, "stages") or _REGISTRY:  # (a kernel built before stages())
         for tag, rs, cs in items:
             yield tag, rs, cs, (alone(rs, cs) if cs is not None else None)
         return
