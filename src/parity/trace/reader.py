@@ -158,13 +158,14 @@ class Trace:
             return stage.text or ""
         assert stage.file is not None and stage.dtype is not None
         entries, data_start = self._headers[stage.file]
-        entry = entries[stage.key]
+        ix, pos = self._index, stage.position  # an indexed trace's own stage: begin from the index column
+        begin = int(ix.begin[pos]) if ix is not None and pos < len(ix.keys) and ix.keys[pos] == stage.key else entries[stage.key].begin
         mm = self._maps.get(stage.file)
         if mm is None:
             mm = self._map(stage.file, data_start)
         dt = storage_dtype(DTYPES[stage.dtype])
         count = stage.size
-        arr = np.frombuffer(mm, dtype=dt, count=count, offset=data_start + entry.begin) if count else np.empty(0, dt)
+        arr = np.frombuffer(mm, dtype=dt, count=count, offset=data_start + begin) if count else np.empty(0, dt)
         return arr.reshape(stage.shape)
 
     def _map(self, rel: str, data_start: int) -> mmap.mmap:
