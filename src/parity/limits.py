@@ -21,11 +21,14 @@ parity.errors.ImportFormatError: member x declares -1 bytes; expected a size fro
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .errors import ImportFormatError, ParityError, UsageError
 
-__all__ = ["MAX_NESTING", "MAX_INT_DIGITS", "MAX_DEFLATE_RATIO", "max_stage_bytes", "check_size"]
+__all__ = ["MAX_NESTING", "MAX_INT_DIGITS", "MAX_DEFLATE_RATIO", "max_stage_bytes", "check_size", "gc_paused"]
 
 MAX_NESTING = 64
 MAX_INT_DIGITS = 20  # 2**64 has 20 digits
@@ -73,3 +76,24 @@ def check_size(nbytes: object, what: str, *, path: str | os.PathLike[str] | None
         raise error(f"{what} declares {nbytes} bytes but only {available} are there; the file is "
                     "truncated or corrupt.", path=path, stage=stage)
     return nbytes
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small objects that form no cycles,
+    restoring its previous state after: a million stages' results (or a 100,000-record event log)
+    are a million young objects, and each full collection would walk them all (40 % of a
+    million-stage comparison; ~20 % of parsing a large log).
+
+    >>> import gc
+    >>> with gc_paused():
+    ...     gc.isenabled()
+    False
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import os
 import warnings
@@ -31,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import UsageError
+from ..limits import gc_paused
 from ..results import DIFF_SCHEMA_VERSION, Diagnosis, SideInfo, StageDiff, StageMetrics, Status, TraceDiff, Verdict
 from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
@@ -269,25 +268,8 @@ def compare_stages(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[
                      unused_config=tuple(unused))
 
 
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused (and resumed, if it ran before): the results of a
-    million stages are a million young objects, and each full collection walks them all (40 % of
-    the time of such a comparison, and of rendering it). The comparison makes no reference cycles
-    of its own.
-
-    >>> import gc
-    >>> with collector_paused():
-    ...     gc.isenabled()
-    False
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+#: The collector pause of the comparison (:func:`parity.limits.gc_paused`).
+collector_paused = gc_paused
 
 
 def compare_traces(ref: str | os.PathLike[str] | Trace, cand: str | os.PathLike[str] | Trace,

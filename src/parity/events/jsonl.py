@@ -14,18 +14,16 @@ record, and the manifest's ``meta["parity_events"]`` marks the trace as an event
 
 from __future__ import annotations
 
-import gc
 import gzip
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ImportFormatError, TraceFormatError, UsageError
-from ..limits import MAX_NESTING
+from ..limits import MAX_NESTING, gc_paused
 from ..safefs import atomic_file
 from ..trace.reader import Trace, load_trace
 from ..trace.writer import TraceWriter
@@ -146,19 +144,6 @@ def event_key(index: int, kind: str, turn: Any) -> str:
             and len(str(turn)) <= 64:
         key += f"[turn={turn}]"
     return key
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many small objects that form no cycles
-    (a 100,000-record log is parsed ~20 % faster), restoring its previous state after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _depth_ok(text: str) -> bool:
