@@ -113,7 +113,7 @@ class AttentionOps(TorchFunctionMode):
         return self.softmax_in
 
 
-def eager_wrapper(session: Session, original: Any) -> Any:
+def eager_wrapper(session: Session, original: Any, name: str | None = None) -> Any:
     """Wrap the model's ``eager_attention_forward`` to emit ``attn_scores`` and ``attn_probs``
     (and, when replaying, to go on with the reference's).
 
@@ -125,7 +125,7 @@ def eager_wrapper(session: Session, original: Any) -> Any:
     >>> parity.load_trace("bert.trace").stage("layers.0.attn_probs").provenance["function"]
     'transformers.models.bert.modeling_bert.eager_attention_forward'
     """
-    function = f"{original.__module__}.{original.__qualname__}"
+    function = name or _qualified(original)  # where it was patched: module.attribute
 
     def parity_eager_attention_forward(module, query, key, value, attention_mask, *args, **kwargs):
         layer = session.attn_layers.get(module)
@@ -184,7 +184,14 @@ class _Forcing:
                            "so the reference's value could not be handed on"}
 
 
-def rope_wrapper(session: Session, original: Any) -> Any:
+def _qualified(fn) -> str:
+    """``module.name`` of a wrapped function, or of a callable object (transformers >= 5.25
+    makes some of these ``nn.Module`` instances, which have no ``__qualname__``)."""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{name}"
+
+
+def rope_wrapper(session: Session, original: Any, name: str | None = None) -> Any:
     """Wrap the model's ``apply_rotary_pos_emb`` to emit ``q_rope`` and ``k_rope`` (and, when
     replaying, to return the reference's).
 
@@ -196,7 +203,7 @@ def rope_wrapper(session: Session, original: Any) -> Any:
     >>> k = parity.load_trace("llama.trace").stage("layers.0.k_rope"); k.axes, k.shape, k.provenance["taken"]
     (('batch', 'kv_heads', 'seq', 'head_dim'), (1, 1, 3, 4), 'return[1]')
     """
-    function = f"{original.__module__}.{original.__qualname__}"
+    function = name or _qualified(original)  # where it was patched: module.attribute
 
     def parity_apply_rotary_pos_emb(q, k, *args, **kwargs):
         out = original(q, k, *args, **kwargs)

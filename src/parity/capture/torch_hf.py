@@ -149,7 +149,7 @@ class _Installer:
             namespaces.append(ns)
         wrapper = eager_wrapper if spec.source == "attention" else rope_wrapper
         for ns in namespaces:
-            s.patch(ns, fname, lambda original: wrapper(s, original))
+            s.patch(ns, fname, lambda original, ns=ns: wrapper(s, original, f"{ns.get('__name__', '?')}.{fname}"))
         for i, mpath, mod in mods:
             s.attn_layers[mod] = i
             s.attn_paths[mod] = mpath
