@@ -29,7 +29,7 @@ from ..errors import CaptureError, UsageError
 from ..trace.sharded import prepare_sharded, replicated_placement, shard_placement
 from .torch_hooks import glob_regex
 
-__all__ = ["ShardPlan", "ShardedSink"]
+__all__ = ["ShardPlan"]
 
 
 class ShardPlan:

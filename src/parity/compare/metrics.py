@@ -78,7 +78,6 @@ __all__ = [
     "DEFAULT_CHUNK_ELEMENTS_NUMPY",
     "PARALLEL_MIN_ELEMENTS",
     "chunk_layout",
-    "chunk_partials",
     "metrics_from_partials",
     "stage_rescaled_sums",
     "ChunkPartial",

@@ -57,8 +57,7 @@ from .safetensors_header import MAX_NDIM, TensorEntry, parse_header
 from .stage import Stage, new_stage
 from .layout import data_file
 
-__all__ = ["INDEX_THRESHOLD", "StageIndex", "StageEntries", "FileExtents", "key_indices", "derivable_indices",
-           "file_number", "stage_entry"]
+__all__ = ["INDEX_THRESHOLD", "StageEntries", "key_indices"]
 
 #: Traces of more stages than this get a stage index (``TraceWriter(index=None)``, the default).
 INDEX_THRESHOLD = 65_536

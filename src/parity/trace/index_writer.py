@@ -18,7 +18,7 @@ from .checksum import crc32
 from .index import _COLUMNS, _DTYPE_CODES, INDEX_FORMAT, TEXT, derivable_indices
 from .safetensors_header import TensorEntry, encode_header
 
-__all__ = ["IndexBuilder", "Rows", "RowsBuilder", "batch_rows", "meta_fields", "shard_offsets", "dtype_number", "write_columns"]
+__all__ = ["write_columns"]
 
 
 class Rows(NamedTuple):

@@ -54,7 +54,7 @@ from .jsonsafe import load_json
 from .layout import FORMAT_NAME, MANIFEST, SCHEMA_VERSION
 from .reader import Stage, Trace, load_trace
 
-__all__ = ["SHARDS", "ShardedTrace", "load_sharded_trace", "is_sharded", "prepare_sharded", "rank_trace_name",
+__all__ = ["SHARDS", "ShardedTrace", "is_sharded", "prepare_sharded", "rank_trace_name",
            "shard_placement", "replicated_placement"]
 
 SHARDS = "shards.json"
