@@ -260,6 +260,10 @@ class DaskExecutor:
 
     The workers must run the same parity (version, and C kernel built or not) as the client,
     or the sums could round differently: this is checked before any work is sent.
+
+    >>> ex = DaskExecutor(None, batch_stages=64)  # no cluster is contacted until results()
+    >>> ex.task_elements == TASK_ELEMENTS, ex.batch_stages
+    (True, 64)
     """
 
     def __init__(self, client: Any, *, task_elements: int = TASK_ELEMENTS, batch_stages: int = BATCH_STAGES):

@@ -60,7 +60,16 @@ def render_set_text(result, console: Console | None = None) -> None:
 
 
 def render_set_markdown(result) -> str:
-    """:func:`render_set_text` as GitHub-flavoured Markdown."""
+    """:func:`render_set_text` as GitHub-flavoured Markdown.
+
+    Example:
+        >>> import os, shutil
+        >>> from parity.localize.sets import compare_sets
+        >>> for d, name in (("R", "ref"), ("C", "cand")):
+        ...     _ = shutil.copytree(name + ".trace", os.path.join(d, "p0.trace"))
+        >>> render_set_markdown(compare_sets("R", "C", config="parity.toml")).splitlines()[-1]
+        '| `p0.trace` | first divergence `layers.0.attn_scores` |'
+    """
     bad = result.failing_inputs
     out = [f"# parity diff over {len(result.names)} inputs: "
            + ("PARITY HOLDS" if result.passed else f"DIVERGENCE FOUND on {len(bad)} of {len(result.names)} inputs"), "",

@@ -189,7 +189,15 @@ class IndexBuilder:
 
 def write_columns(f: Any, cols: Mapping[str, np.ndarray]) -> tuple[int, int]:
     """Write an index file of these columns (see :mod:`parity.trace.index`) to the open binary file
-    ``f``; return its size and CRC-32."""
+    ``f``; return its size and CRC-32.
+
+    >>> import io
+    >>> from parity.trace.index import _COLUMNS, _NP
+    >>> buf = io.BytesIO()
+    >>> size, crc = write_columns(buf, {n: np.zeros(0, _NP[c]) for n, c in _COLUMNS.items()})
+    >>> size == len(buf.getvalue()), buf.getvalue()[:1] != b""
+    (True, True)
+    """
     entries, at = [], 0
     for name, code in _COLUMNS.items():
         nbytes = cols[name].nbytes

@@ -180,6 +180,14 @@ class ShardedTrace(Trace):
     Attributes:
         world_size: number of ranks.
         check_replicas: check replicated stages across ranks on their first read (default True).
+
+    >>> from parity.trace.writer import TraceWriter
+    >>> for r in range(2):
+    ...     w = TraceWriter(prepare_sharded("tp.trace", r, 2), meta={"shard": {"rank": r, "world_size": 2}}, volatile=False)
+    ...     _ = w.add("h", np.full((1, 2), r, np.float32), provenance={"shard": shard_placement(1, 2 * r, (1, 4), r, 2)})
+    ...     w.close(complete=True, reason=None)
+    >>> t = parity.load_trace("tp.trace"); (type(t).__name__, t.world_size, t["h"].tolist())
+    ('ShardedTrace', 2, [[0.0, 0.0, 1.0, 1.0]])
     """
 
     def __init__(self, path: str, manifest: dict[str, Any], stages: list[Stage], ranks: list[Trace],
