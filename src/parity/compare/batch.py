@@ -106,6 +106,13 @@ class DeferredStageDiff(StageDiff):
     ``ref``, ``cand`` and ``metrics`` are made from the run's columns when read (a few hundred
     bytes a stage instead of a few kilobytes). It equals, hashes, copies and serialises as the
     plain ``StageDiff`` it stands for; :func:`dataclasses.replace` returns a plain one.
+
+    >>> import dataclasses
+    >>> from parity.results import StageDiff
+    >>> from parity.compare.diff import compare_stages
+    >>> sd = compare_stages("ref.trace", "cand.trace").stages[0]
+    >>> isinstance(sd, StageDiff), type(dataclasses.replace(sd)) is StageDiff
+    (True, True)
     """
 
     __slots__ = ("key", "status", "_run", "_row")
@@ -241,7 +248,17 @@ def judge(ref: Trace, cand: Trace, items: Iterable[tuple[Any, Stage, Stage | Non
           floor: Any = None) -> Iterator[tuple[Any, Stage, Stage | None, StageDiff | None]]:
     """``(tag, rs, cs, result)`` for every ``(tag, rs, cs)`` of ``items``, in order: the
     :class:`StageDiff` that ``alone(rs, cs)`` (the engine's per-stage judgement) gives, ``None``
-    where ``cs`` is ``None``; plain pairs judged in runs (see the module docstring)."""
+    where ``cs`` is ``None``; plain pairs judged in runs (see the module docstring).
+
+    >>> from parity.compare.config import as_config
+    >>> from parity.compare.diff import compare_stage
+    >>> ref, cand, cfg = parity.load_trace("ref.trace"), parity.load_trace("cand.trace"), as_config("parity.toml")
+    >>> cs = {s.key: s for s in cand}
+    >>> out = list(judge(ref, cand, [(i, s, cs[s.key]) for i, s in enumerate(ref)], cfg,
+    ...                  lambda rs, cs: compare_stage(ref, cand, rs, cs, cfg, None)))
+    >>> len(out), [sd.key for *_, sd in out if not sd.passed][0]
+    (31, 'layers.0.attn_scores')
+    """
     if _kernel is None or not hasattr(_kernel, "stages") or _REGISTRY:  # (a kernel built before stages())
         for tag, rs, cs in items:
             yield tag, rs, cs, (alone(rs, cs) if cs is not None else None)
