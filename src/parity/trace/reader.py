@@ -18,7 +18,7 @@ from ..safefs import check_inside
 from .jsonsafe import BadNumber, holds_bad_number, load_json
 from .entries import short_repr as _short
 from .entries import stage_from_entry
-from .safetensors_header import TensorEntry, data_start, is_index, open_regular, read_header
+from .safetensors_header import TensorEntry, data_start, is_index, open_data_file, open_regular, read_header
 from .index import FileExtents, StageEntries, StageIndex, file_number
 from .stage import Stage
 from .storage import is_remote, local_path
@@ -254,13 +254,19 @@ def _read_manifest(path: str, follow_symlinks: bool) -> tuple[dict[str, Any], li
         if os.path.exists(path):
             raise TraceFormatError("is not a trace directory (a trace is a directory holding manifest.json).", path=path)
         raise TraceFormatError("no such trace directory.", path=path)
-    if os.path.lexists(mpath):
-        check_inside(path, mpath, follow_symlinks=follow_symlinks, what="manifest")
-    try:
-        raw = _read_file(mpath, "manifest")
-    except FileNotFoundError as e:
-        raise TraceFormatError("has no manifest.json; it is not a parity trace.", path=path) from e
+    raw = _read_inside(path, mpath, follow_symlinks, "manifest", "has no manifest.json; it is not a parity trace.", path)
     return parse_manifest(raw, mpath)
+
+
+def _read_inside(path: str, full: str, follow_symlinks: bool, what: str, missing: str, where: str) -> bytes:
+    """The bytes of ``full``, a file of the trace ``path`` (never a link out of it); a missing
+    one is a TraceFormatError saying ``missing`` about ``where``."""
+    if os.path.lexists(full):
+        check_inside(path, full, follow_symlinks=follow_symlinks, what=what)
+    try:
+        return _read_file(full, what)
+    except FileNotFoundError as e:
+        raise TraceFormatError(missing, path=where) from e
 
 
 def parse_manifest(raw: bytes, mpath: str) -> tuple[dict[str, Any], list[BadNumber]]:
@@ -491,22 +497,13 @@ def _load_indexed(path: str, manifest: dict[str, Any], bad: list[BadNumber], fol
             check_inside(path, full, follow_symlinks=follow_symlinks, what="data file")
         starts[rel] = _data_start(full, info)
     ipath = os.path.join(path, INDEX)
-    if os.path.lexists(ipath):
-        check_inside(path, ipath, follow_symlinks=follow_symlinks, what="stage index")
-    try:
-        raw = _read_file(ipath, "stage index")
-    except FileNotFoundError as e:
-        raise TraceFormatError("the stage index the manifest names is missing.", path=ipath) from e
+    raw = _read_inside(path, ipath, follow_symlinks, "stage index", "the stage index the manifest names is missing.", ipath)
     return finish_indexed(Trace, path, mpath, manifest, bad, raw, ipath, starts)
 
 
 def _data_start(full: str, info: dict[str, Any]) -> tuple[int, int]:
     """(offset of the data buffer, file size) of data file ``full``, from its 8-byte header length."""
-    try:
-        fd = open_regular(full, "data file")
-    except FileNotFoundError as e:
-        raise TraceFormatError("data file is missing.", path=full) from e
-    with os.fdopen(fd, "rb") as f:
+    with open_data_file(full) as f:
         size = os.fstat(f.fileno()).st_size
         check_file_size(info, size, full)
         prefix = f.read(8)

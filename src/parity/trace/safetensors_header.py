@@ -29,7 +29,7 @@ from ..errors import TraceFormatError
 from .dtypes import DTYPES
 from .jsonsafe import load_json
 
-__all__ = ["TensorEntry", "encode_header", "read_header", "parse_header", "data_start", "open_regular", "is_index", "MAX_HEADER_BYTES",
+__all__ = ["TensorEntry", "encode_header", "read_header", "parse_header", "data_start", "open_data_file", "open_regular", "is_index", "MAX_HEADER_BYTES",
            "MAX_INDEX", "MAX_NDIM"]
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -121,11 +121,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
     >>> tensors["embedding"], meta
     (TensorEntry(name='embedding', dtype='F64', shape=(8, 32), begin=0, end=2048), {'format': 'parity-trace'})
     """
-    try:
-        fd = open_regular(path, "data file")
-    except FileNotFoundError as e:
-        raise TraceFormatError("data file is missing.", path=path) from e
-    with os.fdopen(fd, "rb") as f:
+    with open_data_file(path) as f:
         size = os.fstat(f.fileno()).st_size
 
         def read_range(start: int, end: int) -> bytes:
@@ -133,6 +129,20 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorEntry], d
             return f.read(end - start)
 
         return parse_header(read_range, size, os.fspath(path))
+
+
+def open_data_file(path: str | os.PathLike[str]):
+    """A data file opened for reading as a regular file; a missing one is a TraceFormatError.
+
+    >>> with open_data_file("ref.trace/data/000000.safetensors") as f:
+    ...     len(f.read(8))
+    8
+    """
+    try:
+        fd = open_regular(path, "data file")
+    except FileNotFoundError as e:
+        raise TraceFormatError("data file is missing.", path=path) from e
+    return os.fdopen(fd, "rb")
 
 
 def data_start(prefix: bytes, size: int, path: str) -> int:
