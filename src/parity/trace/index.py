@@ -69,6 +69,7 @@ _COLUMNS = {"dims": "I64", "begin": "I64", "end": "I64", "file": "I32", "meta": 
             "keys": "U8", "meta_json": "U8"}  # widest first: every column is aligned
 _NP = {"I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
 _META_FIELDS = ("axes", "units", "indices", "provenance", "text")
+_SCANS_BEFORE_TABLE = 8  # lookups by key that scan the keys before a lookup table is made
 _INT_TEXT = re.compile(r"-?[1-9][0-9]{0,17}|0")
 
 
@@ -142,7 +143,8 @@ class StageIndex:
         self.metas = self._check_meta(cols["meta_json"])
         self._check_rows(data_lengths)
         self._rows: dict[str, int] | None = None
-        self._lists: tuple[list[int], list[int], list[int], list[int], list[int]] | None = None
+        self._scans = 0
+        self._lists: tuple[list[int], list[int], list[int], list[int], list[int]] | None = None  # whole columns
         self.file_names = {int(f): data_file(int(f)) for f in data_lengths}
         self.data_lengths = dict(data_lengths)
 
@@ -321,35 +323,66 @@ class StageIndex:
         return self.n
 
     def row(self, key: str) -> int | None:
-        """The row of ``key`` (``None``: no such stage); the lookup table is made on first use."""
+        """The row of ``key`` (``None``: no such stage). The first few lookups scan the key column
+        (a report asks for a stage or two); the lookup table is made at the next."""
         rows = self._rows
         if rows is None:
+            if self._scans < _SCANS_BEFORE_TABLE:
+                self._scans += 1
+                try:
+                    return self.keys.index(key)
+                except ValueError:
+                    return None
             rows = self._rows = dict(zip(self.keys, range(self.n)))
         return rows.get(key)
 
-    def _columns_as_lists(self) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    def span(self, first: int, end: int) -> tuple[str, int, int, str] | None:
+        """``(data file, begin, end, dtype code)`` of rows ``first..end-1`` when they are non-empty
+        tensors of one dtype and size lying back to back in one data file (the bytes
+        ``[begin, end)`` of its data buffer hold them in order), else ``None``."""
+        if not 0 <= first < end <= self.n:
+            return None
+        code, f = int(self.dtype[first]), int(self.file[first])
+        b, e = self.begin[first:end], self.end[first:end]
+        if code == TEXT or f < 0 or e[0] == b[0]:
+            return None
+        if end - first > 1 and not (bool((self.dtype[first:end] == code).all()) and bool((self.file[first:end] == f).all())
+                                    and bool((b[1:] == e[:-1]).all()) and bool(((e - b) == (e[0] - b[0])).all())):
+            return None
+        return self.file_names[f], int(b[0]), int(e[-1]), _DTYPE_CODES[code]
+
+    def _columns_as_lists(self, first: int, end: int) -> tuple[int, list[int], list[int], list[int], list[int], list[int]]:
+        """Rows ``first..end-1`` of the columns as lists, and the row of their first item: the
+        whole columns (made once) for a walk over much of the trace, else just those rows."""
+        if self._lists is None and end - first < max(1, self.n // 8):
+            s0, s1 = int(self.shape_start[first]), int(self.shape_start[end])
+            starts = (self.shape_start[first:end + 1] - s0).tolist()
+            return (first, self.dtype[first:end].tolist(), starts, self.dims[s0:s1].tolist(),
+                    self.file[first:end].tolist(), self.meta[first:end].tolist())
         if self._lists is None:
             self._lists = (self.dtype.tolist(), self.shape_start.tolist(), self.dims.tolist(), self.file.tolist(),
                            self.meta.tolist())
-        return self._lists
+        return (0, *self._lists)
 
     def stage(self, row: int) -> Stage:
         return next(self.stages(row, row + 1))
 
     def stages(self, first: int = 0, end: int | None = None) -> Iterator[Stage]:
         """The :class:`Stage` of rows ``first..end-1``, made one by one."""
-        codes, starts, dims, files, metas = self._columns_as_lists()
+        end = self.n if end is None else end
+        base, codes, starts, dims, files, metas = self._columns_as_lists(first, end)
         keys, meta_list, names = self.keys, self.metas, _DTYPE_CODES
         file_names = self.file_names
-        for row in range(first, self.n if end is None else end):
+        for row in range(first, end):
             key = keys[row]
-            m = metas[row]
+            at = row - base
+            m = metas[at]
             indices = key_indices(key) if "[" in key else {}
             occurrence = _key_occurrence(key) if "#" in key else 0
-            c = codes[row]
+            c = codes[at]
             if m < 0:
-                yield new_stage(key, "tensor", names[c], tuple(dims[starts[row]:starts[row + 1]]), None, None, indices, {},
-                                occurrence, row, file_names[files[row]], None)
+                yield new_stage(key, "tensor", names[c], tuple(dims[starts[at]:starts[at + 1]]), None, None, indices, {},
+                                occurrence, row, file_names[files[at]], None)
                 continue
             axes, units, own, prov, text = meta_list[m]
             if own is not None:
@@ -357,8 +390,8 @@ class StageIndex:
             if c == TEXT:
                 yield new_stage(key, "text", None, (), axes, units, indices, dict(prov), occurrence, row, None, text)
             else:
-                yield new_stage(key, "tensor", names[c], tuple(dims[starts[row]:starts[row + 1]]), axes, units, indices,
-                                dict(prov), occurrence, row, file_names[files[row]], None)
+                yield new_stage(key, "tensor", names[c], tuple(dims[starts[at]:starts[at + 1]]), axes, units, indices,
+                                dict(prov), occurrence, row, file_names[files[at]], None)
 
     def extent(self, row: int) -> TensorEntry:
         """Row ``row``'s bytes in its data file, as the file's own header would list them."""

@@ -27,10 +27,9 @@ import numpy as np
 
 from ..errors import TraceFormatError, UsageError
 from .checksum import crc32, crc32_hex
-from .dtypes import DTYPES, storage_dtype
 from .layout import DATA_DIR, INDEX, JOURNAL, MANIFEST
-from .reader import (Stage, Trace, assemble_trace, check_file_entry, check_file_size, finish_indexed, parse_manifest,
-                     replay_journal_lines)
+from .manifest import parse_manifest, replay_journal_lines
+from .reader import Stage, Trace, assemble_trace, check_file_entry, check_file_size, finish_indexed
 from .safetensors_header import TensorEntry, data_start, parse_header
 from .storage import RemoteDir, open_remote
 
@@ -57,17 +56,11 @@ class RemoteTrace(Trace):
     def name(self) -> str:
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
-    def array(self, stage: Stage) -> np.ndarray | str:
-        """Values of ``stage``: its bytes fetched with one ranged read, or the text of a text stage."""
-        if stage.kind == "text":
-            return stage.text or ""
-        assert stage.file is not None and stage.dtype is not None
-        entries, data_start = self._headers[stage.file]
-        entry = entries[stage.key]
-        dt = storage_dtype(DTYPES[stage.dtype])
-        raw = self.remote.read_range(stage.file, data_start + entry.begin, data_start + entry.end, "data file")
-        arr = np.frombuffer(raw, dtype=dt, count=stage.size) if stage.size else np.empty(0, dt)
-        return arr.reshape(stage.shape)
+    def _read(self, rel: str, begin: int, end: int, dtype: np.dtype) -> np.ndarray:
+        """Bytes ``[begin, end)`` of data file ``rel``'s data buffer, fetched with one ranged read."""
+        data_start = self._headers[rel][1]
+        raw = self.remote.read_range(rel, data_start + begin, data_start + end, "data file")
+        return np.frombuffer(raw, dtype=dtype)
 
     def verify(self) -> list[str]:
         """Re-checksum every data file against the manifest, streaming each file once."""
