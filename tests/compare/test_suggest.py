@@ -153,7 +153,9 @@ def test_name_tokens():
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(2, 40), factor=st.sampled_from([1.0, 1e-3, 1e3, -1.0, math.pi / 180, 2.54]),
+# n >= 4: two random 2-vectors are proportional to 3 digits often enough to make "the scaled copy"
+# ambiguous (seed 717464099: junk3 = 0.7928 x and 0.7925 x), which is not what this test is about
+@given(n=st.integers(4, 40), factor=st.sampled_from([1.0, 1e-3, 1e3, -1.0, math.pi / 180, 2.54]),
        seed=st.integers(0, 2**32 - 1))
 def test_scaled_copy_is_always_found(tmp_path_factory, n, factor, seed):
     rng = np.random.default_rng(seed)

@@ -40,6 +40,7 @@
  *            excess_index, sum_dd, sum_rr, sum_cc, sum_rc, ulp_max); indices are chunk-local and
  *            -1 when there is none; maxima are -1.0 when there is none.
  *   stages(...): the same for many small stages at once, one chunk each (see kernel_stages).
+ *   rows(...): the same for stages of one size lying back to back in one buffer (see kernel_rows).
  *   simd() -> "avx2" | "sse2" | "vector" | "scalar": the code path in use.
  *   set_simd(enable) -> simd(): False forces the baseline vector code (tests compare the two).
  */
@@ -818,6 +819,30 @@ done:
 #define STAGE_INTS 14
 #define STAGE_FLOATS 12
 
+/* one stage of n elements at rp / cp into row I / F (see stages() above) */
+static void stage_values(const unsigned char *rp, const unsigned char *cp, int64_t n, int rt, int ct, chunk_fn fn,
+                         const Params *P, int64_t *I, double *F) {
+    Acc a;
+    fn(rp, cp, n, P, &a);
+    int64_t row[STAGE_INTS] = {a.both_nan, a.mismatched, a.ref_nan, a.cand_nan, a.ref_inf, a.cand_inf, a.nan_mm,
+                               a.inf_mm, a.first_nan, a.abs_idx, a.rel_idx, a.exc_idx, n, 1};
+    memcpy(I, row, sizeof(row));
+    double ulp = 0.0;
+    if (a.ulp_inf) ulp = INFINITY;
+    else if (P->ulp_mode == ULP_BITS) ulp = (double)a.ulp_u;
+    else if (P->ulp_mode == ULP_SPACING) ulp = a.ulp_d;
+    F[0] = a.abs_max;
+    F[1] = a.rel_max;
+    F[2] = a.exc_max;
+    F[3] = lanes_total(a.dd);
+    F[4] = lanes_total(a.rr);
+    F[5] = lanes_total(a.cc);
+    F[6] = lanes_total(a.rc);
+    F[7] = ulp;
+    if (a.abs_idx >= 0) { F[8] = load1(rp, a.abs_idx, rt); F[9] = load1(cp, a.abs_idx, ct); }
+    if (a.rel_idx >= 0) { F[10] = load1(rp, a.rel_idx, rt); F[11] = load1(cp, a.rel_idx, ct); }
+}
+
 static int stage_row(PyObject *ro, PyObject *co, int rt, int ct, chunk_fn fn, const Params *P, int64_t *I,
                      double *F) {
     Py_buffer rb, cb;
@@ -833,29 +858,9 @@ static int stage_row(PyObject *ro, PyObject *co, int rt, int ct, chunk_fn fn, co
         return 0;
     }
     int ok = !(rb.len % ITEMSIZE[rt] || cb.len % ITEMSIZE[ct] || rb.len / ITEMSIZE[rt] != cb.len / ITEMSIZE[ct]);
-    if (ok) {
-        const unsigned char *rp = (const unsigned char *)rb.buf, *cp = (const unsigned char *)cb.buf;
-        int64_t n = (int64_t)(rb.len / ITEMSIZE[rt]);
-        Acc a;
-        fn(rp, cp, n, P, &a);
-        int64_t row[STAGE_INTS] = {a.both_nan, a.mismatched, a.ref_nan, a.cand_nan, a.ref_inf, a.cand_inf, a.nan_mm,
-                                   a.inf_mm, a.first_nan, a.abs_idx, a.rel_idx, a.exc_idx, n, 1};
-        memcpy(I, row, sizeof(row));
-        double ulp = 0.0;
-        if (a.ulp_inf) ulp = INFINITY;
-        else if (P->ulp_mode == ULP_BITS) ulp = (double)a.ulp_u;
-        else if (P->ulp_mode == ULP_SPACING) ulp = a.ulp_d;
-        F[0] = a.abs_max;
-        F[1] = a.rel_max;
-        F[2] = a.exc_max;
-        F[3] = lanes_total(a.dd);
-        F[4] = lanes_total(a.rr);
-        F[5] = lanes_total(a.cc);
-        F[6] = lanes_total(a.rc);
-        F[7] = ulp;
-        if (a.abs_idx >= 0) { F[8] = load1(rp, a.abs_idx, rt); F[9] = load1(cp, a.abs_idx, ct); }
-        if (a.rel_idx >= 0) { F[10] = load1(rp, a.rel_idx, rt); F[11] = load1(cp, a.rel_idx, ct); }
-    }
+    if (ok)
+        stage_values((const unsigned char *)rb.buf, (const unsigned char *)cb.buf, (int64_t)(rb.len / ITEMSIZE[rt]),
+                     rt, ct, fn, P, I, F);
     PyBuffer_Release(&rb);
     PyBuffer_Release(&cb);
     return ok;
@@ -920,6 +925,70 @@ done:
     return res;
 }
 
+/* rows(ref, cand, count, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats) -> None
+ * Like stages(), for count stages of one size lying back to back: ref and cand are C-contiguous
+ * buffers of count equal parts (stage k is part k of each), e.g. the bytes of a run of stages in a
+ * data file, read in place. Every row is read (ok = 1). */
+static PyObject *kernel_rows(PyObject *self, PyObject *args) {
+    PyObject *ro, *co, *io, *fo;
+    Py_ssize_t count;
+    int rt, ct, ulp_mode, ulp_m, ulp_emin;
+    double rtol, atol;
+    if (!PyArg_ParseTuple(args, "OOniiddiiiOO:rows", &ro, &co, &count, &rt, &ct, &rtol, &atol, &ulp_mode, &ulp_m,
+                          &ulp_emin, &io, &fo))
+        return NULL;
+    chunk_fn fn = find_chunk_fn(rt, ct, ulp_mode, ulp_m, ulp_emin);
+    if (fn == NULL) return NULL;
+    Py_buffer rb, cb, ib, fb;
+    int have = 0;
+    PyObject *res = NULL;
+    if (PyObject_GetBuffer(ro, &rb, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have = 1;
+    if (PyObject_GetBuffer(co, &cb, PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have = 2;
+    if (PyObject_GetBuffer(io, &ib, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have = 3;
+    if (PyObject_GetBuffer(fo, &fb, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) goto done;
+    have = 4;
+    if (count < 0 || (count == 0 && (rb.len || cb.len))) {
+        PyErr_SetString(PyExc_ValueError, "count must be positive (or 0 with empty buffers)");
+        goto done;
+    }
+    if (count > 0 && (rb.len % (count * ITEMSIZE[rt]) || cb.len % (count * ITEMSIZE[ct]) ||
+                      rb.len / (count * ITEMSIZE[rt]) != cb.len / (count * ITEMSIZE[ct]))) {
+        PyErr_SetString(PyExc_ValueError, "ref and cand do not hold count stages of one size each");
+        goto done;
+    }
+    if (ib.len < (Py_ssize_t)(count * STAGE_INTS * sizeof(int64_t)) ||
+        fb.len < (Py_ssize_t)(count * STAGE_FLOATS * sizeof(double))) {
+        PyErr_SetString(PyExc_ValueError, "the output buffers are too small for this many stages");
+        goto done;
+    }
+    {
+        Params P = {rtol, atol, ulp_mode, ulp_m, ulp_emin};
+        int64_t *I = (int64_t *)ib.buf;
+        double *F = (double *)fb.buf;
+        int64_t n = count ? (int64_t)(rb.len / (count * ITEMSIZE[rt])) : 0;
+        const unsigned char *rp = (const unsigned char *)rb.buf, *cp = (const unsigned char *)cb.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t k = 0; k < count; k++) {
+            memset(I + k * STAGE_INTS, 0, STAGE_INTS * sizeof(int64_t));
+            memset(F + k * STAGE_FLOATS, 0, STAGE_FLOATS * sizeof(double));
+            stage_values(rp + k * n * ITEMSIZE[rt], cp + k * n * ITEMSIZE[ct], n, rt, ct, fn, &P, I + k * STAGE_INTS,
+                         F + k * STAGE_FLOATS);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    if (have >= 4) PyBuffer_Release(&fb);
+    if (have >= 3) PyBuffer_Release(&ib);
+    if (have >= 2) PyBuffer_Release(&cb);
+    if (have >= 1) PyBuffer_Release(&rb);
+    return res;
+}
+
 static PyObject *kernel_simd(PyObject *self, PyObject *noargs) {
 #if HAVE_AVX2_CLONE
     return PyUnicode_FromString(use_avx2 ? "avx2" : "sse2");
@@ -947,6 +1016,9 @@ static PyMethodDef kernel_methods[] = {
     {"stages", kernel_stages, METH_VARARGS,
      "stages(refs, cands, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats): many small stages, "
      "one chunk each"},
+    {"rows", kernel_rows, METH_VARARGS,
+     "rows(ref, cand, count, rtype, ctype, rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats): count stages of "
+     "one size, back to back in two buffers, one chunk each"},
     {"simd", kernel_simd, METH_NOARGS, "simd() -> name of the code path the kernel runs"},
     {"set_simd", kernel_set_simd, METH_O,
      "set_simd(enable) -> simd(); enable=False forces the baseline code (for tests), True picks the best"},

@@ -41,10 +41,10 @@ from ..trace.dtypes import DTYPES
 from ..trace.reader import Stage, Trace
 from .chunks import TINY_SUM, Totals
 from . import logits as _logits
-from .logits import LogitsColumns, is_logits_key
+from .logits import LogitsColumns, is_logits_key, valid_key_is_logits
 from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
 
-__all__ = ["judge", "DeferredStageDiff", "extra_value", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
+__all__ = ["judge", "DeferredStageDiff", "extra_value", "judged_alone", "logits_runs", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
 
 #: Stages of at most this many elements are judged in runs (larger ones gain nothing from it).
 BATCH_MAX_ELEMENTS = 4096
@@ -76,11 +76,16 @@ class _Run:
         self.cand_keys: list[str] = []
 
     def side(self, row: int, which: str) -> SideInfo:
+        """Side ``which`` of row ``row``. ``ref_pos`` / ``cand_pos`` are the positions of the rows,
+        or (an int) the position of row 0 of a run of consecutive stages, whose keys are then the
+        trace's whole key list."""
         if which == "ref":
-            key, (dtype, shape, axes, units), pos = self.ref_keys[row], self.ref_info, self.ref_pos[row]
+            keys, (dtype, shape, axes, units), pos = self.ref_keys, self.ref_info, self.ref_pos
         else:
-            key, (dtype, shape, axes, units), pos = self.cand_keys[row], self.cand_info, self.cand_pos[row]
-        return SideInfo(key, dtype, shape, axes, units, int(pos))
+            keys, (dtype, shape, axes, units), pos = self.cand_keys, self.cand_info, self.cand_pos
+        if type(pos) is int:
+            return SideInfo(keys[pos + row], dtype, shape, axes, units, pos + row)
+        return SideInfo(keys[row], dtype, shape, axes, units, int(pos[row]))
 
     def extra(self, row: int) -> dict[str, Any] | None:
         return None if self.logits is None else self.logits.extra(self.logits_rows[row])
@@ -215,6 +220,28 @@ class _Planner:
         if self.floor is not None and self.floor.get(key) is not None:
             return None
         return (rd, cd, shape, raxes, caxes, rs.units, cs.units, logits)
+
+    def key_classes(self, keys: list[str]) -> np.ndarray:
+        """One number per key (valid keys: those of a stage index) telling what :meth:`layout` and :meth:`tolerance` read of the key
+        (logits or not, the tolerance patterns and ``[images]`` patterns it matches), equal for two
+        keys only when those are the same; -1 for a key whose pair is judged alone (a transform or a
+        noise floor applies to it). Two stage pairs of one layout (dtypes, shape, no axes or units)
+        whose keys share a class get the same layout and tolerance."""
+        cfg, floor = self.config, self.floor
+        logits = [valid_key_is_logits(k) for k in keys]  # (stage index keys: checked when read)
+        rules, images = cfg.tolerance, cfg.images
+        if not (cfg.transforms or floor is not None or rules.stages or images):
+            return np.array(logits, np.int32).reshape(len(keys))
+        ids: dict[tuple, int] = {}
+        out = np.empty(len(keys), np.int32)
+        for i, (k, lg) in enumerate(zip(keys, logits)):
+            if (floor is not None and floor.get(k) is not None) or (cfg.transforms and any(
+                    t.applies(k, side) and t.steps for t in cfg.transforms for side in ("reference", "candidate"))):
+                out[i] = -1
+                continue
+            cls = (lg, rules.matching(k), bool(images) and cfg.image_options(k) is not None)
+            out[i] = ids.setdefault(cls, len(ids))
+        return out
 
     def tolerance(self, rs: Stage, cs: Stage, layout: tuple) -> Tolerance | None:
         """The stage's tolerance, ``None`` when it has a stage-level floor or makes it an image."""
@@ -353,3 +380,45 @@ def extra_value(sd: Any, name: str) -> Any:
         return None
     get = getattr(sd, "extra_value", None)
     return get(name) if get is not None else (getattr(sd, "extra", None) or {}).get(name)
+
+
+def judged_alone(stages: Iterable[Any]) -> list[Any]:
+    """The results of ``stages`` that are not :class:`DeferredStageDiff` (those of a run), in order:
+    the only ones that can hold image metrics or a noise-floor judgement.
+
+    >>> from parity.compare.diff import compare_stages
+    >>> d = compare_stages("ref.trace", "cand.trace")
+    >>> len(judged_alone(d.stages)) < len(d.stages), all(not s.passed for s in judged_alone(d.stages))
+    (True, True)
+    """
+    return [sd for sd in stages if sd.__class__ is not DeferredStageDiff]
+
+
+def logits_runs(stages: Iterable[Any]) -> Iterator[tuple[list[Any], LogitsColumns | None, list[int]]]:
+    """The results of ``stages`` that may hold logits extras, in order and in groups:
+    ``(results, columns, rows)`` for consecutive results of one run of logits stages (their
+    logits extras are rows ``rows`` of ``columns``), ``([result], None, [])`` for a result judged
+    alone. The results of other runs hold none and are left out.
+
+    >>> from parity.compare.diff import compare_stages
+    >>> [(len(g), cols is not None) for g, cols, _ in logits_runs(compare_stages("ref.trace", "cand.trace").stages)][-1]
+    (1, False)
+    """
+    group: list[Any] = []
+    rows: list[int] = []
+    run: Any = None
+    for sd in stages:
+        r = sd._run if sd.__class__ is DeferredStageDiff else None
+        if r is not None and r.logits is None:
+            continue
+        if group and r is not run:
+            yield group, run.logits, rows
+            group, rows, run = [], [], None
+        if r is None:
+            yield [sd], None, []
+            continue
+        run = r
+        group.append(sd)
+        rows.append(r.logits_rows[sd._row])
+    if group:
+        yield group, run.logits, rows

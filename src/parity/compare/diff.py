@@ -35,6 +35,7 @@ from ..trace.dtypes import to_float64
 from ..trace.reader import Stage, Trace, load_trace
 from .align import apply_transforms
 from .batch import judge
+from .columns import ColumnPlan
 from .config import CompareConfig, as_config
 from .floor import NoiseFloor, load_noise_floor, relative_rms
 from .image import ImageMetrics, image_metrics, is_image_stage
@@ -330,43 +331,58 @@ def _walk(rt: Trace, ct: Trace, cfg: CompareConfig, diagnoser: Diagnoser | None,
     """Every stage's result (reference order, then candidate-only stages) and the number ignored.
 
     Without an executor the stages stream through :func:`parity.compare.batch.judge` (runs of
-    small plain stages in one kernel call, the same results as :func:`compare_stage`)."""
+    small plain stages in one kernel call, the same results as :func:`compare_stage`), or, for two
+    traces with stage indexes, through a :class:`~parity.compare.columns.ColumnPlan`."""
     cand_by_ref = _candidates_by_reference(ct, cfg)
     used = rt  # the reference keys (a candidate stage mapped to none of them is extra), held by the trace
-    ignored = 0
-
-    def plan() -> Iterator[tuple[int, Stage, Stage | None]]:  # reference position, stage, its candidate
-        nonlocal ignored
-        for i, rs in enumerate(rt):
-            if cfg.is_ignored(rs.key):
-                ignored += 1
-            else:
-                yield i, rs, cand_by_ref.get(rs.key)
-
-    if executor is not None:
-        planned = list(plan())
-        judged = iter(executor.results(rt, ct, [(rs, cs) for _, rs, cs in planned if cs is not None], cfg, diagnoser,
-                                       floor))
-        stream: Iterable[tuple[int, Stage, Stage | None, StageDiff | None]] = (
-            (i, rs, cs, next(judged) if cs is not None else None) for i, rs, cs in planned)
-    else:
-        stream = judge(rt, ct, plan(), cfg, lambda rs, cs: compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor), floor)
-    results: list[StageDiff] = []
     total = len(rt)
-    for i, rs, cs, sd in stream:
+
+    def finish(rs: Stage, cs: Stage | None, sd: StageDiff | None) -> StageDiff:
         if cs is None or sd is None:
-            results.append(StageDiff(key=rs.key, status=Status.MISSING, ref=SideInfo.of(rs),
-                                     message="present in the reference only."))
+            return StageDiff(key=rs.key, status=Status.MISSING, ref=SideInfo.of(rs), message="present in the reference only.")
+        if sd.status == Status.FAIL:
+            reason = cfg.expected_reason(rs.key)
+            if reason is not None:
+                return replace(sd, status=Status.EXPECTED, expected_reason=reason)
+        return sd
+
+    def alone(rs: Stage, cs: Stage) -> StageDiff:
+        return compare_stage(rt, ct, rs, cs, cfg, diagnoser, floor)
+
+    results: list[StageDiff] = []
+    plan = ColumnPlan.build(rt, ct, cfg, floor) if executor is None and isinstance(cand_by_ref, _SameKeys) else None
+    if plan is not None:
+        ignored = plan.ignored
+        for done, key, chunk in plan.walk(alone, finish):
+            results.extend(chunk)
+            if progress is not None:
+                progress(done, total, key)
+        rest: Iterable[tuple[str, Stage]] = plan.extras()
+    else:
+        ignored = 0
+
+        def plan_items() -> Iterator[tuple[int, Stage, Stage | None]]:  # reference position, stage, its candidate
+            nonlocal ignored
+            for i, rs in enumerate(rt):
+                if cfg.is_ignored(rs.key):
+                    ignored += 1
+                else:
+                    yield i, rs, cand_by_ref.get(rs.key)
+
+        if executor is not None:
+            planned = list(plan_items())
+            judged = iter(executor.results(rt, ct, [(rs, cs) for _, rs, cs in planned if cs is not None], cfg,
+                                           diagnoser, floor))
+            stream: Iterable[tuple[int, Stage, Stage | None, StageDiff | None]] = (
+                (i, rs, cs, next(judged) if cs is not None else None) for i, rs, cs in planned)
         else:
-            if sd.status == Status.FAIL:
-                reason = cfg.expected_reason(rs.key)
-                if reason is not None:
-                    sd = replace(sd, status=Status.EXPECTED, expected_reason=reason)
-            results.append(sd)
-        if progress is not None:
-            progress(i + 1, total, rs.key)
-    rest = (cand_by_ref.unused(used) if isinstance(cand_by_ref, _SameKeys) else
-            ((t, cs) for t, cs in cand_by_ref.items() if t not in used))
+            stream = judge(rt, ct, plan_items(), cfg, alone, floor)
+        for i, rs, cs, sd in stream:
+            results.append(finish(rs, cs, sd))
+            if progress is not None:
+                progress(i + 1, total, rs.key)
+        rest = (cand_by_ref.unused(used) if isinstance(cand_by_ref, _SameKeys) else
+                ((t, cs) for t, cs in cand_by_ref.items() if t not in used))
     for target, cs in rest:
         if cfg.is_ignored(target) or cfg.is_ignored(cs.key):
             ignored += 1

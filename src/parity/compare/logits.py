@@ -212,6 +212,22 @@ def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DT
     )
 
 
+def valid_key_is_logits(key: str) -> bool:
+    """:func:`is_logits_key` of a key known to be valid (a stage index's: checked when it was
+    read), without checking it again: its name is what comes before ``[`` or ``#``.
+
+    >>> [valid_key_is_logits(k) for k in ("logits[step=3]", "lm.logits#1", "logits_bias", "x.logits.y")]
+    [True, True, False, False]
+    """
+    if key.endswith("logits"):  # (no indices, no occurrence: the key is its name)
+        return key == "logits" or key.endswith(".logits")
+    if "logits" not in key or ("[" not in key and "#" not in key):
+        return False
+    cut = min(i for i in (key.find("["), key.find("#")) if i >= 0)
+    name = key[:cut]
+    return name == "logits" or name.endswith(".logits")
+
+
 def is_logits_key(key: str) -> bool:
     """Whether a stage key names logits: ``logits``, ``logits[step=3]``, ``decoder.logits#1``...
 
@@ -246,9 +262,17 @@ def stage_extra(key: str, ref: Any, cand: Any, ref_dtype: DType | None, cand_dty
     return {"logits": logits_metrics(r, c, k=k, ref_dtype=ref_dtype, cand_dtype=cand_dtype).to_dict()}
 
 
+def _flat(arrays: Any) -> np.ndarray:
+    """The values of a list of stage arrays, or of a ``(stages, size)`` array of them, back to back."""
+    if isinstance(arrays, np.ndarray):
+        return arrays.reshape(-1)
+    return np.concatenate([np.asarray(a).reshape(-1) for a in arrays])
+
+
 class LogitsColumns:
     """:func:`stage_extra` of many logits stages of one shape and dtypes (``refs[i]`` against
-    ``cands[i]``), from one :func:`row_stats` pass over their stacked rows; :meth:`extra` gives
+    ``cands[i]``: two lists of arrays, or two ``(stages, size)`` arrays), from one
+    :func:`row_stats` pass over their stacked rows; :meth:`extra` gives
     stage ``i``'s, equal to ``stage_extra`` of that stage alone (each stage is one chunk of rows
     there, its per-stage sums are the same sums). For stages of fewer than
     ``_ROWS_PER_CHUNK_BYTES // (8 * vocab)`` rows.
@@ -265,8 +289,8 @@ class LogitsColumns:
         n = math.prod(lead)
         self.lead, self.n, self.k = lead, n, max(1, min(int(k), vocab))
         count = len(refs)
-        r = to_float64(np.concatenate([np.asarray(a).reshape(-1) for a in refs]), ref_dtype).reshape(count * n, vocab)
-        c = to_float64(np.concatenate([np.asarray(a).reshape(-1) for a in cands]), cand_dtype).reshape(count * n, vocab)
+        r = to_float64(_flat(refs), ref_dtype).reshape(count * n, vocab)
+        c = to_float64(_flat(cands), cand_dtype).reshape(count * n, vocab)
         ar, ac, agree, kl = row_stats(r, c, self.k)
         same = (ar == ac).reshape(count, n)
         self.top1 = same.sum(axis=1)
@@ -286,6 +310,14 @@ class LogitsColumns:
         elif lead:
             ar2, ac2 = ar2[:, -1:], ac2[:, -1:]
         self.last_r, self.last_c = np.ascontiguousarray(ar2), np.ascontiguousarray(ac2)  # columns: 8 bytes a value
+
+    def worst(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For stages ``rows``: their top-k agreement, their KL max with NaN as ``inf``, and whether
+        their greedy tokens differ; the values :meth:`extra` gives, as arrays."""
+        r = np.asarray(rows, np.intp)
+        topk = (0.0 + self.agree[r].astype(np.float64) / self.k) / self.n
+        kl = self.kl_max[r].astype(np.float64)
+        return topk, np.where(np.isnan(kl), np.inf, kl), (self.last_r[r] != self.last_c[r]).any(axis=1)
 
     def extra(self, i: int) -> dict[str, Any]:
         """``stage_extra(...)`` of stage ``i``: ``{"logits": LogitsMetrics(...).to_dict()}``."""
@@ -386,11 +418,24 @@ def _scan(diff: Any) -> tuple[int, Any, Any, TokenDivergence | None]:
     """One pass over the logits extras of a diff (none held): how many stages have them, the
     ``(key, extra)`` of the lowest top-k agreement and of the highest KL (the first such, NaN
     counting as the worst), and the first decode step whose greedy token differs."""
-    from .batch import extra_value  # (batch judges logits stages with this module)
+    from .batch import extra_value, logits_runs  # (batch judges logits stages with this module)
 
     count, topk, kl = 0, None, None
     found = []
-    for sd in getattr(diff, "stages", ()):
+    for group, cols, rows in logits_runs(getattr(diff, "stages", ())):
+        if cols is not None:  # a run's stages: its columns at once
+            count += len(rows)
+            v, w, differ = cols.worst(rows)
+            j, i = int(np.argmin(v)), int(np.argmax(w))
+            if topk is None or v[j] < topk[2]:
+                topk = (group[j].key, cols.extra(rows[j])["logits"], float(v[j]))
+            if kl is None or w[i] > kl[2]:
+                kl = (group[i].key, cols.extra(rows[i])["logits"], float(w[i]))
+            for b in np.flatnonzero(differ).tolist():
+                m = LogitsMetrics.from_dict(cols.extra(rows[b])["logits"])
+                found.append((_step_of(group[b].key), group[b].key, m.greedy_ref, m.greedy_cand))
+            continue
+        sd = group[0]
         lg = extra_value(sd, "logits")
         if lg is None:
             continue

@@ -105,8 +105,7 @@ class ToleranceRules:
     def for_stage(self, key: str, ref_dtype: str | None, cand_dtype: str | None) -> Tolerance:
         """The tolerance that applies to stage ``key`` (one object for every stage with the same
         dtypes and the same matching patterns: a trace of a million stages resolves a few)."""
-        matched = tuple(i for i, (pattern, _) in enumerate(self.stages)
-                        if glob_to_regex(pattern).match(key)) if self.stages else ()
+        matched = self.matching(key)
         cache = self.__dict__.get("_resolved")
         if cache is None:
             cache = {}
@@ -118,6 +117,15 @@ class ToleranceRules:
                 tol = replace(tol, **self.stages[i][1])
             cache[(ref_dtype, cand_dtype, matched)] = tol
         return tol
+
+    def matching(self, key: str) -> tuple[int, ...]:
+        """The positions in :attr:`stages` of the patterns that match ``key`` (what
+        :meth:`for_stage` reads of the key).
+
+        >>> ToleranceRules.build(stages={"a.*": {"atol": 1}, "*.b": {"atol": 2}}).matching("a.b")
+        (0, 1)
+        """
+        return tuple(i for i, (pattern, _) in enumerate(self.stages) if glob_to_regex(pattern).match(key)) if self.stages else ()
 
     def check_patterns(self, keys: Iterable[str]) -> None:
         """Raise :class:`ConfigError` for a stage pattern that matches none of ``keys``."""

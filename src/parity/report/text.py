@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..compare.batch import judged_alone
 from ..compare.diff import Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
@@ -72,21 +73,22 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
 def _stage_rows(diff: TraceDiff, show_all: bool, max_passing: int) -> list[_Row]:
     """One row a stage, long runs of passing stages folded into one ``… N passing stages`` row."""
     first = diff.first_divergence
-    passing = [s for s in diff.stages if s.status == Status.PASS]
-    hide: set[int] = set()
-    if not show_all and len(passing) > max_passing:
-        keep = {id(s) for s in passing[: max_passing // 2]} | {id(s) for s in passing[-max_passing // 2:]}
-        hide = {id(s) for s in passing if id(s) not in keep}
+    n_pass = diff.summary()[Status.PASS]
+    # passing stages shown: the first and last max_passing // 2 (ordinals among passing stages)
+    head, tail = (n_pass, n_pass) if show_all or n_pass <= max_passing else (max_passing // 2, n_pass - max_passing // 2)
     body: list[_Row] = []
     hidden_run = 0
+    ordinal = -1
 
     def elided() -> _Row:
         return ["", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim")] + [""] * 8, None
 
     for sd in diff.stages:
-        if id(sd) in hide:
-            hidden_run += 1
-            continue
+        if sd.status == Status.PASS:
+            ordinal += 1
+            if head <= ordinal < tail:
+                hidden_run += 1
+                continue
         if hidden_run:
             body.append(elided())
             hidden_run = 0
@@ -130,7 +132,8 @@ def _stage_table(diff: TraceDiff, body: list[_Row], console_width: int) -> Table
 def _print_notes(diff: TraceDiff, console: Console) -> None:
     """Under the table: noise floors, image stages, expected divergences, one-sided stages, warnings."""
     first = diff.first_divergence
-    floored = sorted(((floor_ratio(sd), sd) for sd in diff.stages if floor_ratio(sd) is not None), key=lambda t: -t[0])
+    alone = judged_alone(diff.stages)  # (the stages of a run hold no noise floor or image metrics)
+    floored = sorted(((r, sd) for sd in alone if (r := floor_ratio(sd)) is not None), key=lambda t: -t[0])
     if floored:
         above = [(r, sd) for r, sd in floored if r > 1]
         console.print(Text(f"noise floor: {len(floored)} stage(s) judged against it; "
@@ -138,7 +141,7 @@ def _print_notes(diff: TraceDiff, console: Console) -> None:
                                                                               for r, sd in above[:8])
                               + (" …" if len(above) > 8 else "") if above else "all within 1× the floor"),
                            style=None))
-    images = [(sd, image_of(sd)) for sd in diff.stages if image_of(sd) is not None and sd is not first]
+    images = [(sd, image) for sd in alone if (image := image_of(sd)) is not None and sd is not first]
     for sd, image in images[:10]:
         console.print(Text(f"image {sd.key}: {image.summary()}", style=None if sd.passed else "red"))
     if len(images) > 10:
