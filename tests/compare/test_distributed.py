@@ -110,7 +110,7 @@ def test_the_plan_splits_huge_stages_into_whole_chunks_and_batches_tiny_ones(pai
     # text, transforms, images, logits and shape mismatches are never split, however large the task size allows
     assert not {pairs[t.pairs[0]][0].key for t in _plan(pairs, cfg, True, 1, 64) if t.layout is not None} & {
         "note", "scaled", "image", "logits", "reshaped"}
-    assert all(t.layout is None for t in _plan(pairs, cfg, False, 1 << 20, 64))  # remote traces: whole stages
+    assert all(t.layout is None for t in _plan(pairs, cfg, False, 1 << 20, 64))  # sharded traces: whole stages
 
 
 def test_a_cluster_gives_the_single_process_json_byte_for_byte(pair, client, single):
@@ -248,3 +248,40 @@ def test_tasks_carry_paths_keys_and_ranges_never_arrays(pair, single):
     carried = {type(x).__name__ for args in fake.args for x in leaves(args)}
     assert carried <= {"str", "int", "float", "CompareConfig", "NoneType"}, carried
     assert os.path.abspath(pair[0]) in [x for args in fake.args for x in leaves(args) if isinstance(x, str)]
+
+
+def test_a_range_task_on_a_trace_at_a_url_fetches_only_its_range(pair, monkeypatch):
+    """What a worker does with one range of a split stage of a remote trace: one ranged read per
+    side of just those elements, and the partials of the same chunks as from the local files."""
+    import uuid
+
+    from parity.compare import executor
+    from parity.compare.metrics import chunk_layout
+    from parity.trace import storage
+    from parity.trace.remote import upload_trace
+
+    base = f"memory://dist-tests/{uuid.uuid4().hex}"
+    urls = [upload_trace(p, f"{base}/{os.path.basename(p)}") for p in pair]
+    rs = parity.load_trace(pair[0]).stage("big.f32")
+    layout = chunk_layout(rs.dtype_info, rs.dtype_info)
+    start, end = 1 << 20, 2 << 20
+    local = executor._range_task("local", (os.path.abspath(pair[0]), {}), (os.path.abspath(pair[1]), {}), "big.f32",
+                                 "big.f32", start, end, 1e-5, 1e-8, layout)
+    fetched = []
+    real = storage.RemoteDir.read_range
+
+    def counting(self, rel, a, b, what="file"):
+        fetched.append(b - a)
+        return real(self, rel, a, b, what)
+
+    parity.load_trace(urls[0]), parity.load_trace(urls[1])  # (opening reads the manifests and headers)
+    monkeypatch.setattr(storage.RemoteDir, "read_range", counting)
+    executor._OPENED.clear()
+    monkeypatch.setattr(executor, "load_trace", lambda path, storage_options=None: parity.load_trace(path))
+    remote = executor._range_task("remote", (urls[0], {}), (urls[1], {}), "big.f32", "big.f32", start, end, 1e-5,
+                                  1e-8, layout)
+    assert remote == local and local[0][0] == start
+    # (besides the manifests and headers the worker reads when it opens the traces) one ranged read
+    # of the range per side, never the whole stage
+    assert sorted(fetched)[-3:-2] < [1 << 20] and sorted(fetched)[-2:] == [(end - start) * 4] * 2
+    assert any(BIG_BUG in at for _, _, at in local) is (start <= BIG_BUG < end)

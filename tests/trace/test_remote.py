@@ -81,6 +81,32 @@ def test_reading_one_stage_fetches_only_its_bytes(url, monkeypatch):
     assert fetched == [8000]
 
 
+def test_element_ranges_and_runs_of_stages_are_single_ranged_reads(url, monkeypatch):
+    big = {f"s{i}": np.arange(1000, dtype=np.float64) + i for i in range(20)}
+    _record(url, big)
+    t = parity.load_trace(url)
+    fetched = []
+    real = storage.RemoteDir.read_range
+
+    def counting(self, rel, start, end, what="file"):
+        fetched.append(end - start)
+        return real(self, rel, start, end, what)
+
+    monkeypatch.setattr(storage.RemoteDir, "read_range", counting)
+    part = t.elements(t.stage("s7"), 100, 350)  # what a Dask worker comparing one range of a stage reads
+    assert fetched == [250 * 8] and (part == np.arange(100, 350) + 7).all() and not part.flags.writeable
+    assert t.elements(t.stage("s7"), 5, 5).size == 0 and fetched == [2000]
+    with pytest.raises(UsageError, match="cannot be read"):
+        t.elements(t.stage("s7"), 10, 1001)
+    # an indexed trace's run of stages: one read for the lot
+    with parity.trace.TraceWriter(url.replace("ref.trace", "many.trace"), index=True) as w:
+        w.add_batch([f"step.{i}.x" for i in range(50)], [(4,)] * 50, np.arange(200, dtype=np.float32))
+    m = parity.load_trace(url.replace("ref.trace", "many.trace"))
+    fetched.clear()
+    rows = m.rows(10, 30)
+    assert fetched == [20 * 16] and rows.shape == (20, 4) and rows[0, 0] == 40.0
+
+
 def test_diff_of_a_remote_and_a_local_trace(url, tmp_path, capsys):
     values = _values()
     _record(url, values)

@@ -18,8 +18,8 @@ executor only decides where each stage's work runs. The plan, made from the mani
 
 Tasks carry trace paths or URLs, stage keys and element ranges, never array data: each worker
 process opens the traces itself (once per comparison) and reads its own ranges through the
-memory map (stages of a trace at a URL, or of a sharded trace, whose readers produce a stage
-whole, are batched but never split). Results come back in stage order, so progress, the first divergence and the
+memory map, or with one ranged request to a trace at a URL (:meth:`~parity.trace.reader.Trace.elements`:
+the stages of a sharded trace, whose reader joins its ranks' slices, are batched but never split). Results come back in stage order, so progress, the first divergence and the
 ``--json`` document are those of the single-process diff. Diagnoses run on the client, for
 failing stages only: a :class:`~parity.compare.diff.Diagnoser` is any object of the caller's
 (it need not be importable on a worker), and it reads the two arrays. A worker lost mid-run has
@@ -219,8 +219,12 @@ def _range_task(run: str, ref: tuple, cand: tuple, rkey: str, ckey: str, start: 
                 atol: float, layout: tuple[str, int]) -> list[ChunkPartial]:
     rt, ct = _opened(run, ref), _opened(run, cand)
     rs, cs = rt.stage(rkey), ct.stage(ckey)
-    return chunk_partials(rt.array(rs), ct.array(cs), start, end, ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info,
-                          rtol=rtol, atol=atol, backend=layout[0], chunk_elements=layout[1])
+    # only elements [start, end) are read (a remote trace fetches just those bytes); the partials are
+    # those of the same chunks of the whole stage, their chunk starts and indices moved by start
+    parts = chunk_partials(rt.elements(rs, start, end), ct.elements(cs, start, end), 0, end - start,
+                           ref_dtype=rs.dtype_info, cand_dtype=cs.dtype_info, rtol=rtol, atol=atol, backend=layout[0],
+                           chunk_elements=layout[1])
+    return [(s + start, p, {i + start: v for i, v in at.items()}) for s, p, at in parts]
 
 
 def _rescale_task(run: str, ref: tuple, cand: tuple, rkey: str, ckey: str, chunk: int) -> tuple[list[float], int]:
@@ -294,9 +298,9 @@ class DaskExecutor:
         src = (_source(ref), _source(cand))
         self._check_workers()
         run = uuid.uuid4().hex
-        # only memory-mapped traces read a range without the rest of its stage (a URL fetches the
-        # stage in one request, a sharded trace joins its ranks' slices): the others are batched
-        split = type(ref) is Trace and type(cand) is Trace
+        # traces that read a range of a stage alone (a memory map, a ranged request to a URL) get
+        # their huge stages split; a sharded trace joins its ranks' slices: its stages are batched
+        split = getattr(ref, "range_reads", False) and getattr(cand, "range_reads", False)
         tasks = _plan(pairs, config, split, self.task_elements, self.batch_stages)
         futures = self._submit(run, src, tasks, pairs, config, floor)
         try:
