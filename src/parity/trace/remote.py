@@ -101,6 +101,10 @@ def load_remote_trace(url: str, storage_options: Mapping[str, Any] | None = None
     remote = open_remote(url, storage_options)
     mpath = remote.label(MANIFEST)
     if not remote.exists(MANIFEST):
+        if remote.exists("shards.json"):  # a sharded capture's directory: one logical trace of its ranks
+            from .sharded import load_sharded_trace
+
+            return load_sharded_trace(remote.url, storage_options=dict(storage_options or {}))  # type: ignore[return-value]
         what = "has no manifest.json: not a parity trace, or an upload that did not finish" if remote.exists() \
             else "no such trace"
         raise TraceFormatError(f"{what}.", path=remote.url)
@@ -142,7 +146,8 @@ def _load_indexed(remote: RemoteDir, mpath: str, manifest: dict[str, Any], bad: 
 
 def upload_trace(local: str | os.PathLike[str], url: str, storage_options: Mapping[str, Any] | None = None,
                  *, overwrite: bool = False) -> str:
-    """Copy the trace directory ``local`` to ``url``: data files first, ``manifest.json`` last.
+    """Copy the trace directory ``local`` to ``url``: data files first, ``manifest.json`` last (a
+    sharded trace: every rank's trace so, then ``shards.json``).
 
     Each file is streamed, never read whole. Returns ``url``.
 
@@ -158,6 +163,20 @@ def upload_trace(local: str | os.PathLike[str], url: str, storage_options: Mappi
     memory://doc/upload/ref.trace: a trace is already there; remove it first (or overwrite=True).
     """
     local = os.fspath(local)
+    from .sharded import SHARDS, _read_index, is_sharded, rank_trace_name  # (sharded reads through this module)
+
+    if is_sharded(local):  # every rank's trace, then shards.json: the sharded trace's completion marker
+        world = _read_index(local)[0]
+        remote = open_remote(url, storage_options)
+        if remote.exists(SHARDS) and not overwrite:
+            raise UsageError(f"{remote.url}: a trace is already there; remove it first (or overwrite=True).")
+        if remote.exists(SHARDS):
+            remote.remove()
+        for r in range(world):
+            upload_trace(os.path.join(local, rank_trace_name(r)), remote.label(rank_trace_name(r)), storage_options,
+                         overwrite=overwrite)
+        remote.upload(os.path.join(local, SHARDS), SHARDS)
+        return remote.url
     if not os.path.isfile(os.path.join(local, MANIFEST)):
         raise TraceFormatError("has no manifest.json; it is not a parity trace.", path=local)
     remote = open_remote(url, storage_options)

@@ -53,6 +53,7 @@ from .entries import short_repr
 from .jsonsafe import load_json
 from .layout import FORMAT_NAME, MANIFEST, SCHEMA_VERSION
 from .reader import Stage, Trace, load_trace
+from .storage import RemoteDir, is_remote, open_remote
 
 __all__ = ["SHARDS", "ShardedTrace", "is_sharded", "prepare_sharded", "rank_trace_name",
            "shard_placement", "replicated_placement"]
@@ -110,7 +111,8 @@ def _index_bytes(world_size: int, capture: str | None) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
 
 
-def prepare_sharded(path: str | os.PathLike[str], rank: int, world_size: int, capture: str | None = None) -> str:
+def prepare_sharded(path: str | os.PathLike[str], rank: int, world_size: int, capture: str | None = None,
+                    storage_options: dict[str, Any] | None = None) -> str:
     """Make the sharded directory ``path`` for a capture by ``world_size`` ranks and return the
     path of rank ``rank``'s trace in it (which the caller then writes with a
     :class:`~parity.trace.writer.TraceWriter`).
@@ -121,6 +123,8 @@ def prepare_sharded(path: str | os.PathLike[str], rank: int, world_size: int, ca
     earlier, wider capture left there. ``capture``, an id the ranks share (the capture broadcasts
     one), goes into ``shards.json`` and, through the rank's trace metadata (``meta["shard"]``),
     lets the reader refuse a rank's trace left by an earlier capture into the same directory.
+    ``path`` may be an fsspec URL (``s3://runs/tp.trace``): ``shards.json`` is then uploaded, and
+    each rank's trace is written to the URL as any trace is (staged locally, manifest last).
 
     Raises:
         TraceError: ``path`` is a file, an unsharded trace, or a directory holding anything else.
@@ -133,6 +137,8 @@ def prepare_sharded(path: str | os.PathLike[str], rank: int, world_size: int, ca
     if not 0 <= rank < world_size:
         raise TraceError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size}).", path=path)
     path = os.fspath(path)
+    if is_remote(path):
+        return _prepare_remote(path, rank, world_size, capture, storage_options)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise TraceError("exists and is not a directory; refusing to replace it with a sharded trace.", path=path)
     os.makedirs(path, exist_ok=True)
@@ -154,6 +160,26 @@ def prepare_sharded(path: str | os.PathLike[str], rank: int, world_size: int, ca
 
                 shutil.rmtree(stale)
     return os.path.join(path, rank_trace_name(rank))
+
+
+def _prepare_remote(url: str, rank: int, world_size: int, capture: str | None,
+                    storage_options: dict[str, Any] | None) -> str:
+    """:func:`prepare_sharded` at a URL (the same checks; a PUT of ``shards.json``)."""
+    remote = open_remote(url, storage_options)
+    if remote.exists(MANIFEST):
+        raise TraceError("holds an unsharded trace; a sharded capture does not replace it (remove it, or write "
+                         "somewhere else).", path=remote.url)
+    names = remote.names()
+    foreign = [n for n in names if n != SHARDS and not _RANK_RE.fullmatch(n) and not n.startswith(".tmp-")]
+    if foreign:
+        raise TraceError(f"is a non-empty directory that is not a sharded trace (it holds {short_repr(foreign[0])}); "
+                         "refusing to write into it.", path=remote.url)
+    remote.write(SHARDS, _index_bytes(world_size, capture))
+    if rank == 0:
+        for name in names:
+            if _RANK_RE.fullmatch(name) and int(name[5:10]) >= world_size and remote.exists(f"{name}/{MANIFEST}"):
+                open_remote(remote.label(name), storage_options).remove()
+    return remote.label(rank_trace_name(rank))
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -264,11 +290,16 @@ class ShardedTrace(Trace):
         return [p for t in self._ranks for p in t.verify()]
 
 
-def _read_index(path: str) -> tuple[int, str | None]:
+def _read_index(path: str, remote: RemoteDir | None = None) -> tuple[int, str | None]:
     """The world size and capture id ``shards.json`` declares, after checking the document."""
-    ipath = os.path.join(path, SHARDS)
-    with open(ipath, "rb") as f:
-        doc, bad = load_json(f.read(), path=ipath, what="shard index")
+    if remote is not None:
+        ipath = remote.label(SHARDS)
+        raw = remote.read(SHARDS, "shard index", limit=1 << 20)
+    else:
+        ipath = os.path.join(path, SHARDS)
+        with open(ipath, "rb") as f:
+            raw = f.read()
+    doc, bad = load_json(raw, path=ipath, what="shard index")
     if type(doc) is not dict or doc.get("format") != SHARDS_FORMAT:
         raise TraceFormatError(f'is not a sharded-trace index (expected "format": "{SHARDS_FORMAT}").', path=ipath)
     version = doc.get("schema_version")
@@ -287,15 +318,17 @@ def _read_index(path: str) -> tuple[int, str | None]:
     return world, capture
 
 
-def _open_ranks(path: str, world: int, capture: str | None, follow_symlinks: bool) -> list[Trace]:
+def _open_ranks(path: str, world: int, capture: str | None, follow_symlinks: bool,
+                remote: RemoteDir | None = None, storage_options: dict[str, Any] | None = None) -> list[Trace]:
     ranks = []
     for r in range(world):
-        sub = os.path.join(path, rank_trace_name(r))
-        if not os.path.lexists(sub):
+        sub = remote.label(rank_trace_name(r)) if remote is not None else os.path.join(path, rank_trace_name(r))
+        if not (remote.exists(rank_trace_name(r)) if remote is not None else os.path.lexists(sub)):
             raise TraceFormatError(f"rank {r}'s trace {rank_trace_name(r)} is missing (world size {world}): that "
                                    "rank did not capture, or its files were not copied.", path=path)
-        check_inside(path, sub, follow_symlinks=follow_symlinks, what=f"trace of rank {r}")
-        t = load_trace(sub, follow_symlinks=follow_symlinks)
+        if remote is None:
+            check_inside(path, sub, follow_symlinks=follow_symlinks, what=f"trace of rank {r}")
+        t = load_trace(sub, follow_symlinks=follow_symlinks, storage_options=storage_options)
         info = t.meta.get("shard")
         if type(info) is dict and (info.get("rank") != r or info.get("world_size") != world):
             raise TraceFormatError(f"rank {r}'s trace says it is rank {short_repr(info.get('rank'))} of "
@@ -420,8 +453,8 @@ def _manifest(ranks: list[Trace], world: int) -> dict[str, Any]:
 
 
 def load_sharded_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = False,
-                       check_replicas: bool = True) -> ShardedTrace:
-    """Open the sharded trace directory ``path`` as one logical trace.
+                       check_replicas: bool = True, storage_options: dict[str, Any] | None = None) -> ShardedTrace:
+    """Open the sharded trace directory ``path`` (or fsspec URL) as one logical trace.
 
     Raises:
         TraceFormatError: ``shards.json`` is malformed; a rank's trace is missing, corrupt or from
@@ -429,8 +462,11 @@ def load_sharded_trace(path: str | os.PathLike[str], *, follow_symlinks: bool = 
             slices do not tile the full dimension (each message names the rank and the stage).
     """
     path = os.fspath(path)
-    world, capture = _read_index(path)
-    ranks = _open_ranks(path, world, capture, follow_symlinks)
+    remote = open_remote(path, storage_options) if is_remote(path) else None
+    if remote is not None:
+        path = remote.url
+    world, capture = _read_index(path, remote)
+    ranks = _open_ranks(path, world, capture, follow_symlinks, remote, storage_options)
     stages: list[Stage] = []
     plans: dict[str, _Plan] = {}
     for pos, key in enumerate(_common_keys(ranks, path)):

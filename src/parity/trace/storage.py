@@ -120,6 +120,13 @@ class RemoteDir:
         """Whether ``rel`` (a file or the directory itself) exists."""
         return bool(self._call(rel, "path", self.fs.exists, self.path(rel)))
 
+    def names(self) -> list[str]:
+        """The names of the directory's entries, sorted (``[]`` when it does not exist)."""
+        if not self.exists():
+            return []
+        listed = self._call("", "directory", self.fs.ls, self.root, detail=False)
+        return sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in listed})
+
     def size(self, rel: str, what: str = "file") -> int:
         """Size of ``rel`` in bytes."""
         return int(self._call(rel, what, self.fs.size, self.path(rel)))
