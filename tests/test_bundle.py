@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import parity
 import parity.bundle as bundle_pkg
 import parity.bundle.folder as bundle_mod  # where new_bundle looks collect_environment and the clock up
 from parity.bundle import (
@@ -238,3 +239,23 @@ def test_secrets_in_the_environment_never_reach_a_bundle(traces, tmp_path, monke
             assert var.encode() not in data, f"the name {var} leaked into {name}"
     env1 = json.loads(files["1/env.json"])
     assert env1["torch"]["installed"] is (importlib.util.find_spec("torch") is not None)
+
+
+def test_a_sharded_trace_is_pinned_by_its_shard_index_and_every_rank_manifest(tmp_path):
+    from parity.bundle import new_bundle
+    from parity.trace.sharded import prepare_sharded, shard_placement
+    from parity.trace.writer import TraceWriter
+
+    path = str(tmp_path / "tp.trace")
+    for r in range(3):
+        with TraceWriter(prepare_sharded(path, r, 3), meta={"shard": {"rank": r, "world_size": 3}}) as w:
+            w.add("h", np.full((2, 4), float(r)), provenance={"shard": shard_placement(1, 4 * r, [2, 12], r, 3)})
+    assert parity.load_trace(path)["h"].shape == (2, 12)
+    cmd = new_bundle("b", str(tmp_path), probe_torch=False).begin_command("capture-run", "parity capture run ...")
+    cmd.write_traces([path], "captured\n")
+    assert cmd.outputs == ["01-capture-run.txt", "01-capture-run-manifest-shards.json",
+                           "01-capture-run-manifest-rank0.json", "01-capture-run-manifest-rank1.json",
+                           "01-capture-run-manifest-rank2.json"]
+    for name, src in zip(cmd.outputs[1:], ["shards.json"] + [f"rank-0000{r}.trace/manifest.json" for r in range(3)]):
+        with open(os.path.join(cmd.bundle.path, name), "rb") as a, open(os.path.join(path, src), "rb") as b:
+            assert a.read() == b.read()

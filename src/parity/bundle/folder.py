@@ -115,13 +115,23 @@ class BundleCommand:
     def write_traces(self, paths: Sequence[str], text: str) -> None:
         """Keep what a command that wrote traces produced: its terminal text, and each trace's
         ``manifest.json`` (which holds every data file's checksum, so the bundle pins the traces
-        without copying them). A trace that was not written (a failed capture) is skipped."""
+        without copying them); of a sharded trace, its ``shards.json`` and every rank's
+        ``manifest.json``. A trace that was not written (a failed capture) is skipped."""
         self.write("txt", text)
         for i, path in enumerate(paths):
-            manifest = os.path.join(path, "manifest.json")
+            label = f"manifest{i}" if len(paths) > 1 else "manifest"
+            manifest, shards = os.path.join(path, "manifest.json"), os.path.join(path, "shards.json")
             if os.path.isfile(manifest):
                 with open(manifest, "rb") as f:
-                    self.write("json", f.read(), label=f"manifest{i}" if len(paths) > 1 else "manifest")
+                    self.write("json", f.read(), label=label)
+            elif os.path.isfile(shards):
+                with open(shards, "rb") as f:
+                    self.write("json", f.read(), label=f"{label}-shards")
+                for name in sorted(os.listdir(path)):
+                    rank_manifest = os.path.join(path, name, "manifest.json")
+                    if re.fullmatch(r"rank-[0-9]{5}\.trace", name) and os.path.isfile(rank_manifest):
+                        with open(rank_manifest, "rb") as f:
+                            self.write("json", f.read(), label=f"{label}-rank{int(name[5:10])}")
 
 
 class Bundle:
