@@ -13,7 +13,10 @@ for two key families: solver iterations ``iter.N.residual`` and decode steps ``s
 * ``load_trace`` in a fresh process (page cache warm), iterating the stage metadata, a plain
   listing (one line per stage, the columns of ``parity show --no-stats``), and the CLI
   ``parity show --no-stats`` itself;
-* ``compare_traces`` of the pair (default options, diagnoses on), stages/s and peak RSS;
+* ``compare_traces`` of the pair (default options, diagnoses on), stages/s and peak RSS, and as
+  the baseline the same call with the column plan switched off (parity.compare.columns: the
+  engine then makes each stage's ``Stage`` objects and batches runs itself);
+* the CLI ``parity diff`` (import, load, compare, the table) and ``parity diff --json``;
 * floors on the same files: a per-stage NumPy check over arrays read with
   ``safetensors.numpy.load_file``, and one vectorised NumPy pass per data file (each stage a row
   of a matrix: per-stage mismatch count, max |error| and its index, and the four float64 sums
@@ -241,6 +244,10 @@ def _cli(args: list[str], budget: float) -> dict[str, Any]:
 def step_diff_small(p: dict[str, Any]) -> dict[str, Any]:
     import parity
 
+    if p.get("no_columns"):  # the baseline: the engine without the column plan (stage objects, runs of judge())
+        from parity.compare import columns
+
+        columns.ColumnPlan.build = classmethod(lambda cls, *a, **k: None)  # type: ignore[method-assign]
     clock = Clock()
     rt, ct = parity.load_trace(p["ref"]), parity.load_trace(p["cand"])
     out: dict[str, Any] = {"load_both": clock.done()}
@@ -248,8 +255,8 @@ def step_diff_small(p: dict[str, Any]) -> dict[str, Any]:
     clock = Clock()
     budget = p["budget"]
 
-    def progress(done: int, total: int, key: str) -> None:
-        if done % RSS_SAMPLE_EVERY == 0:
+    def progress(done: int, total: int, key: str) -> None:  # (called per stage, or per run of stages)
+        if done - (samples[-1][0] if samples else 0) >= RSS_SAMPLE_EVERY:
             samples.append((done, _maxrss_mib()))
             if clock.elapsed() > budget:
                 raise OverBudget()
@@ -523,7 +530,7 @@ def section_million(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         row("parity show --no-stats (CLI, output discarded)", s, n if s["finished"] else None,
             note="" if s["finished"] else f"NOT FINISHED within the {args.budget:g} s budget")
 
-        diff_rate = {}
+        diff_rate, base_rate, cli_rate = {}, {}, {}
         for fam in families:
             r, c = pairs[fam]
             res = run_step("diff_small", ref=r, cand=c, budget=args.budget, report_json=args.report_json)
@@ -541,11 +548,18 @@ def section_million(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                 row("  TraceDiff.to_dict() + json.dumps", res["json"], n,
                     note=f"{res['json']['chars'] / 1e6:.0f} MB of JSON")
             diff_rate[fam] = rate(cmp_, cmp_["stages"])
+            base = run_step("diff_small", ref=r, cand=c, budget=args.budget, no_columns=True)["compare"]
+            row(f"  baseline: compare_traces without the column plan ({fam})", base, base["stages"],
+                note=f"first divergence {base['first']}" if base["finished"] else
+                f"partial: {base['stages']:,} of {n:,} stages in the budget")
+            base_rate[fam] = rate(base, base["stages"])
             for flags in ([], ["--json"]):
                 cli = run_step("diff_cli", ref=r, cand=c, flags=flags, budget=args.budget)["diff"]
                 row(f"  parity diff {' '.join(flags) or '(table)'} (CLI, output discarded)", cli,
                     n if cli["finished"] else None,
                     note=f"exit {cli['rc']}" if cli["finished"] else f"NOT FINISHED within the {args.budget:g} s budget")
+                if not flags and cli["finished"]:
+                    cli_rate[fam] = rate(cli, n)
 
         loop = run_step("floor_loop", ref=ref, cand=cand)["loop"]
         row("floor: safetensors load_file + NumPy per stage", loop, n,
@@ -564,8 +578,12 @@ def section_million(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         loop_rate, batched_rate = rate(loop, n), rate(batched, n)
         for fam, r_ in diff_rate.items():
             ratio(f"compare_traces ({fam}) {r_:,.0f} st/cpu-s = {r_ / GOAL_DIFF_RATE:.3f}x the {GOAL_DIFF_RATE:,} st/s "
-                  f"goal; {r_ / loop_rate:.3f}x the per-stage NumPy floor, {r_ / batched_rate:.4f}x the batched floor; "
-                  f"{r_ / BEFORE_DIFF_RATE[fam]:.1f}x the {BEFORE_DIFF_RATE[fam]:,} st/s of the stage-by-stage engine")
+                  f"goal; {r_ / base_rate[fam]:.2f}x the engine without the column plan ({base_rate[fam]:,.0f} st/cpu-s, "
+                  f"this run); {r_ / loop_rate:.3f}x the per-stage NumPy floor, {r_ / batched_rate:.4f}x the batched "
+                  f"floor; {r_ / BEFORE_DIFF_RATE[fam]:.1f}x the {BEFORE_DIFF_RATE[fam]:,} st/s of the stage-by-stage engine")
+            if fam in cli_rate:
+                ratio(f"parity diff ({fam}, the CLI: import, load, compare, table) {cli_rate[fam]:,.0f} st/cpu-s = "
+                      f"{cli_rate[fam] / GOAL_DIFF_RATE:.3f}x the {GOAL_DIFF_RATE:,} st/s goal")
         figures[n] = {"load": load_s, "diff": diff_rate[families[0]], "load_rss": o["load"]["rss"]}
     if len(figures) > 1:
         (n0, f0), (n1, f1) = sorted(figures.items())[0], sorted(figures.items())[-1]

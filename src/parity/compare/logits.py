@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import UsageError
 from ..trace.dtypes import DType, is_float, to_float64
 from ..trace.keys import split_key
+from .metrics import unravel as unravel_index
 
 __all__ = ["LogitsMetrics", "TokenDivergence", "logits_metrics", "row_stats", "LogitsColumns", "is_logits_key", "stage_extra",
            "first_token_divergence", "describe_logits", "DEFAULT_TOP_K"]
@@ -202,7 +203,7 @@ def logits_metrics(ref: Any, cand: Any, *, k: int = DEFAULT_TOP_K, ref_dtype: DT
         last_c = argmax_c.reshape(lead)[..., -1].reshape(-1) if len(lead) >= 2 else argmax_c[-1:]
     else:
         last_r, last_c = argmax_r, argmax_c
-    unravel = (lambda i: tuple(int(x) for x in np.unravel_index(i, lead))) if lead else (lambda i: ())
+    unravel = (lambda i: unravel_index(i, lead)) if lead else (lambda i: ())
     return LogitsMetrics(
         k=k, positions=n, topk_agreement=agree_sum / n, top1_agreement=top1_same / n, kl_mean=kl_sum / n,
         kl_max=kl_max, kl_max_position=unravel(kl_arg) if kl_arg >= 0 else None,
@@ -322,7 +323,7 @@ class LogitsColumns:
     def extra(self, i: int) -> dict[str, Any]:
         """``stage_extra(...)`` of stage ``i``: ``{"logits": LogitsMetrics(...).to_dict()}``."""
         n, lead = self.n, self.lead
-        unravel = (lambda j: tuple(int(x) for x in np.unravel_index(j, lead))) if lead else (lambda j: ())
+        unravel = (lambda j: unravel_index(j, lead)) if lead else (lambda j: ())
         last_r, last_c = self.last_r[i].tolist(), self.last_c[i].tolist()
         kl_arg, first_bad = int(self.kl_arg[i]), int(self.first_bad[i])
         m = LogitsMetrics(

@@ -488,6 +488,22 @@ def _chunk_runner(rs: Side, cs: Side, rtol: float, atol: float, ulp: tuple, back
     return run, chunk_elements
 
 
+def unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``np.unravel_index(flat, shape)`` as a tuple of ints, for a valid ``flat`` (C order), in
+    plain Python: a stage's worst index is one of these, and NumPy's call costs microseconds.
+
+    >>> unravel(7, (2, 3, 4)), unravel(5, (8,)), unravel(0, ())
+    ((0, 1, 3), (5,), ())
+    """
+    if len(shape) == 1:
+        return (int(flat),)
+    out = []
+    for d in reversed(shape):
+        flat, r = divmod(int(flat), d)
+        out.append(r)
+    return tuple(reversed(out))
+
+
 def _finish(tot: Totals, n: int, shape: tuple, rvalue: Callable[[int], float], cvalue: Callable[[int], float],
             rtol: float, atol: float, ulp: tuple, extra: dict[str, float]) -> StageMetrics:
     both_nan, mismatched, ref_nan, cand_nan, ref_inf, cand_inf, nan_mm, inf_mm = tot.counts
@@ -497,8 +513,7 @@ def _finish(tot: Totals, n: int, shape: tuple, rvalue: Callable[[int], float], c
     def at(flat: int) -> tuple[tuple[int, ...] | None, float, float]:
         if flat < 0:
             return None, 0.0, 0.0
-        idx = tuple(int(i) for i in np.unravel_index(flat, shape))
-        return idx, rvalue(flat), cvalue(flat)
+        return unravel(flat, shape), rvalue(flat), cvalue(flat)
 
     if nan_mm:
         abs_err = rel_err = rms = sqnr = math.nan
@@ -533,7 +548,7 @@ def _finish(tot: Totals, n: int, shape: tuple, rvalue: Callable[[int], float], c
             cosine = -1.0
     abs_idx, abs_r, abs_c = at(abs_flat)
     rel_idx, rel_r, rel_c = at(rel_flat)
-    worst_idx = None if worst_flat < 0 else tuple(int(i) for i in np.unravel_index(worst_flat, shape))
+    worst_idx = None if worst_flat < 0 else unravel(worst_flat, shape)
     return StageMetrics(
         count=n,
         mismatched=mismatched,
