@@ -58,10 +58,8 @@ def test_a_trace_written_to_a_url_reads_back_bit_for_bit(url, tmp_path):
             assert fs.cat_file(f"{root}/{rel}") == f.read()
 
 
-def test_reading_one_stage_fetches_only_its_bytes(url, monkeypatch):
-    big = {f"s{i}": np.full(1000, float(i)) for i in range(20)}  # 20 stages of 8 kB in one data file
-    _record(url, big)
-    t = parity.load_trace(url)
+def count_ranged_reads(monkeypatch):
+    """The sizes of the ranged reads remote traces make from now on, in order (a list that grows)."""
     fetched = []
     real = storage.RemoteDir.read_range
 
@@ -69,13 +67,21 @@ def test_reading_one_stage_fetches_only_its_bytes(url, monkeypatch):
         fetched.append(end - start)
         return real(self, rel, start, end, what)
 
+    monkeypatch.setattr(storage.RemoteDir, "read_range", counting)
+    return fetched
+
+
+def test_reading_one_stage_fetches_only_its_bytes(url, monkeypatch):
+    big = {f"s{i}": np.full(1000, float(i)) for i in range(20)}  # 20 stages of 8 kB in one data file
+    _record(url, big)
+    t = parity.load_trace(url)
+    fetched = count_ranged_reads(monkeypatch)
     cat = t.remote.fs.cat_file
 
     def ranged_only(path, start=None, end=None, **kw):
         assert start is not None and end is not None, "a whole-file read"
         return cat(path, start=start, end=end, **kw)
 
-    monkeypatch.setattr(storage.RemoteDir, "read_range", counting)
     monkeypatch.setattr(t.remote.fs, "cat_file", ranged_only)
     assert float(t["s13"][0]) == 13.0
     assert fetched == [8000]
@@ -85,14 +91,7 @@ def test_element_ranges_and_runs_of_stages_are_single_ranged_reads(url, monkeypa
     big = {f"s{i}": np.arange(1000, dtype=np.float64) + i for i in range(20)}
     _record(url, big)
     t = parity.load_trace(url)
-    fetched = []
-    real = storage.RemoteDir.read_range
-
-    def counting(self, rel, start, end, what="file"):
-        fetched.append(end - start)
-        return real(self, rel, start, end, what)
-
-    monkeypatch.setattr(storage.RemoteDir, "read_range", counting)
+    fetched = count_ranged_reads(monkeypatch)
     part = t.elements(t.stage("s7"), 100, 350)  # what a Dask worker comparing one range of a stage reads
     assert fetched == [250 * 8] and (part == np.arange(100, 350) + 7).all() and not part.flags.writeable
     assert t.elements(t.stage("s7"), 5, 5).size == 0 and fetched == [2000]
