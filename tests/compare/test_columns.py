@@ -306,3 +306,10 @@ def test_logits_runs_report_as_stage_by_stage(tmp_path, monkeypatch):
     lines = describe_logits(fast)
     assert lines[0].startswith("Logits (300 stage(s))") and "step 77 (logits[step=77])" in " ".join(lines)
     assert first_token_divergence(fast).step == 77
+
+
+def test_max_rel_errors_read_from_runs_equal_the_metrics(tmp_path):
+    ref, cand = _mixed(np.random.default_rng(5), n=400)
+    d = parity.compare_traces(_write(tmp_path / "r.trace", ref), _write(tmp_path / "c.trace", cand))
+    want = [math.nan if s.metrics is None else s.metrics.max_rel_err for s in d.stages]
+    assert np.array_equal(batch.max_rel_errors(d.stages), np.array(want, np.float64), equal_nan=True)

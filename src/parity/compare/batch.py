@@ -44,7 +44,7 @@ from . import logits as _logits
 from .logits import LogitsColumns, is_logits_key, valid_key_is_logits
 from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
 
-__all__ = ["judge", "DeferredStageDiff", "extra_value", "judged_alone", "logits_runs", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
+__all__ = ["judge", "DeferredStageDiff", "extra_value", "judged_alone", "logits_runs", "max_rel_errors", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
 
 #: Stages of at most this many elements are judged in runs (larger ones gain nothing from it).
 BATCH_MAX_ELEMENTS = 4096
@@ -422,3 +422,22 @@ def logits_runs(stages: Iterable[Any]) -> Iterator[tuple[list[Any], LogitsColumn
         rows.append(r.logits_rows[sd._row])
     if group:
         yield group, run.logits, rows
+
+
+def max_rel_errors(stages: Iterable[Any]) -> np.ndarray:
+    """Each result's ``metrics.max_rel_err`` (NaN where it has no metrics), a run's stages read from
+    the run's columns without making their :class:`~parity.results.StageMetrics`.
+
+    >>> from parity.compare.diff import compare_stages
+    >>> d = compare_stages("ref.trace", "cand.trace")
+    >>> bool((max_rel_errors(d.stages) == [s.metrics.max_rel_err for s in d.stages]).all())
+    True
+    """
+    out = []
+    for sd in stages:
+        if sd.__class__ is DeferredStageDiff:  # (a passing run stage: no NaN mismatch, as _finish reads it)
+            out.append(max(float(sd._run.floats[sd._row, 1]), 0.0))
+        else:
+            m = sd.metrics
+            out.append(math.nan if m is None or m.max_rel_err is None else m.max_rel_err)
+    return np.array(out, np.float64)

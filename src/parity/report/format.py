@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import math
 
-from ..compare.diff import StageDiff, TraceDiff, Verdict
+from collections.abc import Iterator
+
+from ..compare.diff import StageDiff, Status, TraceDiff, Verdict
 from ..compare.image import image_of
 
 __all__ = ["format_float", "metrics_line", "shape_text", "dtype_text", "verdict_text", "result_counts",
-           "describe_nothing_compared", "describe_first_divergence"]
+           "describe_nothing_compared", "describe_first_divergence", "table_rows", "TABLE_PASSING"]
+
+#: Passing stages a Markdown or HTML table lists at most (the first and last half of them; every
+#: stage that does not pass is listed): a table of a million stages is no report.
+TABLE_PASSING = 2000
 
 
 def format_float(x: float | None, digits: int = 3) -> str:
@@ -157,3 +163,31 @@ def describe_first_divergence(diff: TraceDiff) -> list[str]:
     return lines
 
 
+
+
+def table_rows(diff: TraceDiff, max_passing: int | None) -> Iterator[StageDiff | int]:
+    """The stages a report table lists, in order: every stage when ``max_passing`` is ``None`` or
+    at most that many pass; else every stage that does not pass and the first and last
+    ``max_passing // 2`` passing ones, an ``int`` (how many) standing for each run of passing
+    stages left out.
+
+    >>> d = parity.compare_traces("ref.trace", "cand.trace")
+    >>> [r if isinstance(r, int) else r.status for r in table_rows(d, 2)][:4]
+    ['pass', 3, 'pass', 'fail']
+    """
+    n_pass = diff.summary()[Status.PASS]
+    head, tail = ((n_pass, n_pass) if max_passing is None or n_pass <= max_passing
+                  else (max_passing // 2, n_pass - max_passing // 2))
+    hidden, ordinal = 0, -1
+    for sd in diff.stages:
+        if sd.status == Status.PASS:
+            ordinal += 1
+            if head <= ordinal < tail:
+                hidden += 1
+                continue
+        if hidden:
+            yield hidden
+            hidden = 0
+        yield sd
+    if hidden:
+        yield hidden

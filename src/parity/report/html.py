@@ -29,10 +29,12 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from ..compare.batch import judged_alone
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from ._arrays import AUTO, ProgressCallback, TracePair, detail_stages, resolve_traces
+from .format import TABLE_PASSING, table_rows
 from .format import describe_nothing_compared, dtype_text, format_float, metrics_line, result_counts, shape_text, verdict_text
 from .plots import error_sample, heatmap_svg, histogram_svg, image_panels, pipeline_svg
 from .svg import esc as _e
@@ -72,20 +74,25 @@ def _num_attr(x: float | None) -> str:
     return repr(float(x))
 
 
-def _stage_table(diff: TraceDiff, anchors: dict[int, str]) -> str:
+def _stage_table(diff: TraceDiff, anchors: dict[int, str], table_passing: int | None) -> str:
     first = diff.first_divergence
     cols = [("#", "num"), ("stage", "text"), ("status", "text"), ("shape", "text"), ("dtype", "text"),
             ("max abs", "num"), ("max rel", "num"), ("cosine", "num"), ("SQNR dB", "num"), ("mismatched", "num")]
-    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
+    floors = any(floor_ratio(sd) is not None for sd in judged_alone(diff.stages))
+    rows = [r for r in table_rows(diff, table_passing) if not isinstance(r, int)]
+    left = len(diff.stages) - len(rows)
     if floors:
         cols.append(("× noise floor", "num"))
-    out = ['<div class="controls"><input type="search" id="stage-filter" placeholder="filter stages by name" '
+    out = [f'<p class="note">The table lists every stage that does not pass and the first and last '
+           f'{table_passing // 2:,} of the {diff.summary()[Status.PASS]:,} passing stages ({left:,} passing stages are '
+           'left out; the JSON report lists every stage).</p>' if left and table_passing else "",
+           '<div class="controls"><input type="search" id="stage-filter" placeholder="filter stages by name" '
            'aria-label="filter stages"><label><input type="checkbox" id="only-divergent"> only stages that do not pass'
            '</label><span class="muted">click a column to sort</span></div>',
            '<table class="stages sortable" id="stage-table"><thead><tr>']
     out += [f'<th data-type="{t}">{_e(c)}</th>' for c, t in cols]
     out.append("</tr></thead><tbody>")
-    for i, sd in enumerate(diff.stages):
+    for sd in rows:
         m = sd.metrics
         pos = sd.ref.position + 1 if sd.ref else None
         key = _e(sd.key)
@@ -188,6 +195,7 @@ def render_html(
     max_heat_elements: int = 1 << 22,
     title: str | None = None,
     progress: ProgressCallback | None = None,
+    table_passing: int | None = TABLE_PASSING,
 ) -> str:
     """Render ``diff`` as one self-contained HTML page (no network access, no external files).
 
@@ -203,6 +211,10 @@ def render_html(
         max_heat_elements: elements read per heat map at most (rows and columns are subsampled beyond).
         title: the page title (default from the verdict and trace names).
         progress: called as ``progress(done, total, key)`` after each detailed stage.
+        table_passing: passing stages the stage table lists at most (the first and last half;
+            ``None``: all; a note says how many are left out); every stage that does not pass is
+            listed. The pipeline plot of more than ``plots.MAX_COLUMNS`` stages draws, of each
+            bucket one column wide, the stage of largest error and every stage that does not pass.
 
     Returns:
         The HTML document.
@@ -238,7 +250,7 @@ def render_html(
             body.append(f'<p class="muted">{left} more divergent stage(s) appear in the table only.</p>')
     body += _passing_images(diff, pair, max_heat_elements)
     body.append(f"<h2>Stages ({len(diff.stages)})</h2>")
-    body.append(_stage_table(diff, anchors))
+    body.append(_stage_table(diff, anchors, table_passing))
     page_title = title or f"parity diff: {verdict} — {diff.ref_path} vs {diff.cand_path}"
     return html_page("\n".join(body), title=page_title, version=diff.tool_version)
 
@@ -273,7 +285,7 @@ def _summary(diff: TraceDiff, verdict: str, anchors: dict[int, str], note: str |
 
 def _passing_images(diff: TraceDiff, pair: TracePair | None, max_heat_elements: int) -> list[str]:
     """Image stages that pass (divergent ones are shown with their stage details)."""
-    passing_images = [sd for sd in diff.stages if image_of(sd) is not None and sd.passed]
+    passing_images = [sd for sd in judged_alone(diff.stages) if image_of(sd) is not None and sd.passed]
     if not passing_images:
         return []
     body = ["<h2>Images</h2>"]

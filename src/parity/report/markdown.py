@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..compare.batch import judged_alone
 from ..compare.diff import StageDiff, Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
 from ._arrays import AUTO, TracePair, detail_stages, resolve_traces
+from .format import TABLE_PASSING, table_rows
 from .format import (describe_nothing_compared, dtype_text, format_float, metrics_line, result_counts, shape_text,
                      verdict_text)
 from .worst import WorstElement, worst_elements
@@ -123,7 +125,8 @@ def _metric_cells(sd: StageDiff) -> list[str]:
             format_float(m.sqnr_db), f"{m.mismatched}/{m.count}"]
 
 
-def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max_detail: int = 10) -> str:
+def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max_detail: int = 10,
+                    table_passing: int | None = TABLE_PASSING) -> str:
     """Render ``diff`` as GitHub-flavoured Markdown.
 
     Sections: a summary table, the first divergence (message, metrics, diagnoses, worst
@@ -137,6 +140,8 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
             ``(ref, cand)`` pair of traces or paths.
         worst: rows of each worst-element table (0 leaves the tables out).
         max_detail: divergent stages that get a section of their own.
+        table_passing: passing stages the stage table lists at most (the first and last half;
+            ``None``: all); every stage that does not pass is listed.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -162,7 +167,7 @@ def render_markdown(diff: TraceDiff, *, traces: Any = AUTO, worst: int = 10, max
         out += ["## Nothing compared", ""] + [md_text(line.strip()) for line in describe_nothing_compared(diff)] + [""]
     elif diff.passed:
         out += ["No compared stage diverges.", ""]
-    out += _stage_table(diff)
+    out += _stage_table(diff, table_passing)
     out += _image_table(diff)
     rest = [sd for sd in details if sd is not first]
     if rest:
@@ -197,15 +202,19 @@ def _summary(diff: TraceDiff, note: str | None) -> list[str]:
     return out
 
 
-def _stage_table(diff: TraceDiff) -> list[str]:
-    """``## Stages``: one row a stage in execution order (a noise-floor column when any stage has one)."""
+def _stage_table(diff: TraceDiff, table_passing: int | None) -> list[str]:
+    """``## Stages``: one row a stage in execution order (a noise-floor column when any stage has
+    one), long runs of passing stages folded into a row (see :func:`~parity.report.format.table_rows`)."""
     first = diff.first_divergence
-    floors = any(floor_ratio(sd) is not None for sd in diff.stages)
+    floors = any(floor_ratio(sd) is not None for sd in judged_alone(diff.stages))
     out = ["## Stages", "",
            "| # | stage | status | shape | dtype | max abs | max rel | cosine | SQNR dB | mismatched |"
            + (" × noise floor |" if floors else ""),
            "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if floors else "")]
-    for sd in diff.stages:
+    for sd in table_rows(diff, table_passing):
+        if isinstance(sd, int):  # a run of passing stages left out
+            out.append(f"| | … {sd} passing stages (the JSON report lists every stage) |" + " |" * (8 + floors))
+            continue
         pos = str(sd.ref.position + 1) if sd.ref else ""
         cells = [pos, f"`{sd.key}`", _status(sd, first), shape_text(sd), dtype_text(sd), *_metric_cells(sd)]
         if floors:
@@ -217,7 +226,7 @@ def _stage_table(diff: TraceDiff) -> list[str]:
 
 def _image_table(diff: TraceDiff) -> list[str]:
     """``## Images``: Pearson correlation and peak matching of every image stage (none: nothing)."""
-    images = [sd for sd in diff.stages if image_of(sd) is not None]
+    images = [sd for sd in judged_alone(diff.stages) if image_of(sd) is not None]
     if not images:
         return []
     out = ["## Images", "", "| stage | Pearson | peaks matched | missing | extra | mean offset (px) |",

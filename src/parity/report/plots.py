@@ -77,6 +77,12 @@ _TOL_NAME = {"max_rel_err": "rtol", "cosine": "cosine floor", "sqnr_db": "SQNR f
 _POINT_CLASS = {"pass": "pt-pass", "fail": "pt-fail", "expected": "pt-expected"}
 
 
+#: Above this many stages the pipeline plot draws, of each bucket of stages one column wide, the
+#: stage of largest max relative error (and every stage that does not pass), not every stage.
+MAX_COLUMNS = 2000
+_MAX_BANDS = 400  # layer bands drawn at most (more are thinner than a pixel)
+
+
 class _Frame:
     """Where the pipeline plot's stages go: one column per stage, three stacked panels."""
 
@@ -84,6 +90,7 @@ class _Frame:
 
     def __init__(self, n: int):
         self.n = n
+        self.dense = n > MAX_COLUMNS  # more stages than the plot has room for: plot the worst of each bucket
 
     @property
     def plot_w(self) -> int:
@@ -115,6 +122,9 @@ def _tolerance_lines(tols: list[float | None], kind: str, scale: Any, f: _Frame,
             cur = []
             continue
         ty, _ = scale.clip(t)
+        if f.dense and cur and cur[-1][1] == ty:  # (the same level: extend the step, no new points)
+            cur[-1] = (f.left + (i + 1) * f.step, ty)
+            continue
         cur += [(f.left + i * f.step, ty), (f.left + (i + 1) * f.step, ty)]
     if cur:
         segs.append(cur)
@@ -125,13 +135,15 @@ def _tolerance_lines(tols: list[float | None], kind: str, scale: Any, f: _Frame,
     return out
 
 
-def _series(stages: list[StageDiff], vals: list[float | None], scale: Any, f: _Frame, y0: float, label: str) -> list[str]:
+def _series(stages: list[StageDiff], vals: list[float | None], scale: Any, f: _Frame, y0: float, label: str,
+            shown: Sequence[int]) -> list[str]:
     """A line through the plotted values (broken where a stage has none), then the markers."""
     radius = 3.5 if f.n <= 80 else 2.6 if f.n <= 300 else 1.8
     line: list[str] = []
     lines: list[list[str]] = []
     marks = []
-    for i, (s, v) in enumerate(zip(stages, vals)):
+    for i in shown:
+        s, v = stages[i], vals[i]
         x = f.x_of(i)
         if v is None or (isinstance(v, float) and math.isnan(v)):
             if line:
@@ -152,6 +164,22 @@ def _series(stages: list[StageDiff], vals: list[float | None], scale: Any, f: _F
     return out + marks
 
 
+def _shown(stages: list[StageDiff], f: _Frame) -> Sequence[int]:
+    """The stages the plot draws: all of them; in a dense plot, each stage that does not pass and,
+    in every bucket one column wide (:data:`MAX_COLUMNS` buckets), the one of largest max relative
+    error (NaN or none counting as largest)."""
+    if not f.dense:
+        return range(len(stages))
+    from ..compare.batch import max_rel_errors  # (read from a run's columns, no metrics made)
+
+    a = max_rel_errors(stages)
+    key = np.where(np.isnan(a), np.inf, a)
+    edges = np.linspace(0, len(stages), MAX_COLUMNS + 1).astype(np.int64)
+    picked = {int(s + np.argmax(key[s:e])) for s, e in zip(edges[:-1].tolist(), edges[1:].tolist()) if e > s}
+    picked.update(i for i, st in enumerate(stages) if st.status != Status.PASS)
+    return sorted(picked)
+
+
 def axes(scale: Any, x0: float, x1: float, y0: float, y1: float) -> list[str]:
     """Grid lines at the scale's ticks, the left and bottom axes, and the tick labels.
 
@@ -169,22 +197,29 @@ def axes(scale: Any, x0: float, x1: float, y0: float, y1: float) -> list[str]:
     return out
 
 
-def _panel(stages: list[StageDiff], groups: list[tuple[int, int, str | None]], f: _Frame, p: int) -> list[str]:
-    """One of the three stacked panels: layer bands, grid, axes, tolerance and the series."""
+def _panel(stages: list[StageDiff], groups: list[tuple[int, int, str | None]], f: _Frame, p: int,
+           shown: Sequence[int]) -> list[str]:
+    """One of the three stacked panels: layer bands, grid, axes, tolerance and the series (of the
+    stages ``shown``)."""
     metric, label, kind, value_of, tol_of = _PANELS[p]
     y0 = f.top + p * (f.panel_h + f.gap)
     y1 = y0 + f.panel_h
-    vals = [value_of(s.metrics) if s.metrics is not None else None for s in stages]
+    vals: list[float | None] = [None] * len(stages)
+    for i in shown:
+        m = stages[i].metrics
+        vals[i] = value_of(m) if m is not None else None
     tols = [tol_of(s.tolerance) if s.tolerance is not None else None for s in stages]
     scale = LogScale(vals + tols, y0, y1) if kind == "log" else LinScale(vals + tols, y0, y1)
     out = [f'<g class="panel" data-metric="{metric}">']
     banded = [(start, stop) for start, stop, layer in groups if layer is not None][::2]
+    if len(banded) > _MAX_BANDS:
+        banded = []
     out += [f'<rect class="band" x="{_n(f.left + start * f.step)}" y="{_n(y0)}" '
             f'width="{_n((stop - start) * f.step)}" height="{f.panel_h}"/>' for start, stop in banded]
     out += axes(scale, f.left, f.width - f.right, y0, y1)
     out.append(f'<text x="{f.left + 6}" y="{y0 - 6}" font-size="12.5" font-weight="600">{_e(label)}</text>')
     out += _tolerance_lines(tols, kind, scale, f, metric)
-    out += _series(stages, vals, scale, f, y0, label)
+    out += _series(stages, vals, scale, f, y0, label, shown)
     out.append("</g>")
     return out
 
@@ -248,8 +283,9 @@ def pipeline_svg(diff: TraceDiff) -> str:
     out = [f'<svg id="pipeline-plot" class="plot" viewBox="0 0 {f.width} {f.height}" width="100%" role="img" '
            f'aria-label="Error through the pipeline: {f.n} stages">']
     groups = _groups([s.key for s in stages])
+    shown = _shown(stages, f)
     for p in range(len(_PANELS)):
-        out += _panel(stages, groups, f, p)
+        out += _panel(stages, groups, f, p, shown)
     out += _layer_axis(stages, groups, f)
     if first_i is not None:
         out.append(stage_marker(f.left, f.plot_w, f.x_of(first_i), f.top, f.axis_y, f"first divergence: {first.key}"))

@@ -12,6 +12,7 @@ from ..compare.batch import judged_alone
 from ..compare.diff import Status, TraceDiff
 from ..compare.floor import floor_ratio
 from ..compare.image import image_of
+from .format import table_rows
 from .format import (  # re-exported: callers import the shared helpers from here too
     describe_first_divergence,
     describe_nothing_compared,
@@ -73,25 +74,11 @@ def render_text(diff: TraceDiff, console: Console | None = None, *, show_all: bo
 def _stage_rows(diff: TraceDiff, show_all: bool, max_passing: int) -> list[_Row]:
     """One row a stage, long runs of passing stages folded into one ``… N passing stages`` row."""
     first = diff.first_divergence
-    n_pass = diff.summary()[Status.PASS]
-    # passing stages shown: the first and last max_passing // 2 (ordinals among passing stages)
-    head, tail = (n_pass, n_pass) if show_all or n_pass <= max_passing else (max_passing // 2, n_pass - max_passing // 2)
     body: list[_Row] = []
-    hidden_run = 0
-    ordinal = -1
-
-    def elided() -> _Row:
-        return ["", Text(f"… {hidden_run} passing stages (--all shows them)", style="dim")] + [""] * 8, None
-
-    for sd in diff.stages:
-        if sd.status == Status.PASS:
-            ordinal += 1
-            if head <= ordinal < tail:
-                hidden_run += 1
-                continue
-        if hidden_run:
-            body.append(elided())
-            hidden_run = 0
+    for sd in table_rows(diff, None if show_all else max_passing):
+        if isinstance(sd, int):
+            body.append((["", Text(f"… {sd} passing stages (--all shows them)", style="dim")] + [""] * 8, None))
+            continue
         m = sd.metrics
         pos = str(sd.ref.position + 1) if sd.ref else ""
         status = sd.status.upper() + (f" ({sd.problem})" if sd.problem and sd.problem != "values" else "")
@@ -102,8 +89,6 @@ def _stage_rows(diff: TraceDiff, show_all: bool, max_passing: int) -> list[_Row]
                       format_float(m.max_abs_err) if m else "-", format_float(m.max_rel_err) if m else "-",
                       format_float(m.cosine, 6) if m else "-", format_float(m.sqnr_db) if m else "-",
                       f"{m.mismatched}/{m.count}" if m else "-"], "on grey15" if sd is first else None))
-    if hidden_run:
-        body.append(elided())
     return body
 
 
