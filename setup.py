@@ -2,7 +2,8 @@
 
 All project metadata lives in pyproject.toml; this file only declares the fused metrics kernel
 ``parity.compare._kernel`` (and, below, the trace-line import accelerators and the capture's CRC-32 /
-staging-copy / file-writing module ``parity.trace._stage``). Every one is optional: where no C compiler
+staging-copy / file-writing module ``parity.trace._stage``, and the JSON report's writer
+``parity.report._json``). Every one is optional: where no C compiler
 is available the build carries on without them and each caller falls back to its NumPy or pure-Python
 path, with identical results (slower).
 
@@ -30,5 +31,7 @@ setup(
         # CRC-32 (zlib polynomial) for trace checksums and the capture hook's fused copy + CRC; picks
         # PCLMULQDQ / VPCLMULQDQ at load time (no -march flag), a table path otherwise.
         Extension("parity.trace._stage", ["src/parity/trace/_stage.c"], optional=True, extra_compile_args=["-O3"]),
+        # `parity diff --json`: each stage's indented JSON text, exactly as json.dumps writes it.
+        Extension("parity.report._json", ["src/parity/report/_json.c"], optional=True, extra_compile_args=["-O2"]),
     ]
 )

@@ -16,6 +16,11 @@ from typing import Any
 from ..compare.diff import TraceDiff
 from ..errors import ParityError, UsageError
 from ..limits import MAX_NESTING
+
+try:  # built from _json.c where a C compiler was found; the same text as _pretty
+    from . import _json as _accel  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - no compiler at install time
+    _accel = None
 from ..trace.jsonsafe import nesting_depth
 
 __all__ = ["render_json", "iter_json", "diff_schema", "validate_diff_document", "load_result", "SCHEMA_RESOURCE", "MAX_RESULT_BYTES"]
@@ -69,12 +74,30 @@ def iter_json(diff: TraceDiff, *, indent: int | None = 2) -> Iterator[str]:
     pad = "\n" + ind * 2  # a stage is an item of a list two levels down
     for i, sd in enumerate(diff.stages):
         d = sd.to_dict()
-        try:
-            body = _pretty(d, pad, ind, 0)
-        except _Unusual:  # a value only json itself renders (or refuses)
+        body = pretty(d, pad, ind)
+        if body is None:  # a value only json itself renders (or refuses)
             body = dumps(d).replace("\n", pad)
         yield ("," if i else "") + pad + body
     yield "\n" + ind + "]" + text[cut + 2:]
+
+
+def pretty(obj: Any, pad: str, ind: str) -> str | None:
+    r"""``json.dumps(obj, indent=ind, allow_nan=False, ensure_ascii=False)`` with ``pad`` after
+    each newline, for the plain types a stage's dict holds; ``None`` for anything else (see
+    :func:`_pretty`). The C accelerator :mod:`parity.report._json` where it was built, else
+    :func:`_pretty`: the same text.
+
+    >>> pretty({"a": [1, 2.5], "b": None}, "\n  ", "  ")
+    '{\n    "a": [\n      1,\n      2.5\n    ],\n    "b": null\n  }'
+    >>> pretty({"x": float("nan")}, "\n", " ") is None
+    True
+    """
+    if _accel is not None:
+        return _accel.pretty(obj, pad, ind)
+    try:
+        return _pretty(obj, pad, ind, 0)
+    except _Unusual:
+        return None
 
 
 class _Unusual(Exception):
