@@ -44,7 +44,8 @@ from . import logits as _logits
 from .logits import LogitsColumns, is_logits_key, valid_key_is_logits
 from .metrics import _KCODE, _REGISTRY, _finish, _kernel, _ulp_plan
 
-__all__ = ["judge", "DeferredStageDiff", "extra_value", "judged_alone", "logits_runs", "max_rel_errors", "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
+__all__ = ["judge", "judged_run", "DeferredStageDiff", "extra_value", "judged_alone", "logits_runs", "max_rel_errors",
+           "BATCH_MAX_ELEMENTS", "BATCH_STAGES"]
 
 #: Stages of at most this many elements are judged in runs (larger ones gain nothing from it).
 BATCH_MAX_ELEMENTS = 4096
@@ -214,8 +215,7 @@ class _Planner:
         if logits and size // shape[-1] > max(1, _logits._ROWS_PER_CHUNK_BYTES // (8 * shape[-1])):
             return None  # logits_metrics would take its rows in several chunks
         cfg = self.config
-        if cfg.transforms and any(t.applies(key, side) and t.steps for t in cfg.transforms
-                                  for side in ("reference", "candidate")):
+        if cfg.transforms_stage(key):
             return None
         if self.floor is not None and self.floor.get(key) is not None:
             return None
@@ -235,8 +235,7 @@ class _Planner:
         ids: dict[tuple, int] = {}
         out = np.empty(len(keys), np.int32)
         for i, (k, lg) in enumerate(zip(keys, logits)):
-            if (floor is not None and floor.get(k) is not None) or (cfg.transforms and any(
-                    t.applies(k, side) and t.steps for t in cfg.transforms for side in ("reference", "candidate"))):
+            if (floor is not None and floor.get(k) is not None) or cfg.transforms_stage(k):
                 out[i] = -1
                 continue
             cls = (lg, rules.matching(k), bool(images) and cfg.image_options(k) is not None)
@@ -321,31 +320,42 @@ def _bits(arr: np.ndarray) -> Any:
     return arr if dt.kind in "fiub" else arr.view(f"u{dt.itemsize}")
 
 
-def _judge_run(ref: Trace, cand: Trace, pending: list[tuple[Any, Stage, Stage]], group: tuple[tuple, Tolerance],
-               alone: Alone) -> Iterator[tuple[Any, Stage, Stage, StageDiff]]:
-    layout, tol = group
+def judged_run(layout: tuple, tol: Tolerance, n: int, refs: Any, cands: Any,
+               call: Callable[..., None] | None) -> tuple[_Run, np.ndarray]:
+    """Judge ``n`` stages of one layout and tolerance with one kernel call, ``call(rtype, ctype,
+    rtol, atol, ulp_mode, ulp_m, ulp_emin, ints, floats)`` (``None``: the kernel cannot read them);
+    the :class:`_Run` of the passing ones (its ``ints``, ``floats`` and logits columns filled, from
+    ``refs`` / ``cands``: lists of arrays or two ``(n, size)`` arrays) and their row numbers. The
+    caller fills in the run's keys and positions."""
     rd, cd = DTYPES[layout[0]], DTYPES[layout[1]]
     ulp = _ulp_plan(rd, cd)
-    kulp = ulp if len(ulp) == 3 else (ulp[0], 0, 0)
-    n = len(pending)
-    ref_arrays = [ref.array(rs) for _, rs, _ in pending]
-    cand_arrays = [cand.array(cs) for _, _, cs in pending]
-    refs, cands = [_bits(a) for a in ref_arrays], [_bits(a) for a in cand_arrays]
     ints = np.empty((n, _STAGE_INTS), np.int64)
     flts = np.empty((n, _STAGE_FLOATS), np.float64)
-    if _LITTLE and all(a is not None for a in refs) and all(a is not None for a in cands):
-        _kernel.stages(refs, cands, _KCODE[rd.code], _KCODE[cd.code], tol.rtol, tol.atol, *kulp, ints, flts)
+    if call is not None:
+        call(_KCODE[rd.code], _KCODE[cd.code], tol.rtol, tol.atol, *(ulp if len(ulp) == 3 else (ulp[0], 0, 0)), ints,
+             flts)
         ok = _deferrable(ints, flts)
     else:
         ok = np.zeros(n, bool)
-    del refs, cands
     run = _Run(layout, tol, _notes(layout), ulp)
     rows = np.flatnonzero(ok)
     if layout[-1] and rows.size:
-        run.logits, run.logits_rows = LogitsColumns(ref_arrays, cand_arrays, rd, cd, layout[2]), rows.tolist()
-    del ref_arrays, cand_arrays
+        run.logits, run.logits_rows = LogitsColumns(refs, cands, rd, cd, layout[2]), rows.tolist()
     run.ints = ints[rows][:, _KEEP_INTS].astype(np.int32)
     run.floats = flts[rows][:, _KEEP_FLOATS]
+    return run, rows
+
+
+def _judge_run(ref: Trace, cand: Trace, pending: list[tuple[Any, Stage, Stage]], group: tuple[tuple, Tolerance],
+               alone: Alone) -> Iterator[tuple[Any, Stage, Stage, StageDiff]]:
+    layout, tol = group
+    ref_arrays = [ref.array(rs) for _, rs, _ in pending]
+    cand_arrays = [cand.array(cs) for _, _, cs in pending]
+    refs, cands = [_bits(a) for a in ref_arrays], [_bits(a) for a in cand_arrays]
+    readable = _LITTLE and all(a is not None for a in refs) and all(a is not None for a in cands)
+    run, rows = judged_run(layout, tol, len(pending), ref_arrays, cand_arrays,
+                           (lambda *args: _kernel.stages(refs, cands, *args)) if readable else None)
+    refs = cands = ref_arrays = cand_arrays = None  # (the arrays are not held while the results are yielded)
     row_of = dict(zip(rows.tolist(), range(rows.size)))
     for k in rows.tolist():
         _, rs, cs = pending[k]

@@ -40,10 +40,8 @@ from ..results import StageDiff
 from ..trace.dtypes import DTYPES
 from ..trace.index import StageIndex
 from ..trace.reader import Stage, Trace
-from .batch import (_KEEP_FLOATS, _KEEP_INTS, _STAGE_FLOATS, _STAGE_INTS, BATCH_MAX_ELEMENTS, _bits, _deferrable,
-                    _deferred, _notes, _Planner, _Run, judge)
-from .logits import LogitsColumns
-from .metrics import _KCODE, _REGISTRY, _kernel, _ulp_plan
+from .batch import BATCH_MAX_ELEMENTS, _bits, _deferred, _Planner, judge, judged_run
+from .metrics import _KCODE, _REGISTRY, _kernel
 
 __all__ = ["ColumnPlan", "Segment", "RUN_STAGES"]
 
@@ -170,26 +168,14 @@ class ColumnPlan:
         rs0, cs0 = self.rix.stage(r0), self.cix.stage(c0)
         layout = self.planner.layout(rs0, cs0)
         tol = self.planner.tolerance(rs0, cs0, layout) if layout is not None else None
-        ref, cand = self.rt.rows(r0, r1), self.ct.rows(c0, c0 + n)
-        if tol is None or ref is None or cand is None:
+        if tol is None:
             return None
-        rbits, cbits = _bits(ref), _bits(cand)
+        ref, cand = self.rt.rows(r0, r1), self.ct.rows(c0, c0 + n)
+        rbits, cbits = (_bits(ref), _bits(cand)) if ref is not None and cand is not None else (None, None)
         if rbits is None or cbits is None:
             return None
-        rd, cd = DTYPES[layout[0]], DTYPES[layout[1]]
-        ulp = _ulp_plan(rd, cd)
-        kulp = ulp if len(ulp) == 3 else (ulp[0], 0, 0)
-        ints = np.empty((n, _STAGE_INTS), np.int64)
-        flts = np.empty((n, _STAGE_FLOATS), np.float64)
-        _kernel.rows(rbits, cbits, n, _KCODE[rd.code], _KCODE[cd.code], tol.rtol, tol.atol, *kulp, ints, flts)
-        ok = _deferrable(ints, flts)
-        rows = np.flatnonzero(ok)
-        run = _Run(layout, tol, _notes(layout), ulp)
-        if layout[-1] and rows.size:
-            run.logits, run.logits_rows = LogitsColumns(ref, cand, rd, cd, layout[2]), rows.tolist()
-        del ref, cand, rbits, cbits
-        run.ints = ints[rows][:, _KEEP_INTS].astype(np.int32)
-        run.floats = flts[rows][:, _KEEP_FLOATS]
+        run, rows = judged_run(layout, tol, n, ref, cand, lambda *args: _kernel.rows(rbits, cbits, n, *args))
+        ref = cand = rbits = cbits = None  # (not held while the results are made)
         rkeys, ckeys = self.rix.keys, self.cix.keys
         if rows.size == n:  # (the keys are the traces' lists, the positions r0 + row and c0 + row)
             run.ref_keys, run.cand_keys, run.ref_pos, run.cand_pos = rkeys, ckeys, r0, c0
@@ -199,6 +185,8 @@ class ColumnPlan:
         run.ref_pos, run.cand_pos = rows + r0, rows + c0
         out: list[StageDiff] = []
         j = 0
+        ok = np.zeros(n, bool)
+        ok[rows] = True
         for k in range(n):
             if ok[k]:
                 out.append(_deferred(rkeys[r0 + k], run, _ROW_NUMBERS[j]))

@@ -233,6 +233,11 @@ class CompareConfig:
             return key
         return key.replace(name, new, 1)
 
+    def transforms_stage(self, key: str) -> bool:
+        """Whether a ``[transforms]`` entry with steps applies to stage ``key`` on either side."""
+        return bool(self.transforms) and any(t.applies(key, side) and t.steps for t in self.transforms
+                                             for side in ("reference", "candidate"))
+
     def is_ignored(self, key: str) -> bool:
         return bool(self.ignore) and any(glob_to_regex(p).match(key) for p in self.ignore)
 

@@ -196,7 +196,7 @@ def streamable(rs: Stage, cs: Stage, config: CompareConfig) -> bool:
         return False
     if rs.axes is not None and cs.axes is not None and rs.axes != cs.axes:
         return False
-    if any(t.applies(rs.key, side) and t.steps for t in config.transforms for side in ("reference", "candidate")):
+    if config.transforms_stage(rs.key):
         return False
     return not _image_options(rs, cs, config.tolerance.for_stage(rs.key, rs.dtype, cs.dtype), config)[0]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -425,33 +425,25 @@ def _scan(diff: Any) -> tuple[int, Any, Any, TokenDivergence | None]:
     found = []
     for group, cols, rows in logits_runs(getattr(diff, "stages", ())):
         if cols is not None:  # a run's stages: its columns at once
-            count += len(rows)
             v, w, differ = cols.worst(rows)
-            j, i = int(np.argmin(v)), int(np.argmax(w))
-            if topk is None or v[j] < topk[2]:
-                topk = (group[j].key, cols.extra(rows[j])["logits"], float(v[j]))
-            if kl is None or w[i] > kl[2]:
-                kl = (group[i].key, cols.extra(rows[i])["logits"], float(w[i]))
-            for b in np.flatnonzero(differ).tolist():
-                m = LogitsMetrics.from_dict(cols.extra(rows[b])["logits"])
-                found.append((_step_of(group[b].key), group[b].key, m.greedy_ref, m.greedy_cand))
-            continue
-        sd = group[0]
-        lg = extra_value(sd, "logits")
-        if lg is None:
-            continue
-        count += 1
-        v = float(lg["topk_agreement"])  # as LogitsMetrics.from_dict reads it ("nan" too)
-        v = -1.0 if math.isnan(v) else v
-        if topk is None or v < topk[2]:
-            topk = (sd.key, lg, v)
-        w = float(lg["kl_max"])
-        w = math.inf if math.isnan(w) else w
-        if kl is None or w > kl[2]:
-            kl = (sd.key, lg, w)
-        if not bool(lg["greedy_match"]):
-            m = LogitsMetrics.from_dict(lg)
-            found.append((_step_of(sd.key), sd.key, m.greedy_ref, m.greedy_cand))
+            extra_of: Callable[[int], Any] = lambda j, cols=cols, rows=rows: cols.extra(rows[j])["logits"]
+        else:
+            lg = extra_value(group[0], "logits")
+            if lg is None:
+                continue
+            top, most = float(lg["topk_agreement"]), float(lg["kl_max"])  # as LogitsMetrics.from_dict reads them
+            v, w = [-1.0 if math.isnan(top) else top], [math.inf if math.isnan(most) else most]
+            differ = [not bool(lg["greedy_match"])]
+            extra_of = lambda j, lg=lg: lg
+        count += len(v)
+        j, i = int(np.argmin(v)), int(np.argmax(w))
+        if topk is None or v[j] < topk[2]:
+            topk = (group[j].key, extra_of(j), float(v[j]))
+        if kl is None or w[i] > kl[2]:
+            kl = (group[i].key, extra_of(i), float(w[i]))
+        for b in np.flatnonzero(differ).tolist():
+            m = LogitsMetrics.from_dict(extra_of(b))
+            found.append((_step_of(group[b].key), group[b].key, m.greedy_ref, m.greedy_cand))
     div = None
     if found:
         step, key, rtok, ctok = min(found, key=lambda f: f[0])

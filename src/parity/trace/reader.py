@@ -174,6 +174,10 @@ class Trace:
         if stage.kind != "tensor" or not 0 <= start <= end <= stage.size:
             raise UsageError(f"elements [{start}, {end}) of a {stage.kind} stage of {stage.size} elements cannot be read.",
                              path=self.path, stage=stage.key)
+        return self._elements(stage, start, end)
+
+    def _elements(self, stage: Stage, start: int, end: int) -> np.ndarray:
+        """:meth:`elements` of a range already checked."""
         begin, dt = self._begin(stage), storage_dtype(DTYPES[stage.dtype or ""])
         if start == end:
             return np.empty(0, dt)

@@ -168,9 +168,9 @@ def upload_trace(local: str | os.PathLike[str], url: str, storage_options: Mappi
     if is_sharded(local):  # every rank's trace, then shards.json: the sharded trace's completion marker
         world = _read_index(local)[0]
         remote = open_remote(url, storage_options)
-        if remote.exists(SHARDS) and not overwrite:
-            raise UsageError(f"{remote.url}: a trace is already there; remove it first (or overwrite=True).")
         if remote.exists(SHARDS):
+            if not overwrite:
+                raise UsageError(f"{remote.url}: a trace is already there; remove it first (or overwrite=True).")
             remote.remove()
         for r in range(world):
             upload_trace(os.path.join(local, rank_trace_name(r)), remote.label(rank_trace_name(r)), storage_options,

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TraceError, TraceFormatError, UsageError
+from ..errors import TraceError, TraceFormatError
 from ..safefs import atomic_write, check_inside
 from .entries import short_repr
 from .jsonsafe import load_json
@@ -259,11 +259,8 @@ class ShardedTrace(Trace):
 
     range_reads = False  # (a range of a stage is read from the whole stage, reassembled)
 
-    def elements(self, stage: Stage, start: int, end: int) -> np.ndarray:
+    def _elements(self, stage: Stage, start: int, end: int) -> np.ndarray:
         """Elements ``start..end-1`` (C order) of ``stage``, from the stage reassembled."""
-        if stage.kind != "tensor" or not 0 <= start <= end <= stage.size:
-            raise UsageError(f"elements [{start}, {end}) of a {stage.kind} stage of {stage.size} elements cannot be read.",
-                             path=self.path, stage=stage.key)
         return np.asarray(self.array(stage)).reshape(-1)[start:end]
 
     def _check_replica(self, key: str, ref: np.ndarray | str, rank: int, other: np.ndarray | str) -> None:
